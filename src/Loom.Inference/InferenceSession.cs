@@ -2,25 +2,93 @@ using Loom.Models.Architectures;
 
 namespace Loom.Inference;
 
-// API CONTRACT (placeholder bodies are replaced by the model work before anything lands on main).
 /// <summary>One sequence being evaluated: owns its KV cache and logits buffer.</summary>
-public sealed class InferenceSession : IDisposable
+public sealed unsafe class InferenceSession : IDisposable
 {
-    public InferenceSession(TransformerModel model, int contextSize = 0) => throw new NotImplementedException();
+    /// <summary>Context used when none is given, unless the model's trained context is shorter.</summary>
+    public const int DefaultContextSize = 4096;
 
-    public TransformerModel Model => throw new NotImplementedException();
+    private readonly ForwardPass _forward;
+    private readonly PinnedBuffer _logits;
+    private int _position;
+    private bool _disposed;
+
+    public InferenceSession(TransformerModel model, int contextSize = 0)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ObjectDisposedException.ThrowIf(model.IsDisposed, model);
+        int limit = model.Config.ContextLength;
+        if (model.Weights.PositionEmbedding is { } positions) limit = Math.Min(limit, positions.Rows);
+        if (contextSize == 0) contextSize = Math.Min(limit, DefaultContextSize);
+        if (contextSize < 1 || contextSize > limit)
+            throw new ArgumentOutOfRangeException(nameof(contextSize), contextSize,
+                $"context size must be between 1 and the model's context length {limit}");
+        Model = model;
+        _forward = new ForwardPass(model.Config, model.Weights, contextSize);
+        _logits = new PinnedBuffer(model.Config.VocabSize);
+    }
+
+    public TransformerModel Model { get; }
     /// <summary>Number of tokens currently in the KV cache.</summary>
-    public int Position => throw new NotImplementedException();
-    public int ContextSize => throw new NotImplementedException();
+    public int Position => _position;
+    public int ContextSize => _forward.Capacity;
 
     /// <summary>Appends tokens (one batched prefill) and returns the logits after the last one (valid until the next call).</summary>
-    public ReadOnlySpan<float> Evaluate(ReadOnlySpan<int> tokens) => throw new NotImplementedException();
+    public ReadOnlySpan<float> Evaluate(ReadOnlySpan<int> tokens)
+    {
+        Validate(tokens);
+        Append(tokens, null, _logits.Pointer);
+        return _logits.Span;
+    }
 
     /// <summary>Appends tokens and writes the logits of every position into <paramref name="logits"/> (tokens.Length × vocab).</summary>
-    public void EvaluateAll(ReadOnlySpan<int> tokens, Span<float> logits) => throw new NotImplementedException();
+    public void EvaluateAll(ReadOnlySpan<int> tokens, Span<float> logits)
+    {
+        Validate(tokens);
+        long needed = (long)tokens.Length * Model.Config.VocabSize;
+        if (logits.Length < needed)
+            throw new ArgumentException($"logits holds {logits.Length} floats but {tokens.Length} tokens × {Model.Config.VocabSize} vocabulary need {needed}", nameof(logits));
+        fixed (float* destination = logits) Append(tokens, destination, null);
+    }
 
     /// <summary>Forgets cached positions from <paramref name="position"/> on (0 clears the cache).</summary>
-    public void Truncate(int position) => throw new NotImplementedException();
+    public void Truncate(int position)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (position < 0 || position > _position)
+            throw new ArgumentOutOfRangeException(nameof(position), position, $"position must be between 0 and the current position {_position}");
+        _position = position;
+    }
 
-    public void Dispose() => throw new NotImplementedException();
+    public void Dispose() => _disposed = true;
+
+    private void Append(ReadOnlySpan<int> tokens, float* allLogits, float* lastLogits)
+    {
+        int vocab = Model.Config.VocabSize;
+        for (int done = 0; done < tokens.Length;)
+        {
+            int count = Math.Min(_forward.MaxBatch, tokens.Length - done);
+            bool last = done + count == tokens.Length;
+            _forward.Run(tokens.Slice(done, count), _position,
+                allLogits == null ? null : allLogits + (long)done * vocab,
+                last ? lastLogits : null);
+            _position += count;
+            done += count;
+        }
+    }
+
+    /// <summary>Rejects a whole call before anything is computed, so a bad token never leaves a half-written cache.</summary>
+    private void Validate(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(Model.IsDisposed, Model);
+        if (tokens.IsEmpty) throw new ArgumentException("no tokens to evaluate", nameof(tokens));
+        int vocab = Model.Config.VocabSize;
+        for (int i = 0; i < tokens.Length; i++)
+            if ((uint)tokens[i] >= (uint)vocab)
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens[i], $"token {i} has id {tokens[i]}, outside the vocabulary (0..{vocab - 1})");
+        if (tokens.Length > ContextSize - _position)
+            throw new InvalidOperationException(
+                $"{tokens.Length} more tokens do not fit in the context: {_position} of {ContextSize} positions are used");
+    }
 }
