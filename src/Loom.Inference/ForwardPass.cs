@@ -10,8 +10,6 @@ namespace Loom.Inference;
 /// </summary>
 internal sealed unsafe class ForwardPass
 {
-    /// <summary>Tokens computed together; longer inputs are split into batches of this size.</summary>
-    public const int DefaultMaxBatch = 128;
     // Below this many multiply-adds per layer, attention is cheaper on one thread than handing it out.
     private const long ParallelAttentionWork = 1 << 16;
 
@@ -40,7 +38,7 @@ internal sealed unsafe class ForwardPass
         _ropePairs = config.RopeDimensionCount / 2;
         _rope = new RopeAngles(config, weights.RopeFrequencyFactors);
 
-        MaxBatch = Math.Min(DefaultMaxBatch, capacity);
+        MaxBatch = Math.Min(InferenceSession.MaxBatchSize, capacity);
         int b = MaxBatch;
         bool fused = weights.Layers.Any(l => l.QueryKeyValue is not null);
         _residual = new PinnedBuffer((long)b * config.EmbeddingLength);
@@ -286,17 +284,33 @@ internal sealed unsafe class ForwardPass
         TensorPrimitives.Multiply(y, 1f / MathF.Sqrt(variance + epsilon), y);
     }
 
-    /// <summary>GELU with the tanh approximation ggml uses.</summary>
+    /// <summary>
+    /// GELU (tanh approximation) as ggml's CPU backend computes it: the input is rounded to F16 and looked up in a
+    /// table of F16 results, with the identity above 10 and zero below −10. Matching it keeps GPT-2 logits identical
+    /// to llama.cpp's (the exact formula differs from it by up to ~1e-3).
+    /// </summary>
     private static void Gelu(Span<float> x)
     {
-        const float sqrtTwoOverPi = 0.79788456080286535587989211986876f;
-        const float coefficient = 0.044715f;
+        var table = GeluTable.Value;
         for (int i = 0; i < x.Length; i++)
         {
             float v = x[i];
-            x[i] = 0.5f * v * (1f + MathF.Tanh(sqrtTwoOverPi * v * (1f + coefficient * v * v)));
+            x[i] = v <= -10f ? 0f : v >= 10f ? v : (float)table[BitConverter.HalfToUInt16Bits((Half)v)];
         }
     }
+
+    private static readonly Lazy<Half[]> GeluTable = new(() =>
+    {
+        const float sqrtTwoOverPi = 0.79788456080286535587989211986876f;
+        const float coefficient = 0.044715f;
+        var table = new Half[1 << 16];
+        for (int i = 0; i < table.Length; i++)
+        {
+            float v = (float)BitConverter.UInt16BitsToHalf((ushort)i);
+            table[i] = (Half)(0.5f * v * (1f + MathF.Tanh(sqrtTwoOverPi * v * (1f + coefficient * v * v))));
+        }
+        return table;
+    });
 
     private static void Apply(Linear linear, float* x, float* y, int n)
     {

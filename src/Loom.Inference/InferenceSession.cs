@@ -7,6 +7,8 @@ public sealed unsafe class InferenceSession : IDisposable
 {
     /// <summary>Context used when none is given, unless the model's trained context is shorter.</summary>
     public const int DefaultContextSize = 4096;
+    /// <summary>Tokens computed together in one pass; longer inputs are split into batches of this size.</summary>
+    public const int MaxBatchSize = 128;
 
     private readonly ForwardPass _forward;
     private readonly PinnedBuffer _logits;

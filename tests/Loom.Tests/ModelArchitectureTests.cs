@@ -1,0 +1,50 @@
+using Loom.Inference;
+using Loom.Models.Architectures;
+using Xunit.Abstractions;
+
+namespace Loom.Tests;
+
+/// <summary>Each supported architecture, on random-weight models, against llama.cpp's forward pass.</summary>
+public class ModelArchitectureTests(ITestOutputHelper output)
+{
+    public static TheoryData<string> Variants => new(VariantTable.Keys);
+
+    private static readonly Dictionary<string, SyntheticModel> VariantTable = new SyntheticModel[]
+    {
+        new() { Architecture = "llama" },
+        new() { Architecture = "llama", TiedOutput = true, KvHeads = 1, FreqBase = 500000f, RopeFrequencyFactors = true },
+        new() { Architecture = "llama", RopeScaling = "linear", RopeFactor = 4f },
+        new() { Architecture = "llama", RopeScaling = "yarn", RopeFactor = 4f, RopeOriginalContext = 32, FreqBase = 1000f },
+        new() { Architecture = "qwen2", TiedOutput = true },
+        new() { Architecture = "qwen3", KeyLength = 32 },
+        new() { Architecture = "gpt2", KvHeads = 4 },
+    }.ToDictionary(v => v.ToString());
+
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void MatchesLlamaCpp(string variant)
+    {
+        var path = VariantTable[variant].Build().WriteTemp();
+        try
+        {
+            int[] tokens = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419];
+            var expected = ModelLlamaCppReference.Logits(path, tokens);
+            using var model = TransformerModel.Load(path);
+            using var session = new InferenceSession(model);
+            var actual = new float[expected.Length];
+            session.EvaluateAll(tokens, actual);
+            float worst = 0, scale = 0;
+            for (int i = 0; i < actual.Length; i++)
+            {
+                worst = Math.Max(worst, Math.Abs(actual[i] - expected[i]));
+                scale = Math.Max(scale, Math.Abs(expected[i]));
+            }
+            output.WriteLine($"{variant}: max |logit - llama.cpp| = {worst:E2} (logits up to {scale:F2})");
+            Assert.True(worst < 1e-4f, $"{variant}: logits differ from llama.cpp by {worst}");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+}
