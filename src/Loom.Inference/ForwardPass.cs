@@ -62,10 +62,10 @@ internal sealed unsafe class ForwardPass
 
     /// <summary>
     /// Computes tokens at positions start.. (at most <see cref="MaxBatch"/>, already validated), storing their keys
-    /// and values. Writes every position's logits to <paramref name="allLogits"/> when not null, and the last
-    /// position's to <paramref name="lastLogits"/> when not null.
+    /// and values. Writes logits to <paramref name="logits"/> unless it is null: every position's when
+    /// <paramref name="allPositions"/>, else only the last one's.
     /// </summary>
-    public void Run(ReadOnlySpan<int> tokens, int start, float* allLogits, float* lastLogits)
+    public void Run(ReadOnlySpan<int> tokens, int start, float* logits, bool allPositions)
     {
         int n = tokens.Length;
         int embedding = _config.EmbeddingLength;
@@ -87,23 +87,11 @@ internal sealed unsafe class ForwardPass
         for (int layer = 0; layer < _weights.Layers.Length; layer++)
             RunLayer(layer, _weights.Layers[layer], start, n);
 
-        var output = _weights.Output;
-        if (allLogits != null)
-        {
-            Normalize(x, _normed.Pointer, n, _weights.OutputNorm);
-            Apply(output, _normed.Pointer, allLogits, n);
-        }
-        if (lastLogits != null)
-        {
-            if (allLogits != null)
-                new ReadOnlySpan<float>(allLogits + (long)(n - 1) * output.OutputSize, output.OutputSize)
-                    .CopyTo(new Span<float>(lastLogits, output.OutputSize));
-            else
-            {
-                Normalize(x + (long)(n - 1) * embedding, _normed.Pointer, 1, _weights.OutputNorm);
-                Apply(output, _normed.Pointer, lastLogits, 1);
-            }
-        }
+        if (logits == null) return;
+        // Only the rows whose logits are wanted go through the (vocabulary-sized) output projection.
+        int rows = allPositions ? n : 1;
+        Normalize(x + (long)(n - rows) * embedding, _normed.Pointer, rows, _weights.OutputNorm);
+        Apply(_weights.Output, _normed.Pointer, logits, rows);
     }
 
     private void RunLayer(int layer, LayerWeights w, int start, int n)

@@ -39,7 +39,7 @@ public sealed unsafe class InferenceSession : IDisposable
     public ReadOnlySpan<float> Evaluate(ReadOnlySpan<int> tokens)
     {
         Validate(tokens);
-        Append(tokens, null, _logits.Pointer);
+        Append(tokens, _logits.Pointer, allPositions: false);
         return _logits.Span;
     }
 
@@ -50,7 +50,7 @@ public sealed unsafe class InferenceSession : IDisposable
         long needed = (long)tokens.Length * Model.Config.VocabSize;
         if (logits.Length < needed)
             throw new ArgumentException($"logits holds {logits.Length} floats but {tokens.Length} tokens × {Model.Config.VocabSize} vocabulary need {needed}", nameof(logits));
-        fixed (float* destination = logits) Append(tokens, destination, null);
+        fixed (float* destination = logits) Append(tokens, destination, allPositions: true);
     }
 
     /// <summary>Forgets cached positions from <paramref name="position"/> on (0 clears the cache).</summary>
@@ -64,16 +64,15 @@ public sealed unsafe class InferenceSession : IDisposable
 
     public void Dispose() => _disposed = true;
 
-    private void Append(ReadOnlySpan<int> tokens, float* allLogits, float* lastLogits)
+    private void Append(ReadOnlySpan<int> tokens, float* logits, bool allPositions)
     {
         int vocab = Model.Config.VocabSize;
         for (int done = 0; done < tokens.Length;)
         {
             int count = Math.Min(_forward.MaxBatch, tokens.Length - done);
-            bool last = done + count == tokens.Length;
-            _forward.Run(tokens.Slice(done, count), _position,
-                allLogits == null ? null : allLogits + (long)done * vocab,
-                last ? lastLogits : null);
+            // Evaluate wants logits from the final batch only; EvaluateAll from every batch, at its offset.
+            float* destination = allPositions ? logits + (long)done * vocab : done + count == tokens.Length ? logits : null;
+            _forward.Run(tokens.Slice(done, count), _position, destination, allPositions);
             _position += count;
             done += count;
         }

@@ -16,7 +16,6 @@ internal sealed record SyntheticModel
     public int Context { get; init; } = 128;
     public bool TiedOutput { get; init; }
     public float FreqBase { get; init; } = 10000f;
-    public int? RopeDimensions { get; init; }
     public string? RopeScaling { get; init; }
     public float RopeFactor { get; init; } = 1f;
     public int? RopeOriginalContext { get; init; }
@@ -64,7 +63,7 @@ internal sealed record SyntheticModel
         if (!gpt2)
         {
             w.Set($"{a}.rope.freq_base", FreqBase);
-            if (RopeDimensions is int dims) w.Set($"{a}.rope.dimension_count", (uint)dims);
+            w.Set($"{a}.rope.dimension_count", (uint)headDim);
         }
         if (RopeScaling is string scaling)
         {
@@ -74,7 +73,7 @@ internal sealed record SyntheticModel
 
         w.Tensor("token_embd.weight", [e, vocab], Values(e * vocab, 1f));
         if (gpt2) w.Tensor("position_embd.weight", [e, Context], Values(e * Context, 0.5f));
-        if (RopeFrequencyFactors) Vector("rope_freqs.weight", (RopeDimensions ?? headDim) / 2, 3.5f, 4.5f);
+        if (RopeFrequencyFactors) Vector("rope_freqs.weight", headDim / 2, 3.5f, 4.5f);
         for (int i = 0; i < Layers; i++)
         {
             string p = $"blk.{i}.";
