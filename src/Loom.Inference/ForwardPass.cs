@@ -8,7 +8,7 @@ namespace Loom.Inference;
 /// The decoder forward pass shared by every architecture: computes a batch of consecutive tokens through all layers,
 /// appending their keys/values to the cache. Every buffer is allocated up front for <see cref="MaxBatch"/> tokens.
 /// </summary>
-internal sealed unsafe class ForwardPass
+internal sealed unsafe class ForwardPass : IDisposable
 {
     // Below this many multiply-adds per layer, attention is cheaper on one thread than handing it out.
     private const long ParallelAttentionWork = 1 << 16;
@@ -24,6 +24,7 @@ internal sealed unsafe class ForwardPass
     private readonly PinnedBuffer _residual, _normed, _query, _key, _value, _fused, _attention, _projection, _gate, _up;
     private readonly PinnedBuffer _cos, _sin, _scores;
     private readonly Action<int> _attendHead;
+    private readonly ParallelRange _parallel;
 
     // The batch being computed (read by the attention workers).
     private int _layer, _start, _count;
@@ -55,6 +56,7 @@ internal sealed unsafe class ForwardPass
         _sin = new PinnedBuffer((long)b * _ropePairs);
         _scores = new PinnedBuffer((long)config.HeadCount * capacity);
         _attendHead = AttendHead;
+        _parallel = new ParallelRange(Math.Min(Environment.ProcessorCount, config.HeadCount) - 1);
     }
 
     public int MaxBatch { get; }
@@ -140,8 +142,8 @@ internal sealed unsafe class ForwardPass
         _count = n;
         // Work per layer ~ tokens × attended positions × head dims.
         long work = (long)n * (start + n) * c.HeadCount * (c.KeyLength + c.ValueLength);
-        if (work >= ParallelAttentionWork && Environment.ProcessorCount > 1)
-            Parallel.For(0, c.HeadCount, _attendHead);
+        if (work >= ParallelAttentionWork)
+            _parallel.For(c.HeadCount, _attendHead);
         else
             for (int h = 0; h < c.HeadCount; h++) AttendHead(h);
 
@@ -316,6 +318,8 @@ internal sealed unsafe class ForwardPass
         var target = new Span<float>(x, checked((int)length));
         TensorPrimitives.Add(target, new ReadOnlySpan<float>(y, target.Length), target);
     }
+
+    public void Dispose() => _parallel.Dispose();
 
     private static void Copy(float* source, float* destination, int count) =>
         new ReadOnlySpan<float>(source, count).CopyTo(new Span<float>(destination, count));

@@ -62,7 +62,12 @@ public sealed unsafe class InferenceSession : IDisposable
         _position = position;
     }
 
-    public void Dispose() => _disposed = true;
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _forward.Dispose();
+    }
 
     private void Append(ReadOnlySpan<int> tokens, float* logits, bool allPositions)
     {
