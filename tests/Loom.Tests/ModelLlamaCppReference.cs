@@ -9,6 +9,9 @@ internal static class ModelLlamaCppReference
 {
     private static readonly object Gate = new();
 
+    // llama.cpp logs every load in detail; the tests only need its logits.
+    static ModelLlamaCppReference() => NativeLogConfig.llama_log_set((_, _) => { });
+
     /// <summary>Logits of every position after one batched decode of <paramref name="tokens"/> from position 0.</summary>
     public static float[] Logits(string path, int[] tokens)
     {
