@@ -50,7 +50,7 @@ internal sealed unsafe class ForwardPass : IDisposable
         _fused = new PinnedBuffer(fused ? (long)b * (config.QueryDim + config.KeyValueDim + config.ValueDim) : 0);
         _attention = new PinnedBuffer((long)b * config.HeadCount * config.ValueLength);
         _projection = new PinnedBuffer((long)b * config.EmbeddingLength);
-        _gate = new PinnedBuffer((long)b * config.FeedForwardLength);
+        _gate = new PinnedBuffer(weights.Layers.Any(l => l.Gate is not null) ? (long)b * config.FeedForwardLength : 0);
         _up = new PinnedBuffer((long)b * config.FeedForwardLength);
         _cos = new PinnedBuffer((long)b * _ropePairs);
         _sin = new PinnedBuffer((long)b * _ropePairs);
