@@ -14,6 +14,8 @@ namespace Loom.Models.Tokenizers;
 internal sealed class PreTokenizer
 {
     private readonly SplitRule[] _rules;
+    /// <summary>Compiled patterns, one per distinct pattern of the fixed tables below.</summary>
+    private static readonly ConcurrentDictionary<string, Regex> RegexCache = new();
 
     private PreTokenizer(params SplitRule[] rules) => _rules = rules;
 
@@ -32,21 +34,21 @@ internal sealed class PreTokenizer
         return pieces;
     }
 
-    // ---- the pre-tokenizers llama.cpp names in tokenizer.ggml.pre ----
+    // ---- the pre-tokenizers llama.cpp names in tokenizer.ggml.pre (built on first use) ----
 
-    public static PreTokenizer Gpt2 { get; } = new(new Gpt2Scanner());
-    public static PreTokenizer Llama3 { get; } = new(new Llama3Scanner(3));
-    public static PreTokenizer Qwen2 { get; } = new(new Llama3Scanner(1));
+    public static PreTokenizer Gpt2 => field ??= new(new Gpt2Scanner());
+    public static PreTokenizer Llama3 => field ??= new(new Llama3Scanner(3));
+    public static PreTokenizer Qwen2 => field ??= new(new Llama3Scanner(1));
 
-    public static PreTokenizer Default { get; } = new(
+    public static PreTokenizer Default => field ??= new(
         Collapsed(@"[\p{P}\$\+<=>\^~\|]+"), new Gpt2Scanner(), Collapsed(@"\p{N}+"), Wide("[0-9][0-9][0-9]"));
 
-    public static PreTokenizer Falcon { get; } = new(
+    public static PreTokenizer Falcon => field ??= new(
         Collapsed(@"[\p{P}\$\+<=>\^~\|`]+"), new Gpt2Scanner(), Wide("[0-9][0-9][0-9]"));
 
-    public static PreTokenizer StarCoder { get; } = new(Collapsed(@"\p{N}"), new Gpt2Scanner());
+    public static PreTokenizer StarCoder => field ??= new(Collapsed(@"\p{N}"), new Gpt2Scanner());
 
-    public static PreTokenizer DeepSeekLlm { get; } = new(
+    public static PreTokenizer DeepSeekLlm => field ??= new(
         Wide(@"[\r\n]"),
         Wide(@"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ\uFDD1]+",
             [(0x10400, 0x1044F), (0x104B0, 0x104D3), (0x104D8, 0x104FB), (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF), (0x1E900, 0x1E943)]),
@@ -55,22 +57,22 @@ internal sealed class PreTokenizer
         Wide("[一-龥ࠀ-一가-퟿]+"),
         Collapsed(@"\p{N}+"));
 
-    public static PreTokenizer DeepSeekCoder { get; } = new(
+    public static PreTokenizer DeepSeekCoder => field ??= new(
         Wide(@"[\r\n]"), Collapsed(@"\s?\p{L}+"), Collapsed(@"\s?\p{P}+"), Wide("[一-龥ࠀ-一가-퟿]+"), Collapsed(@"\p{N}"));
 
-    public static PreTokenizer DeepSeek3 { get; } = new(
+    public static PreTokenizer DeepSeek3 => field ??= new(
         Collapsed(@"\p{N}{1,3}"),
         Wide("[一-龥぀-ゟ゠-ヿ]+"),
         Collapsed(@"[!""#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"));
 
-    public static PreTokenizer Bloom { get; } = new(Wide(@" ?[^(\s|.,!?…。，、।۔،)]+"));
+    public static PreTokenizer Bloom => field ??= new(Wide(@" ?[^(\s|.,!?…。，、।۔،)]+"));
 
-    public static PreTokenizer Viking { get; } = new(Wide(@" ?[^(\s|.,!?…。，、।۔،)]+"), Collapsed(@"\p{N}"));
+    public static PreTokenizer Viking => field ??= new(Wide(@" ?[^(\s|.,!?…。，、।۔،)]+"), Collapsed(@"\p{N}"));
 
-    public static PreTokenizer BailingMoe { get; } = new(
+    public static PreTokenizer BailingMoe => field ??= new(
         Collapsed(@"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"));
 
-    public static PreTokenizer SeedCoder { get; } = new(
+    public static PreTokenizer SeedCoder => field ??= new(
         Collapsed(@"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"));
 
     // ---- rules ----
@@ -242,8 +244,6 @@ internal sealed class PreTokenizer
 
         private static int AsciiLower(int c) => c is >= 'A' and <= 'Z' ? c + 32 : c;
     }
-
-    private static readonly ConcurrentDictionary<string, Regex> RegexCache = new();
 
     private static Regex Compile(string pattern) =>
         RegexCache.GetOrAdd(pattern, p => new Regex(p, RegexOptions.CultureInvariant | RegexOptions.Compiled));
