@@ -106,30 +106,26 @@ internal sealed class Vocabulary
         AddBos = file.GetBool(KeyPrefix + "add_bos_token") ?? AddBos;
         AddEos = file.GetBool(KeyPrefix + "add_eos_token") ?? AddEos;
 
-        // llama.cpp finds end-of-turn and fill-in-the-middle tokens by their text and makes them control tokens
-        foreach (var (text, id) in IdsByText.OrderBy(pair => pair.Value))
-        {
-            if (Eot == None && text is "<|eot_id|>" or "<|im_end|>" or "<|end|>" or "<end_of_turn>" or "<|endoftext|>" or "<|end_of_text|>"
-                    or "<EOT>" or "_<EOT>" or "<｜end▁of▁sentence｜>" or "<end_of_utterance>")
-                Eot = MakeControl(id);
-            if (Eom == None && text == "<|eom_id|>") Eom = MakeControl(id);
-            if (fimPre == None && text is "<|fim_prefix|>" or "<fim-prefix>" or "<fim_prefix>" or "<｜fim▁begin｜>" or "<PRE>" or "▁<PRE>" or "<|code_prefix|>")
-                fimPre = MakeControl(id);
-            if (fimSuf == None && text is "<|fim_suffix|>" or "<fim-suffix>" or "<fim_suffix>" or "<｜fim▁hole｜>" or "<SUF>" or "▁<SUF>" or "<|code_suffix|>")
-                fimSuf = MakeControl(id);
-            if (fimMid == None && text is "<|fim_middle|>" or "<fim-middle>" or "<fim_middle>" or "<｜fim▁end｜>" or "<MID>" or "▁<MID>" or "<|code_middle|>")
-                fimMid = MakeControl(id);
-            if (fimPad == None && text is "<|fim_pad|>" or "<fim-pad>" or "<fim_pad>" or "<PAD>") fimPad = MakeControl(id);
-            if (fimRep == None && text is "<|fim_repo|>" or "<|repo_name|>" or "<fim-repo>" or "<REPO>" or "<reponame>") fimRep = MakeControl(id);
-            if (fimSep == None && text == "<|file_sep|>") fimSep = MakeControl(id);
-        }
+        // llama.cpp finds end-of-turn and fill-in-the-middle tokens by their text and makes them control tokens. Where several
+        // texts are present it takes whichever its hash map yields first; Loom takes the earliest in each list, which picks
+        // what the lists intend (<|eot_id|> over <|endoftext|>, <|end|> over <|endoftext|> for Phi-3, as llama.cpp ends up doing).
+        Eot = FindByText(Eot, "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
+            "<｜end▁of▁sentence｜>", "<end_of_utterance>");
+        Eom = FindByText(Eom, "<|eom_id|>");
+        fimPre = FindByText(fimPre, "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>");
+        fimSuf = FindByText(fimSuf, "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>");
+        fimMid = FindByText(fimMid, "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>");
+        fimPad = FindByText(fimPad, "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>");
+        fimRep = FindByText(fimRep, "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>");
+        fimSep = FindByText(fimSep, "<|file_sep|>");
 
         foreach (int id in new[] { fimPad, fimRep, fimSep })
             if (id != None) EndOfGeneration.Add(id);
         foreach (var (text, id) in IdsByText)
         {
             if (text is "<|eot_id|>" or "<|im_end|>" or "<|end|>" or "<|return|>" or "<|call|>" or "<end_of_turn>" or "<|endoftext|>"
-                or "<|eom_id|>" or "<EOT>" or "_<EOT>" or "<|end_of_text|>" or "<end_of_utterance>")
+                or "<|eom_id|>" or "<EOT>" or "_<EOT>" or "<|end_of_text|>" or "<end_of_utterance>" or "</s>" or "<eos>" or "[EOS]"
+                or "<turn|>" or "<｜end▁of▁sentence｜>")
             {
                 EndOfGeneration.Add(id);
                 MakeControl(id);
@@ -156,9 +152,19 @@ internal sealed class Vocabulary
         ApplyModelSpecificAttributes(file);
     }
 
+    /// <summary>The id set in metadata, else the first of the texts the vocabulary has (made a control token), else none.</summary>
+    private int FindByText(int id, params string[] texts)
+    {
+        if (id != None) return id;
+        foreach (string text in texts)
+            if (IdsByText.TryGetValue(text, out int found)) return MakeControl(found);
+        return None;
+    }
+
+    /// <summary>Adds the control attribute (llama.cpp of LLamaSharp 0.30 keeps the others, e.g. Normal | Control).</summary>
     private int MakeControl(int id)
     {
-        if ((Attributes[id] & TokenAttributes.Control) == 0) Attributes[id] = TokenAttributes.Control;
+        Attributes[id] |= TokenAttributes.Control;
         return id;
     }
 
