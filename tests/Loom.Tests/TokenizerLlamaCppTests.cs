@@ -66,16 +66,45 @@ public class TokenizerLlamaCppTests
 
     [Theory]
     [MemberData(nameof(Vocabularies))]
-    public void EncodingMatchesOnManyStrings(string relative)
+    public void EncodingMatchesOnManyStrings(string relative) => CompareEncoding(SharedData.PathTo(relative), randomStrings: 400);
+
+    /// <summary>Every pre-tokenizer Loom implements, run by both sides on GPT-2's vocabulary and merges under that pre-tokenizer's name.</summary>
+    [Theory]
+    [InlineData("default")] [InlineData("llama-bpe")] [InlineData("dbrx")] [InlineData("chatglm-bpe")] [InlineData("deepseek-llm")]
+    [InlineData("deepseek-coder")] [InlineData("deepseek-v3")] [InlineData("falcon")] [InlineData("starcoder")] [InlineData("command-r")]
+    [InlineData("gpt-2")] [InlineData("qwen2")] [InlineData("stablelm2")] [InlineData("poro-chat")] [InlineData("bloom")] [InlineData("viking")]
+    [InlineData("bailingmoe")] [InlineData("seed-coder")] [InlineData("smollm")] [InlineData("megrez")] [InlineData("olmo")]
+    public void EveryPreTokenizerMatches(string pre)
     {
-        string path = SharedData.PathTo(relative);
+        string path = GgufRewriter.WithString(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), "tokenizer.ggml.pre", pre);
+        try { CompareEncoding(path, randomStrings: 150); }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
+    public void SentencePieceWithoutSpacePrefixMatches()
+    {
+        string path = GgufRewriter.WithValues(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-llama-spm.gguf"), new()
+        {
+            ["tokenizer.ggml.add_space_prefix"] = GgufValue.Of(false),
+            ["tokenizer.ggml.add_bos_token"] = GgufValue.Of(false),
+            ["tokenizer.ggml.add_eos_token"] = GgufValue.Of(true),
+        });
+        try { CompareEncoding(path, randomStrings: 150); }
+        finally { File.Delete(path); }
+    }
+
+    private static void CompareEncoding(string path, int randomStrings)
+    {
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
         using var native = LoadNative(path);
+        Assert.Equal(native.NativeHandle.Vocab.ShouldAddBOS, ours.AddBos);
+        Assert.Equal(native.NativeHandle.Vocab.ShouldAddEOS, ours.AddEos);
 
         var mismatches = new List<string>();
         int compared = 0;
-        foreach (string text in Corpus(ours))
+        foreach (string text in Corpus(ours, randomStrings))
         {
             foreach (var (addSpecial, parseSpecial) in ((bool, bool)[])[(false, false), (true, true), (false, true)])
             {
@@ -86,7 +115,7 @@ public class TokenizerLlamaCppTests
                     mismatches.Add($"'{TokenizerSuiteTests.Escape(text)}' (add {addSpecial}, parse {parseSpecial}): llama.cpp [{string.Join(' ', expected)}] Loom [{string.Join(' ', actual)}]");
             }
         }
-        Assert.True(mismatches.Count == 0, $"{relative}: {mismatches.Count}+ of {compared} differ\n" + string.Join('\n', mismatches));
+        Assert.True(mismatches.Count == 0, $"{mismatches.Count}+ of {compared} differ\n" + string.Join('\n', mismatches));
     }
 
     [Theory]
@@ -129,7 +158,7 @@ public class TokenizerLlamaCppTests
     }
 
     /// <summary>The suites' strings, strings around the vocabulary's special tokens, and seeded random mixes of awkward characters.</summary>
-    private static IEnumerable<string> Corpus(Tokenizer tokenizer)
+    private static IEnumerable<string> Corpus(Tokenizer tokenizer, int randomStrings = 400)
     {
         foreach (string suite in (string[])["llama-spm", "phi-3", "gpt-2", "mpt", "refact", "deepseek-coder", "bert-bge"])
             foreach (var (text, _) in TokenizerSuiteTests.ReadCases(suite)) yield return text;
@@ -152,9 +181,11 @@ public class TokenizerLlamaCppTests
             "%", "^", "&", "*", "+", "=", "|", "~", "é", "ü", "Ä", "ß", "ñ", "д", "Привет", "Ω", "λ", "日本", "語", "中文字", "한국어", "ㅋ", "あ", "カ",
             "🦙", "🤖", "👍🏽", "😀", "\u0301", "e\u0301", "\u00A0", "\u3000", "\u2028", "\u0085", "\u200B", "\u2581", "١٢٣", "٣", "Ⅻ", "½", "€", "™",
             "\u0001", "\u001F", "\u007F", "\uFEFF", "\uE000", "𝔘", "𐐀", "\U0001F600x", "<s>", "</s>", "<|endoftext|>", "<|user|>", "<unk>", "<|im_start|>",
+            "\u1FD3", "\u2126", "\u212A", "\uFB00", "\uFF21", "\U0001E900", "\U00010400", "\uFF01", "\uFF0C", "\u3002", "\u3001", "\u2026", "\u0964", "\u06D4",
+            "\u060C", "\uFF5E", "\u2018", "\u0E01", "\u0915\u093F", "\u05D0", "\u0627\u0644",
         ];
         var random = new Random(1234);
-        for (int i = 0; i < 400; i++)
+        for (int i = 0; i < randomStrings; i++)
         {
             var text = new StringBuilder();
             int atomCount = random.Next(0, 12);
