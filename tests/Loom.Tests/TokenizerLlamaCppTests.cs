@@ -174,6 +174,9 @@ public class TokenizerLlamaCppTests
             yield return $" {special}{special} ";
         }
 
+        // letters beyond U+FFFF, which deepseek-llm's pattern names and .NET patterns cannot
+        foreach (string text in (string[])[" \U00010400\U00010401 x", "a\U0001E900b", "\U000118A0 \U00010C80!", "x \U000104B0"]) yield return text;
+
         string[] atoms =
         [
             "a", "Z", "hello", " world", "The", "I'm", "'s", "'LL", "'ve", "'RE", "don't", "0", "42", "1234567", "3.14", " ", "  ", "   ", "\t", "\n",

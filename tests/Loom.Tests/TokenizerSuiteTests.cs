@@ -59,6 +59,54 @@ public class TokenizerSuiteTests
         Assert.True(failures.Count == 0, $"{suite}: {cases.Count - failures.Count}/{cases.Count} match\n" + string.Join('\n', failures));
     }
 
+    /// <summary>
+    /// test-tokenizer-1-spm/-bpe's vocabulary round trip: each token rendered with special tokens, tokenized again with
+    /// special parsing, must render the same. Pieces that are not valid UTF-8 on their own (single byte tokens) are skipped:
+    /// llama.cpp's BPE test skips them too, and Loom's Encode takes text, which cannot hold a stray byte.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(SuiteNames))]
+    public void EveryTokenRoundTrips(string suite)
+    {
+        var tokenizer = Load(suite);
+        var strict = new UTF8Encoding(false, throwOnInvalidBytes: true);
+        int checkedTokens = 0;
+        var failures = new List<string>();
+        for (int id = 0; id < tokenizer.VocabSize && failures.Count < 10; id++)
+        {
+            byte[] piece = tokenizer.DecodeBytes([id], renderSpecial: true);
+            string text;
+            try { text = strict.GetString(piece); }
+            catch (DecoderFallbackException) { continue; }
+            var ids = tokenizer.Encode(text, addSpecial: false, parseSpecial: true);
+            checkedTokens++;
+            if (!tokenizer.DecodeBytes(ids, renderSpecial: true).AsSpan().SequenceEqual(piece))
+                failures.Add($"token {id} '{Escape(text)}' -> [{string.Join(' ', ids)}] -> '{Escape(tokenizer.Decode(ids, true))}'");
+        }
+        Assert.True(checkedTokens > tokenizer.VocabSize * 9 / 10, $"only {checkedTokens} of {tokenizer.VocabSize} tokens were checked");
+        Assert.True(failures.Count == 0, string.Join('\n', failures));
+    }
+
+    /// <summary>test-tokenizer-1's code point round trip (every code point but surrogates and U+40000..U+E0000; U+2581 is exempt).</summary>
+    [Theory]
+    [InlineData("llama-spm")]
+    [InlineData("gpt-2")]
+    public void EveryCodePointRoundTrips(string suite)
+    {
+        var tokenizer = Load(suite);
+        bool parseSpecial = suite == "llama-spm"; // as the SPM and BPE tests call it
+        var failures = new List<string>();
+        for (int cp = 0; cp < 0x110000 && failures.Count < 10; cp++)
+        {
+            if (cp is >= 0xD800 and <= 0xDFFF || cp is >= 0x40000 and <= 0xE0000 || cp == 0x2581) continue;
+            string text = char.ConvertFromUtf32(cp);
+            var ids = tokenizer.Encode(text, addSpecial: false, parseSpecial);
+            string back = tokenizer.Decode(ids, renderSpecial: true);
+            if (back != text) failures.Add($"U+{cp:X4} -> [{string.Join(' ', ids)}] -> '{Escape(back)}'");
+        }
+        Assert.True(failures.Count == 0, string.Join('\n', failures));
+    }
+
     [Fact]
     public void WordPieceVocabularyIsRejectedClearly()
     {
