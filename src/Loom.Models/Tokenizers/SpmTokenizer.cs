@@ -135,7 +135,9 @@ internal sealed class SpmTokenizer : VocabularyTokenizer
             foreach (byte b in utf8[..count])
             {
                 int token = owner._byteTokens[b];
-                if (token < 0) token = owner.RequireSpecial(owner.Vocab.Unknown, $"byte-fallback for 0x{b:X2}: no <0x{b:X2}> token and no unknown");
+                // llama.cpp aborts when a byte has no token; Loom falls back to the unknown token, or explains
+                if (token < 0) token = owner.Vocab.Unknown != Vocabulary.None ? owner.Vocab.Unknown
+                    : throw new InvalidOperationException($"the text needs byte 0x{b:X2}, but the vocabulary has neither a <0x{b:X2}> token nor an unknown token");
                 output.Add(token);
             }
         }

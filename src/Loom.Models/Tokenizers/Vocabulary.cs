@@ -18,7 +18,6 @@ internal sealed class Vocabulary
     public const int None = -1;
     private const string KeyPrefix = "tokenizer.ggml.";
 
-    public VocabularyKind Kind { get; }
     public string[] Texts { get; }
     public float[] Scores { get; }
     public TokenAttributes[] Attributes { get; }
@@ -31,7 +30,6 @@ internal sealed class Vocabulary
     public int Eot { get; } = None;
     public int Eom { get; } = None;
     public int Unknown { get; } = None;
-    public int Separator { get; } = None;
     public int Padding { get; } = None;
     public bool AddBos { get; }
     public bool AddEos { get; }
@@ -44,7 +42,6 @@ internal sealed class Vocabulary
 
     public Vocabulary(GgufFile file, VocabularyKind kind, BpePreset? bpe = null)
     {
-        Kind = kind;
         var tokens = file.GetArray<string>(KeyPrefix + "tokens")
             ?? throw new InvalidDataException($"{file.Path}: {KeyPrefix}tokens is missing");
         if (tokens.Length == 0) throw new InvalidDataException($"{file.Path}: {KeyPrefix}tokens is empty");
@@ -92,7 +89,6 @@ internal sealed class Vocabulary
         Eot = Id("eot_token_id", Eot);
         Eom = Id("eom_token_id", Eom);
         Unknown = Id("unknown_token_id", Unknown);
-        Separator = Id("seperator_token_id", Separator);
         Padding = Id("padding_token_id", Padding);
         fimPre = Id("fim_pre_token_id", fimPre);
         fimSuf = Id("fim_suf_token_id", fimSuf);
