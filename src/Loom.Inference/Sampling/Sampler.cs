@@ -215,7 +215,7 @@ public sealed class Sampler
         var ids = _ids.AsSpan(_sortedPrefix, _count - _sortedPrefix);
         int want = upTo - _sortedPrefix;
         if (want < keys.Length) SelectLargest(keys, ids, want);
-        keys[..want].Sort(ids[..want], default(Descending));
+        keys[..want].Sort(ids[..want], Descending.Instance);
         _sortedPrefix = upTo;
     }
 
@@ -264,8 +264,10 @@ public sealed class Sampler
     private static float MedianOfThree(float a, float b, float c) =>
         a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
 
-    private readonly struct Descending : IComparer<float>
+    // A class instance, not a struct: the sort takes an IComparer, and a struct would be boxed on every call.
+    private sealed class Descending : IComparer<float>
     {
+        public static readonly Descending Instance = new();
         public int Compare(float x, float y) => y.CompareTo(x);
     }
 }
