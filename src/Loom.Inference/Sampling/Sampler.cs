@@ -80,14 +80,40 @@ public sealed class Sampler
     /// <summary>Chooses the next token. Does not <see cref="Accept(int)"/> it.</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {
+        LoadLogits(logits);
+        if (_options.Temperature <= 0) return ArgMax(_keys);
+        Truncate();
+        return Draw(_keys.AsSpan(0, _count));
+    }
+
+    /// <summary>Runs every stage before the random draw and returns the number of surviving candidates (tests compare them with llama.cpp).</summary>
+    internal int Filter(ReadOnlySpan<float> logits)
+    {
+        LoadLogits(logits);
+        if (_options.Temperature <= 0)
+        {
+            _ids[0] = ArgMax(_keys);
+            _keys[0] = _keys[_ids[0]];
+            return _count = 1;
+        }
+        Truncate();
+        return _count;
+    }
+
+    internal ReadOnlySpan<int> CandidateIds => _ids.AsSpan(0, _count);
+    internal ReadOnlySpan<float> CandidateLogits => _keys.AsSpan(0, _count);
+
+    private void LoadLogits(ReadOnlySpan<float> logits)
+    {
         if (logits.Length != _vocabSize)
             throw new ArgumentException($"expected {_vocabSize} logits (the vocabulary size) but got {logits.Length}", nameof(logits));
-
         logits.CopyTo(_keys);
         if (PenaltiesEnabled) ApplyPenalties();
+    }
 
-        if (_options.Temperature <= 0) return ArgMax(_keys);
-
+    // top-k → top-p → min-p → temperature, on the candidate set.
+    private void Truncate()
+    {
         for (int i = 0; i < _ids.Length; i++) _ids[i] = i;
         _count = _vocabSize;
         _sortedPrefix = 0;
@@ -103,7 +129,6 @@ public sealed class Sampler
         var keys = _keys.AsSpan(0, _count);
         float temperature = _options.Temperature;
         for (int i = 0; i < keys.Length; i++) keys[i] /= temperature;
-        return Draw(keys);
     }
 
     // Penalties act on the raw vocabulary (candidate i is token i), so they index the logits by token id.
