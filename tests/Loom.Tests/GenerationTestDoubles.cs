@@ -1,6 +1,5 @@
 using System.Text;
 using Loom.Inference.Generation;
-using Loom.Models.Tokenizers;
 
 namespace Loom.Tests;
 
@@ -9,7 +8,7 @@ namespace Loom.Tests;
 /// A piece "&lt;0xNN&gt;" is the raw byte NN; pieces written like "&lt;|...|&gt;" are control tokens.
 /// Encode is greedy longest-match (control pieces only when parseSpecial).
 /// </summary>
-internal sealed class FakeTokenizer : Tokenizer
+internal sealed class FakeTokenizer : ITokenCodec
 {
     private readonly string[] _pieces;
 
@@ -21,18 +20,17 @@ internal sealed class FakeTokenizer : Tokenizer
     }
 
     public int? EndOfTurnId { get; }
-    public override int VocabSize => _pieces.Length;
-    public override int BosId => 1;
-    public override int EosId => 2;
-    public override bool AddBos { get; }
-    public override bool AddEos => false;
+    public int VocabSize => _pieces.Length;
+    public int BosId => 1;
+    public int EosId => 2;
+    public bool AddBos { get; }
 
     public int Id(string piece) => Array.IndexOf(_pieces, piece) is var i and >= 0 ? i : throw new ArgumentException($"no piece {piece}");
 
     private bool IsControl(int id) => id is 1 or 2 || (_pieces[id].StartsWith("<|") && _pieces[id].EndsWith("|>"));
     private static bool IsByte(string p) => p.Length == 6 && p.StartsWith("<0x") && p.EndsWith('>');
 
-    public override int[] Encode(string text, bool addSpecial, bool parseSpecial = true)
+    public int[] Encode(string text, bool addSpecial, bool parseSpecial)
     {
         var ids = new List<int>();
         if (addSpecial && AddBos) ids.Add(BosId);
@@ -52,9 +50,9 @@ internal sealed class FakeTokenizer : Tokenizer
         return [.. ids];
     }
 
-    public override string Piece(int id) => _pieces[id];
+    public string Piece(int id) => _pieces[id];
 
-    public override byte[] TokenBytes(int id, bool renderSpecial = false)
+    public byte[] TokenBytes(int id, bool renderSpecial = false)
     {
         string p = _pieces[id];
         if (IsByte(p)) return [Convert.ToByte(p[3..5], 16)];
@@ -62,14 +60,7 @@ internal sealed class FakeTokenizer : Tokenizer
         return Encoding.UTF8.GetBytes(p);
     }
 
-    public override bool IsEndOfGeneration(int id) => id == EosId || id == EndOfTurnId;
-
-    public override string Decode(ReadOnlySpan<int> ids, bool renderSpecial = false)
-    {
-        var bytes = new List<byte>();
-        foreach (int id in ids) bytes.AddRange(TokenBytes(id, renderSpecial));
-        return Encoding.UTF8.GetString([.. bytes]);
-    }
+    public bool IsEndOfGeneration(int id) => id == EosId || id == EndOfTurnId;
 }
 
 /// <summary>

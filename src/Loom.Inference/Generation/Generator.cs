@@ -3,7 +3,6 @@ using System.Text;
 using Loom.Inference.Chat;
 using Loom.Inference.Sampling;
 using Loom.Models.Architectures;
-using Loom.Models.Tokenizers;
 
 namespace Loom.Inference.Generation;
 
@@ -15,11 +14,11 @@ namespace Loom.Inference.Generation;
 public sealed class Generator
 {
     private readonly ITokenEvaluator _evaluator;
-    private readonly Tokenizer _tokenizer;
+    private readonly ITokenCodec _tokenizer;
     private readonly List<int> _cached = [];
     private Sampler? _sampler;
 
-    public Generator(ITokenEvaluator evaluator, Tokenizer tokenizer, ChatTemplate? template)
+    public Generator(ITokenEvaluator evaluator, ITokenCodec tokenizer, ChatTemplate? template)
     {
         _evaluator = evaluator ?? throw new ArgumentNullException(nameof(evaluator));
         _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
@@ -28,10 +27,10 @@ public sealed class Generator
 
     /// <summary>A generator over a fresh session of <paramref name="model"/>, using the model's own chat template.</summary>
     public static Generator ForModel(TransformerModel model, InferenceSession session) =>
-        new(new SessionEvaluator(session), model.Tokenizer, ChatTemplate.Detect(model.Config.ChatTemplate));
+        new(new SessionEvaluator(session), new TokenizerCodec(model.Tokenizer), ChatTemplate.Detect(model.Config.ChatTemplate));
 
     public ChatTemplate? Template { get; }
-    public Tokenizer Tokenizer => _tokenizer;
+    public ITokenCodec Tokenizer => _tokenizer;
     public ITokenEvaluator Evaluator => _evaluator;
 
     private string BosText => _tokenizer.BosId >= 0 ? _tokenizer.Piece(_tokenizer.BosId) : "";
