@@ -148,3 +148,80 @@ public class CliTests
         Assert.Equal("a\\nb\\tc\\\\d\\x01", Loom.Cli.Commands.TokenizeCommand.Escape("a\nb\tc\\d\u0001"));
     }
 }
+
+public class CliGenerationTests
+{
+    private const string ChatMl = ChatTemplateTests.ChatMl;
+    private static readonly string[] Words = ["Hel", "lo", " w", "orld", "!", "<|im_start|>", "<|im_end|>", "user", "assistant", "\n", "What", "?"];
+
+    private static Loom.Inference.Generation.Generator Make(int contextSize, Func<FakeTokenizer, int[]> script)
+    {
+        var tokenizer = new FakeTokenizer(Words, endOfTurn: 3 + Array.IndexOf(Words, "<|im_end|>"));
+        var evaluator = ScriptedEvaluator.Script(tokenizer.VocabSize, contextSize, script(tokenizer));
+        return new(evaluator, tokenizer, Loom.Inference.Chat.ChatTemplate.Detect(ChatMl));
+    }
+
+    [Fact]
+    public void RunOne_RecordsKindTemplateAndFinish_AndSerializesSnakeCase()
+    {
+        var gen = Make(64, t => [t.Id(" w"), t.Id("orld"), t.Id("<|im_end|>")]);
+        var options = new Loom.Inference.Generation.GenerationOptions { Sampling = Loom.Inference.Sampling.SamplerOptions.Greedy };
+        var record = Loom.Cli.Commands.GenerateCommand.RunOne(gen, 3, "What?", options);
+        Assert.Equal("question", record.Kind);
+        Assert.True(record.ChatTemplate);
+        Assert.Equal(" world", record.Output);
+        Assert.Equal("eos", record.FinishReason);
+        Assert.Equal(2, record.GeneratedTokens);
+        string json = System.Text.Json.JsonSerializer.Serialize(record, Loom.Cli.Commands.GenerateCommand.JsonOptions);
+        Assert.Contains("\"index\":3", json);
+        Assert.Contains("\"prompt_tokens\":", json);
+        Assert.Contains("\"finish_reason\":\"eos\"", json);
+        Assert.Contains("\"decode_tokens_per_second\":", json);
+        Assert.DoesNotContain("\"error\"", json);
+    }
+
+    [Fact]
+    public void RunOne_PromptTooLong_IsAnErrorRecord_NotACrash()
+    {
+        var gen = Make(6, t => [t.Id("!")]);
+        var options = new Loom.Inference.Generation.GenerationOptions { Sampling = Loom.Inference.Sampling.SamplerOptions.Greedy };
+        var record = Loom.Cli.Commands.GenerateCommand.RunOne(gen, 0, "HelloHelloHelloHello world", options);
+        Assert.Equal("error", record.FinishReason);
+        Assert.Contains("context holds 6", record.Error);
+        Assert.Equal("continuation", record.Kind);
+        var next = Loom.Cli.Commands.GenerateCommand.RunOne(gen, 1, "Hello", options with { MaxNewTokens = 2 });
+        Assert.Equal("!!", next.Output);
+        Assert.Equal("length", next.FinishReason);
+    }
+
+    [Fact]
+    public void Chat_StreamsReplies_KeepsHistory_AndEndsOnExitOrEof()
+    {
+        var gen = Make(256, t => [t.Id("Hel"), t.Id("lo"), t.Id("<|im_end|>"), t.Id("!"), t.Id("<|im_end|>")]);
+        var conversation = new Loom.Inference.Chat.ChatConversation(gen);
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var options = new Loom.Inference.Generation.GenerationOptions { Sampling = Loom.Inference.Sampling.SamplerOptions.Greedy };
+        Loom.Cli.Commands.ChatCommand.Converse(conversation, options, new CliConsole(new StringReader("What?\n\nHello\n/exit\nnever read\n"), output, error));
+        Assert.Equal("> Hello\n> > !\n> ", output.ToString().Replace("\r\n", "\n"));
+        Assert.Equal(4, conversation.Messages.Count);
+        Assert.Equal("Hello", conversation.Messages[1].Content);
+        Assert.Contains("eos", error.ToString());
+
+        var eof = new StringWriter();
+        Loom.Cli.Commands.ChatCommand.Converse(new Loom.Inference.Chat.ChatConversation(Make(256, t => [t.Id("<|im_end|>")])), options,
+            new CliConsole(new StringReader(""), eof, new StringWriter()));
+        Assert.Equal("> \n", eof.ToString().Replace("\r\n", "\n"));
+    }
+
+    [Fact]
+    public void PhiThreeVocabulary_CarriesATemplateLoomRecognises()
+    {
+        using var gguf = Loom.Models.Gguf.GgufFile.Open(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-phi-3.gguf"));
+        var template = Loom.Inference.Chat.ChatTemplate.Detect(gguf.GetString("tokenizer.chat_template"));
+        Assert.NotNull(template);
+        Assert.Equal(Loom.Inference.Chat.ChatTemplateFamily.Phi3, template.Family);
+        Assert.Equal("<s><|user|>\nBe brief\nHi<|end|>\n<|assistant|>\n",
+            template.Format([Loom.Inference.Chat.ChatMessage.System("Be brief"), Loom.Inference.Chat.ChatMessage.User("Hi")], true, "<s>", "<|endoftext|>"));
+    }
+}

@@ -68,11 +68,17 @@ internal static class GenerateCommand
             }
             if (live)
             {
-                stderr.Progress().AutoClear(false).Start(ctx =>
-                {
-                    var task = ctx.AddTask("generating", maxValue: prompts.Length);
-                    RunAll((_, _) => task.Increment(1));
-                });
+                stderr.Progress().AutoClear(false)
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask($"0/{prompts.Length} prompts", maxValue: prompts.Length);
+                        RunAll((i, _) =>
+                        {
+                            task.Description = $"{i + 1}/{prompts.Length} prompts";
+                            task.Increment(1);
+                        });
+                    });
             }
             else
             {
