@@ -57,6 +57,38 @@ public class ChatTemplateTests
         {%- endif %}
         """;
 
+    // Qwen/Qwen3-0.6B (tool-calling branches shortened)
+    internal const string Qwen3 = """
+        {%- if messages[0].role == 'system' %}
+            {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+        {%- endif %}
+        {%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+        {%- for message in messages %}
+            {%- if message.content is string %}
+                {%- set content = message.content %}
+            {%- else %}
+                {%- set content = '' %}
+            {%- endif %}
+            {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+                {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+            {%- elif message.role == "assistant" %}
+                {%- set reasoning_content = '' %}
+                {%- if '</think>' in content %}
+                    {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                    {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+                {%- endif %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+                {{- '<|im_end|>\n' }}
+            {%- endif %}
+        {%- endfor %}
+        {%- if add_generation_prompt %}
+            {{- '<|im_start|>assistant\n' }}
+            {%- if enable_thinking is defined and enable_thinking is false %}
+                {{- '<think>\n\n</think>\n\n' }}
+            {%- endif %}
+        {%- endif %}
+        """;
+
     // meta-llama/Llama-2-7b-chat-hf
     internal const string Llama2 = """{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\n' + system_message + '\n<</SYS>>\n\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}""";
 
@@ -249,6 +281,17 @@ public class ChatTemplateTests
         Assert.Equal("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
             qwen.Format([ChatMessage.User("Hi")], true));
         Assert.Equal("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", ChatTemplate.Detect(ChatMl)!.Format([ChatMessage.User("Hi")], true));
+    }
+
+    [Fact]
+    public void Qwen3_KeepsOnlyTheAnswerOfEarlierAssistantTurns()
+    {
+        var qwen3 = ChatTemplate.Detect(Qwen3)!;
+        Assert.Equal(ChatTemplateFamily.ChatMl, qwen3.Family);
+        Assert.Equal("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n",
+            qwen3.Format([ChatMessage.User("Hi"), ChatMessage.Assistant("<think>\nThe user greets.\n</think>\n\nHello!"), ChatMessage.User("Bye")], true));
+        // Other ChatML templates keep assistant text as it is.
+        Assert.Contains("<think>x</think>y", ChatTemplate.Detect(ChatMl)!.Format([ChatMessage.Assistant("<think>x</think>y")], false));
     }
 
     [Fact]

@@ -48,6 +48,8 @@ internal static class GenerateCommand
             using var model = TransformerModel.Load(modelPath);
             using var session = new InferenceSession(model, contextSize);
             var generator = Generator.ForModel(model, session);
+            if (generator.Template is null && !string.IsNullOrWhiteSpace(model.Config.ChatTemplate))
+                console.Error.WriteLine("loom: note: the model's chat template is not one Loom recognises; questions run as plain text");
             using var sink = outputPath is null ? null : new StreamWriter(outputPath, append: false, new UTF8Encoding(false));
             TextWriter jsonl = sink ?? console.Out;
 

@@ -51,6 +51,8 @@ public sealed partial class ChatTemplate
     private readonly string? _defaultSystem;
     private readonly bool _writesBos;
     private readonly bool _usesStrftime;
+    // Qwen3: earlier assistant turns keep only the text after their "</think>" reasoning block.
+    private readonly bool _dropsPastReasoning;
 
     private ChatTemplate(ChatTemplateFamily family, Variant variant, string source, string? defaultSystem)
     {
@@ -60,6 +62,7 @@ public sealed partial class ChatTemplate
         _defaultSystem = defaultSystem;
         _writesBos = source.Contains("bos_token", StringComparison.Ordinal);
         _usesStrftime = source.Contains("strftime_now", StringComparison.Ordinal);
+        _dropsPastReasoning = family == ChatTemplateFamily.ChatMl && source.Contains("</think>", StringComparison.Ordinal);
     }
 
     public ChatTemplateFamily Family { get; }
@@ -128,7 +131,12 @@ public sealed partial class ChatTemplate
         if (_defaultSystem is not null && (messages.Count == 0 || messages[0].Role != "system"))
             sb.Append("<|im_start|>system\n").Append(_defaultSystem).Append("<|im_end|>\n");
         foreach (var m in messages)
-            sb.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        {
+            string content = m.Content;
+            int think = _dropsPastReasoning && m.Role == "assistant" ? content.LastIndexOf("</think>", StringComparison.Ordinal) : -1;
+            if (think >= 0) content = content[(think + "</think>".Length)..].TrimStart('\n');
+            sb.Append("<|im_start|>").Append(m.Role).Append('\n').Append(content).Append("<|im_end|>\n");
+        }
         if (addGenerationPrompt) sb.Append("<|im_start|>assistant\n");
         return sb.ToString();
     }
