@@ -1,9 +1,9 @@
 namespace Loom.Cli;
 
-/// <summary>The one place where command-line engine settings are handed to the engine.</summary>
+/// <summary>Engine-wide settings chosen on the command line; every command applies them through here.</summary>
 public static class EngineSettings
 {
-    /// <summary>Threads the compute kernels may use: --threads, or every core.</summary>
+    /// <summary>Threads the compute kernels should use: --threads, or every core.</summary>
     public static int KernelThreads { get; private set; } = Environment.ProcessorCount;
 
     public static void SetKernelThreads(int? threads)

@@ -205,6 +205,7 @@ public class SamplerTests
         Assert.Throws<ArgumentOutOfRangeException>(() => s.Accept(4));
         Assert.Throws<ArgumentException>(() => new Sampler(new SamplerOptions { RepeatPenalty = 0 }, 4));
         Assert.Throws<ArgumentException>(() => new Sampler(new SamplerOptions { MinP = 2 }, 4));
+        Assert.Contains("penalty window", Assert.Throws<ArgumentException>(() => new Sampler(new SamplerOptions { PenaltyLastN = int.MaxValue }, 4)).Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(SamplerOptions.Greedy, 0));
     }
 }

@@ -21,7 +21,7 @@ internal sealed class ModelRunOptions
     public Option<long> Seed { get; } = new("--seed", "-s") { Description = "random seed (the same seed gives the same output); negative = random", DefaultValueFactory = _ => 42 };
     public Option<int?> Threads { get; } = new("--threads", "-t") { Description = "compute threads (default: all cores)" };
     public Option<int> Context { get; } = new("--ctx", "-c") { Description = "context size in tokens (0 = the model's trained context, capped at 4096)", DefaultValueFactory = _ => 0 };
-    public Option<string[]> Stop { get; } = new("--stop") { Description = "stop when this text appears (repeatable)", AllowMultipleArgumentsPerToken = false };
+    public Option<string[]> Stop { get; } = new("--stop") { Description = "stop when this text appears (repeatable)" };
 
     public ModelRunOptions(int defaultMaxTokens)
     {

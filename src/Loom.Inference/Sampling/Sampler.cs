@@ -80,13 +80,11 @@ public sealed class Sampler
     /// <summary>Chooses the next token. Does not <see cref="Accept(int)"/> it.</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {
-        LoadLogits(logits);
-        if (_options.Temperature <= 0) return ArgMax(_keys);
-        Truncate();
-        return Draw(_keys.AsSpan(0, _count));
+        Filter(logits);
+        return _options.Temperature <= 0 ? _ids[0] : Draw(_keys.AsSpan(0, _count));
     }
 
-    /// <summary>Runs every stage before the random draw and returns the number of surviving candidates (tests compare them with llama.cpp).</summary>
+    /// <summary>Runs every stage before the random draw and returns the number of surviving candidates (greedy keeps one).</summary>
     internal int Filter(ReadOnlySpan<float> logits)
     {
         LoadLogits(logits);

@@ -19,6 +19,9 @@ public sealed record SamplerOptions
     /// <summary>Seed of the random generator; the same seed gives the same tokens for the same logits.</summary>
     public ulong Seed { get; init; } = 0x5EED;
 
+    /// <summary>Largest penalty window accepted (far beyond any context; keeps a typo from allocating gigabytes).</summary>
+    public const int MaxPenaltyLastN = 1 << 20;
+
     public static SamplerOptions Greedy { get; } = new() { Temperature = 0 };
 
     /// <summary>Throws an <see cref="ArgumentException"/> naming the first setting that is out of range.</summary>
@@ -30,6 +33,7 @@ public sealed record SamplerOptions
         if (!(RepeatPenalty > 0)) throw new ArgumentException($"repeat penalty must be positive (got {RepeatPenalty})");
         if (!float.IsFinite(FrequencyPenalty)) throw new ArgumentException("frequency penalty must be finite");
         if (!float.IsFinite(PresencePenalty)) throw new ArgumentException("presence penalty must be finite");
-        if (PenaltyLastN < 0) throw new ArgumentException($"the penalty window must not be negative (got {PenaltyLastN})");
+        if (PenaltyLastN < 0 || PenaltyLastN > MaxPenaltyLastN)
+            throw new ArgumentException($"the penalty window must be between 0 and {MaxPenaltyLastN} tokens (got {PenaltyLastN})");
     }
 }
