@@ -125,7 +125,7 @@ public class SamplerTests
     {
         var rng = new Random(1);
         var logits = Enumerable.Range(0, 300).Select(_ => (float)rng.NextDouble() * 3).ToArray();
-        int[] Run(ulong seed)
+        int[] Run(uint seed)
         {
             var s = new Sampler(new SamplerOptions { Seed = seed, TopK = 0, MinP = 0, TopP = 1 }, logits.Length);
             return Enumerable.Range(0, 64).Select(_ => { int t = s.Sample(logits); s.Accept(t); return t; }).ToArray();

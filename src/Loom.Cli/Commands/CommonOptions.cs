@@ -38,6 +38,7 @@ internal sealed class ModelRunOptions
     public SamplerOptions Sampling(ParseResult r)
     {
         long seed = r.GetValue(Seed);
+        if (seed > uint.MaxValue) throw new CliException($"--seed must be at most {uint.MaxValue} (got {seed})");
         var options = new SamplerOptions
         {
             Temperature = r.GetValue(Temperature),
@@ -48,7 +49,7 @@ internal sealed class ModelRunOptions
             PenaltyLastN = r.GetValue(RepeatLastN),
             FrequencyPenalty = r.GetValue(FrequencyPenalty),
             PresencePenalty = r.GetValue(PresencePenalty),
-            Seed = seed >= 0 ? (ulong)seed : (ulong)Random.Shared.NextInt64(),
+            Seed = seed >= 0 ? (uint)seed : (uint)Random.Shared.NextInt64(1L << 32),
         };
         try
         {

@@ -175,7 +175,7 @@ internal sealed record GenerationRecord
     public double DecodeMs { get; init; }
     public double PrefillTokensPerSecond { get; init; }
     public double DecodeTokensPerSecond { get; init; }
-    public ulong Seed { get; init; }
+    public uint Seed { get; init; }
     public string? Error { get; init; }
 }
 

@@ -3,7 +3,8 @@ namespace Loom.Inference.Sampling;
 /// <summary>
 /// Picks the next token from a logits vector with llama.cpp's sampler chain:
 /// penalties → top-k → top-p → min-p → temperature → random draw (greedy argmax after the penalties when the
-/// temperature is ≤ 0). All buffers are allocated once for the vocabulary; sampling a token allocates nothing.
+/// temperature is ≤ 0), with llama.cpp's random generator so that a seed draws the same tokens as llama.cpp.
+/// All buffers are allocated once for the vocabulary; sampling a token allocates nothing.
 /// </summary>
 public sealed class Sampler
 {
@@ -23,7 +24,7 @@ public sealed class Sampler
     private readonly int[] _occurrences;
     private readonly bool[] _penalized;
 
-    private Xoshiro256 _rng;
+    private readonly Mt19937 _rng;
 
     public Sampler(SamplerOptions options, int vocabSize)
     {
@@ -37,7 +38,7 @@ public sealed class Sampler
         _window = new int[options.PenaltyLastN];
         _occurrences = new int[vocabSize];
         _penalized = new bool[vocabSize];
-        _rng = new Xoshiro256(options.Seed);
+        _rng = new Mt19937(options.Seed);
     }
 
     public SamplerOptions Options => _options;
@@ -74,7 +75,7 @@ public sealed class Sampler
     {
         for (int i = 0; i < _windowCount; i++) _occurrences[_window[(_windowStart + i) % _window.Length]]--;
         _windowStart = _windowCount = 0;
-        _rng = new Xoshiro256(_options.Seed);
+        _rng.Seed(_options.Seed);
     }
 
     /// <summary>Chooses the next token. Does not <see cref="Accept(int)"/> it.</summary>
@@ -199,8 +200,11 @@ public sealed class Sampler
         return max;
     }
 
+    // llama.cpp's dist sampler: unnormalised softmax weights (float) summed in double, one uniform draw scaled by the
+    // sum, first candidate whose running sum reaches it. A lone candidate is taken without a draw.
     private int Draw(Span<float> keys)
     {
+        if (keys.Length == 1) return _ids[0];
         float max = float.NegativeInfinity;
         foreach (float k in keys) if (k > max) max = k;
         double total = 0;
@@ -210,15 +214,13 @@ public sealed class Sampler
             keys[i] = w;
             total += w;
         }
-        double r = _rng.NextDouble() * total, cumulative = 0;
+        double target = total * _rng.NextCanonical(), running = 0;
         for (int i = 0; i < keys.Length; i++)
         {
-            cumulative += keys[i];
-            if (r < cumulative) return _ids[i];
+            running += keys[i];
+            if (running >= target) return _ids[i];
         }
-        // Rounding can leave r at the very top of the range: the last candidate with weight owns it.
-        for (int i = keys.Length - 1; i > 0; i--) if (keys[i] > 0) return _ids[i];
-        return _ids[0];
+        return _ids[keys.Length - 1];
     }
 
     private static int ArgMax(ReadOnlySpan<float> values)

@@ -16,8 +16,8 @@ public sealed record SamplerOptions
     public float PresencePenalty { get; init; }
     /// <summary>How many recent tokens the penalties look at (0 disables them).</summary>
     public int PenaltyLastN { get; init; } = 64;
-    /// <summary>Seed of the random generator; the same seed gives the same tokens for the same logits.</summary>
-    public ulong Seed { get; init; } = 0x5EED;
+    /// <summary>Seed of the random generator (llama.cpp's std::mt19937): the same seed gives the same tokens for the same logits.</summary>
+    public uint Seed { get; init; } = 42;
 
     /// <summary>Largest penalty window accepted (far beyond any context; keeps a typo from allocating gigabytes).</summary>
     public const int MaxPenaltyLastN = 1 << 20;
