@@ -76,10 +76,18 @@ internal sealed class ScriptedEvaluator(int vocabSize, int contextSize, Func<IRe
     public int ContextSize => contextSize;
     public int VocabSize => vocabSize;
     public int Position => Cache.Count;
+    /// <summary>The evaluation (counting from 0) that fails after appending half of its tokens, or -1.</summary>
+    public int FailingCall { get; set; } = -1;
 
     public ReadOnlySpan<float> Evaluate(ReadOnlySpan<int> tokens)
     {
         if (tokens.IsEmpty) throw new ArgumentException("nothing to evaluate");
+        if (Calls.Count == FailingCall)
+        {
+            Calls.Add(tokens.ToArray());
+            Cache.AddRange(tokens[..(tokens.Length / 2)].ToArray());
+            throw new IOException("simulated evaluation failure");
+        }
         if (Cache.Count + tokens.Length > contextSize) throw new InvalidOperationException("context overflow");
         Calls.Add(tokens.ToArray());
         Cache.AddRange(tokens.ToArray());

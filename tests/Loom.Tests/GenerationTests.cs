@@ -217,6 +217,20 @@ public class GenerationTests
     }
 
     [Fact]
+    public void FailedEvaluation_DoesNotLeaveAStalePrefixForTheNextPrompt()
+    {
+        var (gen, eval, _) = Make(null, 64, t => [t.Id("!"), t.Id("!"), t.EosId]);
+        eval.FailingCall = 0;
+        var options = Greedy with { ReuseCachedPrefix = true };
+        Assert.Throws<IOException>(() => gen.Generate("Hello world", PromptKind.Continuation, options));
+        var r = gen.Generate("Hello world", PromptKind.Continuation, options);
+        // The whole prompt is evaluated again on a cleared cache.
+        Assert.Equal(r.PromptTokens, r.PrefillTokens);
+        Assert.Equal(eval.Calls[1], eval.Cache.Take(r.PromptTokens));
+        Assert.Equal("!!", r.Output);
+    }
+
+    [Fact]
     public void ChatConversation_DropsOldTurnsWhenTheContextIsFull()
     {
         const string chatMl = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";

@@ -91,8 +91,7 @@ public sealed class Generator
 
         var clock = Stopwatch.StartNew();
         var toEvaluate = promptTokens[reused..];
-        ReadOnlySpan<float> logits = _evaluator.Evaluate(toEvaluate);
-        foreach (int t in toEvaluate) _cached.Add(t);
+        ReadOnlySpan<float> logits = EvaluateTracked(toEvaluate);
         double prefillMs = clock.Elapsed.TotalMilliseconds;
         clock.Restart();
 
@@ -119,8 +118,7 @@ public sealed class Generator
             if (stops.Stopped) { reason = FinishReason.Stop; break; }
             if (generated.Count == options.MaxNewTokens || _evaluator.Position >= contextSize) break;
             next[0] = token;
-            logits = _evaluator.Evaluate(next);
-            _cached.Add(token);
+            logits = EvaluateTracked(next);
         }
         if (!stops.Stopped)
         {
@@ -134,6 +132,23 @@ public sealed class Generator
         {
             PrefillTokens = toEvaluate.Length,
         };
+    }
+
+    // Appends to the evaluator and to the record of its contents. If evaluation fails, what the cache holds is
+    // unknown, so the record is emptied: the next prompt then starts from a cleared cache.
+    private ReadOnlySpan<float> EvaluateTracked(ReadOnlySpan<int> tokens)
+    {
+        try
+        {
+            var logits = _evaluator.Evaluate(tokens);
+            foreach (int t in tokens) _cached.Add(t);
+            return logits;
+        }
+        catch
+        {
+            _cached.Clear();
+            throw;
+        }
     }
 
     private int CommonPrefix(ReadOnlySpan<int> tokens)
