@@ -211,7 +211,7 @@ public class GenerationTests
         Assert.Equal(" there", second.Output);
         Assert.True(second.PrefillTokens < second.PromptTokens);
         // The evaluator holds exactly the second prompt plus the reply token that was evaluated.
-        var rendered = gen.TokenizeText(gen.FormatChat([ChatMessage.User("Hello"), ChatMessage.Assistant("Hi"), ChatMessage.User("Why")]), true);
+        var rendered = gen.TokenizeText(gen.FormatChat([ChatMessage.User("Hello"), ChatMessage.Assistant("Hi"), ChatMessage.User("Why")]));
         Assert.Equal([.. rendered, tok.Id(" there")], eval.Cache);
         Assert.Equal(4, chat.Messages.Count);
     }

@@ -48,5 +48,5 @@ public sealed class ChatConversation
         }
     }
 
-    private int[] Render() => _generator.TokenizeText(_generator.FormatChat(_messages), parseSpecial: true);
+    private int[] Render() => _generator.TokenizeText(_generator.FormatChat(_messages));
 }

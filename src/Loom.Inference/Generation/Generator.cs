@@ -25,7 +25,7 @@ public sealed class Generator
         Template = template;
     }
 
-    /// <summary>A generator over a fresh session of <paramref name="model"/>, using the model's own chat template.</summary>
+    /// <summary>A generator over <paramref name="session"/> of <paramref name="model"/>, using the model's own chat template.</summary>
     public static Generator ForModel(TransformerModel model, InferenceSession session) =>
         new(new SessionEvaluator(session), new TokenizerCodec(model.Tokenizer), ChatTemplate.Detect(model.Config.ChatTemplate));
 
@@ -44,22 +44,21 @@ public sealed class Generator
     }
 
     /// <summary>
-    /// Tokenizes a prompt: a question goes through the chat template when there is one (control tokens in the
-    /// rendered text become their tokens), anything else is plain text. BOS is added when the vocabulary asks for it
-    /// and the text does not already start with it; an empty prompt becomes BOS alone.
+    /// Tokenizes a prompt: a question goes through the chat template when there is one, anything else is used as it
+    /// is. As in llama.cpp, control-token text (such as "&lt;|im_start|&gt;") becomes its token, and BOS is added when the
+    /// vocabulary asks for it and the text does not already start with it; an empty prompt becomes BOS alone.
     /// </summary>
     public int[] TokenizePrompt(string prompt, PromptKind kind)
     {
         ArgumentNullException.ThrowIfNull(prompt);
         bool chat = kind == PromptKind.Question && Template is not null;
-        string text = chat ? FormatChat([ChatMessage.User(prompt)]) : prompt;
-        return TokenizeText(text, parseSpecial: chat);
+        return TokenizeText(chat ? FormatChat([ChatMessage.User(prompt)]) : prompt);
     }
 
-    /// <summary>Tokenizes already-rendered text with the BOS rules of <see cref="TokenizePrompt"/>.</summary>
-    public int[] TokenizeText(string text, bool parseSpecial)
+    /// <summary>Tokenizes text as <see cref="TokenizePrompt"/> does, without a template.</summary>
+    public int[] TokenizeText(string text)
     {
-        int[] tokens = _tokenizer.Encode(text, addSpecial: false, parseSpecial: parseSpecial);
+        int[] tokens = _tokenizer.Encode(text, addSpecial: false, parseSpecial: true);
         int bos = _tokenizer.BosId;
         bool needBos = bos >= 0 && (tokens.Length == 0 || tokens[0] != bos) && (_tokenizer.AddBos || tokens.Length == 0);
         return needBos ? [bos, .. tokens] : tokens;
