@@ -301,6 +301,11 @@ public class ChatTemplateTests
         Assert.Contains($"Today Date: {DateTime.Now:dd MMM yyyy}\n\n<|eot_id|>", template.Format([ChatMessage.User("Hi")], true));
         var fixedDay = ChatTemplate.Detect(Llama31)!;
         Assert.Contains("Today Date: 26 Jul 2024\n\n<|eot_id|>", fixedDay.Format([ChatMessage.User("Hi")], true));
+        // With the ipython role (the full 3.1 template), llama.cpp passes today's date as date_string.
+        var withTools = ChatTemplate.Detect(Llama31 + "{%- if message.role == 'tool' %}{{- '<|start_header_id|>ipython<|end_header_id|>\n\n' }}{%- endif %}")!;
+        Assert.Contains($"Today Date: {DateTime.Now:dd MMM yyyy}\n\n", withTools.Format([ChatMessage.User("Hi")], true));
+        withTools.Today = new DateTime(2025, 1, 2);
+        Assert.Contains("Today Date: 02 Jan 2025\n\n", withTools.Format([ChatMessage.User("Hi")], true));
     }
 
     [Fact]

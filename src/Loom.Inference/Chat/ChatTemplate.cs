@@ -50,7 +50,7 @@ public sealed partial class ChatTemplate
     private readonly Variant _variant;
     private readonly string? _defaultSystem;
     private readonly bool _writesBos;
-    private readonly bool _usesStrftime;
+    private readonly bool _usesToday;
     // Qwen3: earlier assistant turns keep only the text after their "</think>" reasoning block.
     private readonly bool _dropsPastReasoning;
 
@@ -61,7 +61,10 @@ public sealed partial class ChatTemplate
         Source = source;
         _defaultSystem = defaultSystem;
         _writesBos = source.Contains("bos_token", StringComparison.Ordinal);
-        _usesStrftime = source.Contains("strftime_now", StringComparison.Ordinal);
+        // Llama 3.2 asks strftime_now for the date; for templates with the ipython role (3.1 and later) llama.cpp
+        // passes date_string = today. Otherwise the template's fixed default date stands.
+        _usesToday = source.Contains("strftime_now", StringComparison.Ordinal) ||
+                     source.Contains("<|start_header_id|>ipython<|end_header_id|>", StringComparison.Ordinal);
         _dropsPastReasoning = family == ChatTemplateFamily.ChatMl && source.Contains("</think>", StringComparison.Ordinal);
     }
 
@@ -70,8 +73,8 @@ public sealed partial class ChatTemplate
     /// <summary>The Jinja source this template was recognised from.</summary>
     public string Source { get; }
 
-    /// <summary>The date a dated template (Llama 3.2) writes; defaults to today, as llama.cpp's strftime_now does.</summary>
-    public DateTime? Today { get; init; }
+    /// <summary>The date a dated template (Llama 3.1+) writes; by default today where llama.cpp supplies it.</summary>
+    public DateTime? Today { get; set; }
 
     /// <summary>Recognises a template's family, or returns null when the text is empty or an unknown format.</summary>
     public static ChatTemplate? Detect(string? source)
@@ -163,7 +166,7 @@ public sealed partial class ChatTemplate
         {
             var (system, rest) = SplitSystem(messages);
             turns = rest;
-            var date = Today ?? (_usesStrftime ? DateTime.Now : new DateTime(2024, 7, 26));
+            var date = Today ?? (_usesToday ? DateTime.Now : new DateTime(2024, 7, 26));
             sb.Append("<|start_header_id|>system<|end_header_id|>\n\n")
               .Append("Cutting Knowledge Date: December 2023\n")
               .Append("Today Date: ").Append(date.ToString("dd MMM yyyy", CultureInfo.InvariantCulture)).Append("\n\n")
