@@ -30,7 +30,10 @@ internal static class ChatCommand
 
             using var model = TransformerModel.Load(modelPath);
             using var session = new InferenceSession(model, contextSize);
-            var conversation = new ChatConversation(Generator.ForModel(model, session), r.GetValue(system));
+            var generator = Generator.ForModel(model, session);
+            var conversation = new ChatConversation(generator, r.GetValue(system));
+            console.Error.WriteLine($"loom: chatting with {Path.GetFileName(modelPath)} ({generator.Template!.Family} template, " +
+                                    $"{session.ContextSize}-token context); /exit or end of input quits");
             Converse(conversation, options, console);
             return 0;
         }));
