@@ -2,7 +2,6 @@ using Loom.Models.Gguf;
 
 namespace Loom.Models.Tokenizers;
 
-// API CONTRACT (placeholder bodies are replaced by the tokenizer work before anything lands on main).
 /// <summary>A model's tokenizer, built from GGUF tokenizer.ggml.* metadata.</summary>
 public abstract class Tokenizer
 {
@@ -30,5 +29,37 @@ public abstract class Tokenizer
     /// <summary>Decodes a sequence of tokens into text (invalid UTF-8 becomes U+FFFD).</summary>
     public abstract string Decode(ReadOnlySpan<int> ids, bool renderSpecial = false);
 
-    public static Tokenizer FromGguf(GgufFile file) => throw new NotImplementedException();
+    /// <summary>
+    /// Decodes a sequence of tokens into UTF-8 bytes as llama.cpp's llama_detokenize does (remove_special = false):
+    /// the leading space the tokenizer adds is dropped from the first token, and BPE vocabularies tidy spaces before punctuation.
+    /// </summary>
+    public abstract byte[] DecodeBytes(ReadOnlySpan<int> ids, bool renderSpecial = false);
+
+    /// <summary>End-of-turn token id (tokenizer.ggml.eot_token_id or found by its text), or -1.</summary>
+    public abstract int EotId { get; }
+    /// <summary>Unknown-token id, or -1.</summary>
+    public abstract int UnknownId { get; }
+    /// <summary>Padding token id, or -1.</summary>
+    public abstract int PaddingId { get; }
+
+    /// <summary>The attributes llama.cpp gives a token (its GGUF token type, adjusted as llama.cpp adjusts it).</summary>
+    public abstract TokenAttributes Attributes(int id);
+
+    /// <summary>
+    /// Builds the tokenizer a GGUF file describes. Supports tokenizer.ggml.model "llama" (SentencePiece) and "gpt2"
+    /// (byte-level BPE with the pre-tokenizer tokenizer.ggml.pre names); anything else throws NotSupportedException.
+    /// </summary>
+    public static Tokenizer FromGguf(GgufFile file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        string model = file.GetString("tokenizer.ggml.model")
+            ?? throw new InvalidDataException($"{file.Path}: tokenizer.ggml.model is missing, so the file describes no tokenizer");
+        return model switch
+        {
+            "llama" => new SpmTokenizer(new Vocabulary(file, VocabularyKind.SentencePiece)),
+            "gpt2" => new BpeTokenizer(file),
+            "bert" => throw new NotSupportedException($"{file.Path}: tokenizer.ggml.model 'bert' (WordPiece) is not supported; Loom supports 'llama' (SentencePiece) and 'gpt2' (byte-level BPE)"),
+            _ => throw new NotSupportedException($"{file.Path}: tokenizer.ggml.model '{model}' is not supported; Loom supports 'llama' (SentencePiece) and 'gpt2' (byte-level BPE)"),
+        };
+    }
 }

@@ -1,0 +1,78 @@
+using System.CommandLine;
+using Loom.Inference.Sampling;
+
+namespace Loom.Cli.Commands;
+
+/// <summary>Options shared by the commands that run a model (generate, chat), with llama.cpp's defaults.</summary>
+internal sealed class ModelRunOptions
+{
+    private static readonly SamplerOptions Defaults = new();
+
+    public Option<string?> Model { get; } = new("--model", "-m") { Description = "GGUF model file", HelpName = "PATH" };
+    public Option<int> MaxTokens { get; }
+    public Option<float> Temperature { get; } = new("--temperature", "--temp") { Description = "sampling temperature; 0 = greedy", DefaultValueFactory = _ => Defaults.Temperature };
+    public Option<int> TopK { get; } = new("--top-k") { Description = "keep the k most likely tokens (0 = off)", DefaultValueFactory = _ => Defaults.TopK };
+    public Option<float> TopP { get; } = new("--top-p") { Description = "nucleus sampling threshold (1 = off)", DefaultValueFactory = _ => Defaults.TopP };
+    public Option<float> MinP { get; } = new("--min-p") { Description = "drop tokens below min-p × the top probability (0 = off)", DefaultValueFactory = _ => Defaults.MinP };
+    public Option<float> RepeatPenalty { get; } = new("--repeat-penalty") { Description = "penalty for recently seen tokens (1 = off)", DefaultValueFactory = _ => Defaults.RepeatPenalty };
+    public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "how many recent tokens the penalties consider", DefaultValueFactory = _ => Defaults.PenaltyLastN };
+    public Option<float> FrequencyPenalty { get; } = new("--frequency-penalty") { Description = "subtracted once per occurrence in the window", DefaultValueFactory = _ => 0f };
+    public Option<float> PresencePenalty { get; } = new("--presence-penalty") { Description = "subtracted once if present in the window", DefaultValueFactory = _ => 0f };
+    public Option<long> Seed { get; } = new("--seed", "-s") { Description = "random seed (the same seed gives the same output); negative = random", DefaultValueFactory = _ => 42 };
+    public Option<int?> Threads { get; } = new("--threads", "-t") { Description = "compute threads (default: all cores)" };
+    public Option<int> Context { get; } = new("--ctx", "-c") { Description = "context size in tokens (0 = the model's trained context, capped at 4096)", DefaultValueFactory = _ => 0 };
+    public Option<string[]> Stop { get; } = new("--stop") { Description = "stop when this text appears (repeatable)" };
+
+    public ModelRunOptions(int defaultMaxTokens)
+    {
+        MaxTokens = new("--max-tokens", "-n") { Description = "maximum new tokens per prompt", DefaultValueFactory = _ => defaultMaxTokens };
+    }
+
+    public void AddTo(Command command)
+    {
+        foreach (Option o in new Option[] { Model, MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN,
+                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop })
+            command.Add(o);
+    }
+
+    public SamplerOptions Sampling(ParseResult r)
+    {
+        long seed = r.GetValue(Seed);
+        if (seed > uint.MaxValue) throw new CliException($"--seed must be at most {uint.MaxValue} (got {seed})");
+        var options = new SamplerOptions
+        {
+            Temperature = r.GetValue(Temperature),
+            TopK = r.GetValue(TopK),
+            TopP = r.GetValue(TopP),
+            MinP = r.GetValue(MinP),
+            RepeatPenalty = r.GetValue(RepeatPenalty),
+            PenaltyLastN = r.GetValue(RepeatLastN),
+            FrequencyPenalty = r.GetValue(FrequencyPenalty),
+            PresencePenalty = r.GetValue(PresencePenalty),
+            Seed = seed >= 0 ? (uint)seed : (uint)Random.Shared.NextInt64(1L << 32),
+        };
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
+        return options;
+    }
+
+    public int ContextSize(ParseResult r)
+    {
+        int ctx = r.GetValue(Context);
+        if (ctx < 0) throw new CliException($"--ctx must not be negative (got {ctx})");
+        return ctx;
+    }
+
+    public int MaxNewTokens(ParseResult r)
+    {
+        int n = r.GetValue(MaxTokens);
+        if (n < 0) throw new CliException($"--max-tokens must not be negative (got {n})");
+        return n;
+    }
+}
