@@ -46,8 +46,11 @@ internal sealed class TorchReference : IDisposable
         foreach (var p in _parameters.Values) p.grad?.zero_();
     }
 
-    /// <summary>Mean cross-entropy of the batch (a graph to call backward on).</summary>
-    public Tensor Loss(int[] tokens, int[] targets, int batch, int seqLen)
+    /// <summary>
+    /// Mean cross-entropy of the batch (a graph to call backward on). With a dropout key, applies the very masks Loom
+    /// derives from that key, so dropout's forward and backward are checked too.
+    /// </summary>
+    public Tensor Loss(int[] tokens, int[] targets, int batch, int seqLen, ulong dropoutKey = 0, float attentionDropout = 0, float residualDropout = 0)
     {
         var s = _shape;
         Tensor P(string name) => _parameters[name];
@@ -69,15 +72,30 @@ internal sealed class TorchReference : IDisposable
             v = v.repeat_interleave(group, 1);
             var scores = q.matmul(k.transpose(-2, -1)) * (1.0 / Math.Sqrt(s.HeadDim));
             var probs = scores.masked_fill(causal, float.NegativeInfinity).softmax(-1);
+            if (dropoutKey != 0 && attentionDropout > 0)
+                probs = probs * MaskTensor(DropoutMask.For(dropoutKey, l, 0, attentionDropout), [batch, s.Heads, seqLen, seqLen]);
             var attention = probs.matmul(v).transpose(1, 2).reshape(batch, seqLen, s.Dim);
-            x = x + attention.matmul(P(b + "attn_output.weight").t());
+            var projection = attention.matmul(P(b + "attn_output.weight").t());
+            if (dropoutKey != 0 && residualDropout > 0)
+                projection = projection * MaskTensor(DropoutMask.For(dropoutKey, l, 1, residualDropout), [batch, seqLen, s.Dim]);
+            x = x + projection;
             var h2 = RmsNorm(x, P(b + "ffn_norm.weight"));
             var gated = nn.functional.silu(h2.matmul(P(b + "ffn_gate.weight").t())) * h2.matmul(P(b + "ffn_up.weight").t());
-            x = x + gated.matmul(P(b + "ffn_down.weight").t());
+            var down = gated.matmul(P(b + "ffn_down.weight").t());
+            if (dropoutKey != 0 && residualDropout > 0)
+                down = down * MaskTensor(DropoutMask.For(dropoutKey, l, 2, residualDropout), [batch, seqLen, s.Dim]);
+            x = x + down;
         }
         var final = RmsNorm(x, P("output_norm.weight"));
         var logits = final.matmul(P("token_embd.weight").t()).view(batch * seqLen, s.VocabSize);
         return nn.functional.cross_entropy(logits, targetIds);
+    }
+
+    private static Tensor MaskTensor(DropoutMask mask, long[] shape)
+    {
+        var factors = new float[shape.Aggregate(1L, (a, b) => a * b)];
+        for (int i = 0; i < factors.Length; i++) factors[i] = mask.Factor(i);
+        return tensor(factors, shape);
     }
 
     private Tensor RmsNorm(Tensor x, Tensor weight) =>
