@@ -111,7 +111,7 @@ public sealed class Decoder
             Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), a.Norm2, a.InverseRms2, n, s.NormEpsilon);
             MatMul.Forward(a.Norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads);
             MatMul.Forward(a.Norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads);
-            Layers.SwiGluForward(a.Gate, a.Up, a.Hidden);
+            Layers.SwiGluForward(a.Gate.AsSpan(0, n * s.Hidden), a.Up, a.Hidden.AsSpan(0, n * s.Hidden));
             MatMul.Forward(a.Hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads);
             Mask(l, 2, ResidualDropout).Apply(projection);
             AddTo(a.Middle, projection, w.Residual[l + 1]);
@@ -195,12 +195,16 @@ public sealed class Decoder
     private DropoutMask Mask(int layer, int site, float rate) =>
         _dropoutOn ? DropoutMask.For(_dropoutKey, layer, site, rate) : default;
 
+    /// <summary>sum = x + y over y's length (the rows of this batch).</summary>
     private static void AddTo(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> sum) =>
-        System.Numerics.Tensors.TensorPrimitives.Add(x, y[..x.Length], sum);
+        System.Numerics.Tensors.TensorPrimitives.Add(x[..y.Length], y, sum);
 
     private Workspace EnsureWorkspace(int batch, int seqLen)
     {
-        if (_work is null || _work.Batch != batch || _work.SeqLen != seqLen) _work = new Workspace(Shape, batch, seqLen);
+        // A smaller batch (validation's last one, a shorter sequence) reuses the buffers: every pass indexes them by
+        // its own batch and sequence length.
+        if (_work is null || _work.Batch < batch || _work.SeqLen < seqLen)
+            _work = new Workspace(Shape, Math.Max(batch, _work?.Batch ?? 0), Math.Max(seqLen, _work?.SeqLen ?? 0));
         return _work;
     }
 
