@@ -1,0 +1,33 @@
+using System.Runtime.CompilerServices;
+
+namespace Loom.Core.Quantization;
+
+/// <summary>Scalar half-precision helpers with ggml's rounding (IEEE half, round to nearest even; bf16 as ggml rounds it).</summary>
+public static unsafe class Fp
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float HalfToFloat(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort FloatToHalf(float value) => BitConverter.HalfToUInt16Bits((Half)value);
+
+    /// <summary>Rounds a float to the nearest value a half can hold (what storing a scale as fp16 does to it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float RoundToHalf(float value) => (float)(Half)value;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float BFloat16ToFloat(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
+
+    /// <summary>ggml's fp32→bf16: round to nearest even; NaN stays NaN (forced quiet).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort FloatToBFloat16(float value)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(value);
+        if ((u & 0x7fffffff) > 0x7f800000)
+            return (ushort)((u >> 16) | 64);
+        return (ushort)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float ReadHalf(byte* p) => HalfToFloat(Unsafe.ReadUnaligned<ushort>(p));
+}
