@@ -87,4 +87,100 @@ internal static unsafe class Block32Kernels
         }
         return Vector512.Sum(acc) + Sum(tail) + minSum;
     }
+
+    // ---- four tokens per pass: each weight block is unpacked once and dotted with four activation rows ----
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Step<T>(Vector256<byte> magnitudes, Vector256<sbyte> w, sbyte* xq, float scale, Vector256<float> acc)
+        where T : unmanaged, IBlock32Format
+    {
+        var xv = Vector256.Load(xq);
+        var p = DotUnsignedSigned(magnitudes, T.HasMin ? xv : Avx2.Sign(xv, w));
+        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(p), Vector256.Create(scale), acc);
+    }
+
+    public static void Dot4Avx2<T>(byte* row, int blocks, ActivationRow* x, float* result) where T : unmanaged, IBlock32Format
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        for (int b = 0; b < blocks; b++, row += T.BlockBytes)
+        {
+            var w = T.Unpack(row);
+            var magnitudes = T.HasMin ? w.AsByte() : Avx2.Abs(w);
+            float dw = T.Scale(row);
+            int o = 32 * b;
+            a0 = Step<T>(magnitudes, w, x[0].Qs + o, dw * x[0].D[b], a0);
+            a1 = Step<T>(magnitudes, w, x[1].Qs + o, dw * x[1].D[b], a1);
+            a2 = Step<T>(magnitudes, w, x[2].Qs + o, dw * x[2].D[b], a2);
+            a3 = Step<T>(magnitudes, w, x[3].Qs + o, dw * x[3].D[b], a3);
+            if (T.HasMin)
+            {
+                float mw = T.Min(row);
+                m0 += mw * x[0].S[b];
+                m1 += mw * x[1].S[b];
+                m2 += mw * x[2].S[b];
+                m3 += mw * x[3].S[b];
+            }
+        }
+        result[0] = Sum(a0) + m0;
+        result[1] = Sum(a1) + m1;
+        result[2] = Sum(a2) + m2;
+        result[3] = Sum(a3) + m3;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Step512<T>(Vector512<byte> magnitudes, Vector512<sbyte> w, sbyte* xq, Vector512<float> scale, Vector512<float> acc)
+        where T : unmanaged, IBlock32Format
+    {
+        var xv = Vector512.Load(xq);
+        var signedX = T.HasMin ? xv : Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), -xv, xv);
+        var sums = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitudes, signedX), Vector512.Create((short)1));
+        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sums), scale, acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> PairScale(float dw0, float dw1, float* xd, int b) =>
+        Vector512.Create(Vector256.Create(dw0 * xd[b]), Vector256.Create(dw1 * xd[b + 1]));
+
+    public static void Dot4Avx512<T>(byte* row, int blocks, ActivationRow* x, float* result) where T : unmanaged, IBlock32Format
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        int b = 0;
+        for (; b + 1 < blocks; b += 2, row += 2 * T.BlockBytes)
+        {
+            var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
+            var magnitudes = T.HasMin ? w.AsByte() : Avx512BW.Abs(w);
+            float dw0 = T.Scale(row), dw1 = T.Scale(row + T.BlockBytes);
+            int o = 32 * b;
+            a0 = Step512<T>(magnitudes, w, x[0].Qs + o, PairScale(dw0, dw1, x[0].D, b), a0);
+            a1 = Step512<T>(magnitudes, w, x[1].Qs + o, PairScale(dw0, dw1, x[1].D, b), a1);
+            a2 = Step512<T>(magnitudes, w, x[2].Qs + o, PairScale(dw0, dw1, x[2].D, b), a2);
+            a3 = Step512<T>(magnitudes, w, x[3].Qs + o, PairScale(dw0, dw1, x[3].D, b), a3);
+            if (T.HasMin)
+            {
+                float mw0 = T.Min(row), mw1 = T.Min(row + T.BlockBytes);
+                m0 += mw0 * x[0].S[b] + mw1 * x[0].S[b + 1];
+                m1 += mw0 * x[1].S[b] + mw1 * x[1].S[b + 1];
+                m2 += mw0 * x[2].S[b] + mw1 * x[2].S[b + 1];
+                m3 += mw0 * x[3].S[b] + mw1 * x[3].S[b + 1];
+            }
+        }
+        result[0] = Vector512.Sum(a0) + m0;
+        result[1] = Vector512.Sum(a1) + m1;
+        result[2] = Vector512.Sum(a2) + m2;
+        result[3] = Vector512.Sum(a3) + m3;
+        if (b < blocks)
+        {
+            var w = T.Unpack(row);
+            var magnitudes = T.HasMin ? w.AsByte() : Avx2.Abs(w);
+            float dw = T.Scale(row);
+            float mw = T.HasMin ? T.Min(row) : 0;
+            for (int t = 0; t < 4; t++)
+            {
+                result[t] += Sum(Step<T>(magnitudes, w, x[t].Qs + 32 * b, dw * x[t].D[b], Vector256<float>.Zero));
+                if (T.HasMin) result[t] += mw * x[t].S[b];
+            }
+        }
+    }
 }

@@ -72,6 +72,32 @@ internal static unsafe class DotKernels
         _ => throw new ArgumentOutOfRangeException(nameof(isa)),
     };
 
+    /// <summary>
+    /// The kernel computing one row against four input vectors at once (the weights are unpacked once for all four),
+    /// or null where the type has none on this path and the single-vector kernel runs four times.
+    /// </summary>
+    public static delegate*<byte*, int, ActivationRow*, float*, void> SelectFour(GgmlType type, KernelIsa isa)
+    {
+        if (isa == KernelIsa.Portable) return null;
+        bool wide = isa == KernelIsa.Avx512;
+        return type switch
+        {
+            GgmlType.F32 => &FloatKernels.Dot4F32Avx2,
+            GgmlType.F16 => &FloatKernels.Dot4F16Avx2,
+            GgmlType.BF16 => &FloatKernels.Dot4BF16Avx2,
+            GgmlType.Q4_0 => wide ? &Block32Kernels.Dot4Avx512<Q4_0Format> : &Block32Kernels.Dot4Avx2<Q4_0Format>,
+            GgmlType.Q4_1 => wide ? &Block32Kernels.Dot4Avx512<Q4_1Format> : &Block32Kernels.Dot4Avx2<Q4_1Format>,
+            GgmlType.Q5_0 => wide ? &Block32Kernels.Dot4Avx512<Q5_0Format> : &Block32Kernels.Dot4Avx2<Q5_0Format>,
+            GgmlType.Q5_1 => wide ? &Block32Kernels.Dot4Avx512<Q5_1Format> : &Block32Kernels.Dot4Avx2<Q5_1Format>,
+            GgmlType.Q8_0 => wide ? &Block32Kernels.Dot4Avx512<Q8_0Format> : &Block32Kernels.Dot4Avx2<Q8_0Format>,
+            GgmlType.IQ4_NL => wide ? &Block32Kernels.Dot4Avx512<Iq4NlFormat> : &Block32Kernels.Dot4Avx2<Iq4NlFormat>,
+            GgmlType.Q4_K => &KQuantKernels.Dot4Q4KAvx2,
+            GgmlType.Q5_K => &KQuantKernels.Dot4Q5KAvx2,
+            GgmlType.Q6_K => &KQuantKernels.Dot4Q6KAvx2,
+            _ => null,
+        };
+    }
+
     private static float PortableQ2K(byte* row, int n, in ActivationRow x) => KQuantKernels.DotPortable(GgmlType.Q2_K, row, n, x);
     private static float PortableQ3K(byte* row, int n, in ActivationRow x) => KQuantKernels.DotPortable(GgmlType.Q3_K, row, n, x);
     private static float PortableQ4K(byte* row, int n, in ActivationRow x) => KQuantKernels.DotPortable(GgmlType.Q4_K, row, n, x);

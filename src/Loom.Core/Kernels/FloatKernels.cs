@@ -169,4 +169,52 @@ internal static unsafe class FloatKernels
         for (; c < cols; c++) sum += Fp.BFloat16ToFloat(w[c]) * xs[c];
         return sum;
     }
+
+    // ---- four tokens per pass: each weight vector is converted once and used for four FMAs ----
+
+    public static void Dot4F32Avx2(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx2(row, cols, x, result, 0);
+
+    public static void Dot4F16Avx2(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx2(row, cols, x, result, 1);
+
+    public static void Dot4BF16Avx2(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx2(row, cols, x, result, 2);
+
+    /// <summary><paramref name="format"/>: 0 = F32, 1 = F16, 2 = BF16 (a constant at every call site, so the JIT folds it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4Avx2(byte* row, int cols, ActivationRow* x, float* result, int format)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
+        int c = 0;
+        for (; c + 8 <= cols; c += 8)
+        {
+            var w = format switch
+            {
+                0 => Vector256.Load((float*)row + c),
+                1 => HalfToSingle(Widen((ushort*)row + c)),
+                _ => (Widen((ushort*)row + c) << 16).AsSingle(),
+            };
+            a0 = Fma.MultiplyAdd(w, Vector256.Load(x0 + c), a0);
+            a1 = Fma.MultiplyAdd(w, Vector256.Load(x1 + c), a1);
+            a2 = Fma.MultiplyAdd(w, Vector256.Load(x2 + c), a2);
+            a3 = Fma.MultiplyAdd(w, Vector256.Load(x3 + c), a3);
+        }
+        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        for (; c < cols; c++)
+        {
+            float w = format switch
+            {
+                0 => ((float*)row)[c],
+                1 => Fp.HalfToFloat(((ushort*)row)[c]),
+                _ => Fp.BFloat16ToFloat(((ushort*)row)[c]),
+            };
+            s0 += w * x0[c];
+            s1 += w * x1[c];
+            s2 += w * x2[c];
+            s3 += w * x3[c];
+        }
+        result[0] = s0;
+        result[1] = s1;
+        result[2] = s2;
+        result[3] = s3;
+    }
 }

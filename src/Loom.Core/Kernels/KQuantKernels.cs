@@ -349,4 +349,108 @@ internal static unsafe class KQuantKernels
         }
         return Sum(acc);
     }
+
+    // ---- four tokens per pass for the common K types: weights unpacked once per super-block ----
+
+    public static void Dot4Q4KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result) => Dot4K45(row, superBlocks, x, result, five: false);
+
+    public static void Dot4Q5KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result) => Dot4K45(row, superBlocks, x, result, five: true);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4K45(byte* row, int superBlocks, ActivationRow* x, float* result, bool five)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        byte* scalesBytes = stackalloc byte[16];
+        var sixteen = Vector256.Create((byte)16);
+        int blockBytes = five ? 176 : 144;
+        for (int i = 0; i < superBlocks; i++, row += blockBytes)
+        {
+            var sm = ScalesAndMinsK4(row + 4);
+            sm.Store(scalesBytes);
+            float d = Fp.ReadHalf(row), dmin = Fp.ReadHalf(row + 2);
+            m0 += dmin * x[0].D[i] * MinTimesSums(sm, x[0].BSums + i * 16);
+            m1 += dmin * x[1].D[i] * MinTimesSums(sm, x[1].BSums + i * 16);
+            m2 += dmin * x[2].D[i] * MinTimesSums(sm, x[2].BSums + i * 16);
+            m3 += dmin * x[3].D[i] * MinTimesSums(sm, x[3].BSums + i * 16);
+            var qh = five ? Vector256.Load(row + 16) : default;
+            byte* qs = row + (five ? 48 : 16);
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int c = 0; c < 4; c++)
+            {
+                var raw = Vector256.Load(qs + 32 * c);
+                var lo = raw & Low4;
+                var hi = ShiftRight(raw, 4) & Low4;
+                if (five)
+                {
+                    var bitLo = Vector256.Create((byte)(1 << (2 * c)));
+                    var bitHi = Vector256.Create((byte)(2 << (2 * c)));
+                    lo |= Vector256.Equals(qh & bitLo, bitLo) & sixteen;
+                    hi |= Vector256.Equals(qh & bitHi, bitHi) & sixteen;
+                }
+                var scLo = Vector256.Create((short)scalesBytes[2 * c]);
+                var scHi = Vector256.Create((short)scalesBytes[2 * c + 1]);
+                int o = i * 256 + 64 * c;
+                s0 += ScaledDot(lo, Vector256.Load(x[0].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[0].Qs + o + 32), scHi);
+                s1 += ScaledDot(lo, Vector256.Load(x[1].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[1].Qs + o + 32), scHi);
+                s2 += ScaledDot(lo, Vector256.Load(x[2].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[2].Qs + o + 32), scHi);
+                s3 += ScaledDot(lo, Vector256.Load(x[3].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[3].Qs + o + 32), scHi);
+            }
+            a0 = Fma.MultiplyAdd(Vector256.Create(d * x[0].D[i]), Avx.ConvertToVector256Single(s0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(d * x[1].D[i]), Avx.ConvertToVector256Single(s1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(d * x[3].D[i]), Avx.ConvertToVector256Single(s3), a3);
+        }
+        result[0] = Sum(a0) - m0;
+        result[1] = Sum(a1) - m1;
+        result[2] = Sum(a2) - m2;
+        result[3] = Sum(a3) - m3;
+    }
+
+    public static void Dot4Q6KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        var high2 = Vector256.Create((byte)0x30);
+        for (int i = 0; i < superBlocks; i++, row += 210)
+        {
+            var sc = (sbyte*)(row + 192);
+            var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load(sc));
+            Vector256<int> s0 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[0].BSums + i * 16));
+            Vector256<int> s1 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[1].BSums + i * 16));
+            Vector256<int> s2 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[2].BSums + i * 16));
+            Vector256<int> s3 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[3].BSums + i * 16));
+            for (int n = 0; n < 2; n++)
+            {
+                var ql0 = Vector256.Load(row + 64 * n);
+                var ql1 = Vector256.Load(row + 64 * n + 32);
+                var qh = Vector256.Load(row + 128 + 32 * n);
+                sbyte* s = sc + 8 * n;
+                for (int k = 0; k < 4; k++)
+                {
+                    var w = k switch
+                    {
+                        0 => (ql0 & Low4) | (ShiftLeft(qh, 4) & high2),
+                        1 => (ql1 & Low4) | (ShiftLeft(qh, 2) & high2),
+                        2 => (ShiftRight(ql0, 4) & Low4) | (qh & high2),
+                        _ => (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2),
+                    };
+                    var scales = Scales16(s[2 * k], s[2 * k + 1]);
+                    int o = i * 256 + 128 * n + 32 * k;
+                    s0 += ScaledDot(w, Vector256.Load(x[0].Qs + o), scales);
+                    s1 += ScaledDot(w, Vector256.Load(x[1].Qs + o), scales);
+                    s2 += ScaledDot(w, Vector256.Load(x[2].Qs + o), scales);
+                    s3 += ScaledDot(w, Vector256.Load(x[3].Qs + o), scales);
+                }
+            }
+            float d = Fp.ReadHalf(row + 208);
+            a0 = Fma.MultiplyAdd(Vector256.Create(d * x[0].D[i]), Avx.ConvertToVector256Single(s0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(d * x[1].D[i]), Avx.ConvertToVector256Single(s1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(d * x[3].D[i]), Avx.ConvertToVector256Single(s3), a3);
+        }
+        result[0] = Sum(a0);
+        result[1] = Sum(a1);
+        result[2] = Sum(a2);
+        result[3] = Sum(a3);
+    }
 }

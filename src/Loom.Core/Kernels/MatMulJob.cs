@@ -21,6 +21,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
     private byte* _base;
 
     private delegate*<byte*, int, in ActivationRow, float> _dot;
+    private delegate*<byte*, int, ActivationRow*, float*, void> _dotFour;
     private byte* _weights;
     private long _rowBytes;
     private int _rows, _cols, _units, _tokens, _rowsPerChunk;
@@ -33,9 +34,10 @@ internal sealed unsafe class MatMulJob : IParallelWork
     private short* _bsums;
 
     /// <summary>Quantizes the inputs as <paramref name="matrix"/>'s type needs and records the call's arguments.</summary>
-    public void Prepare(WeightMatrix matrix, delegate*<byte*, int, in ActivationRow, float> dot, float* x, float* y, int tokens, int rowsPerChunk)
+    public void Prepare(WeightMatrix matrix, KernelIsa isa, float* x, float* y, int tokens, int rowsPerChunk)
     {
-        _dot = dot;
+        _dot = DotKernels.Select(matrix.Type, isa);
+        _dotFour = DotKernels.SelectFour(matrix.Type, isa);
         _weights = matrix.Data;
         _rowBytes = matrix.RowBytes;
         _rows = matrix.Rows;
@@ -74,10 +76,25 @@ internal sealed unsafe class MatMulJob : IParallelWork
     {
         int rowStart = chunk * _rowsPerChunk;
         int rowEnd = Math.Min(_rows, rowStart + _rowsPerChunk);
+        ActivationRow* four = stackalloc ActivationRow[4];
+        float* results = stackalloc float[4];
         for (int tileStart = rowStart; tileStart < rowEnd; tileStart += RowTile)
         {
             int tileEnd = Math.Min(rowEnd, tileStart + RowTile);
-            for (int t = 0; t < _tokens; t++)
+            int t = 0;
+            if (_dotFour != null)
+            {
+                for (; t + 4 <= _tokens; t += 4)
+                {
+                    for (int k = 0; k < 4; k++) four[k] = Activation(t + k);
+                    for (int r = tileStart; r < tileEnd; r++)
+                    {
+                        _dotFour(_weights + r * _rowBytes, _units, four, results);
+                        for (int k = 0; k < 4; k++) _y[(long)(t + k) * _rows + r] = results[k];
+                    }
+                }
+            }
+            for (; t < _tokens; t++)
             {
                 var activation = Activation(t);
                 float* yt = _y + (long)t * _rows;

@@ -69,7 +69,7 @@ public sealed unsafe class WeightMatrix
             int target = (Rows + threads * 4 - 1) / (threads * 4);
             rowsPerChunk = Math.Max(MatMulJob.RowTile, (target + MatMulJob.RowTile - 1) / MatMulJob.RowTile * MatMulJob.RowTile);
         }
-        job.Prepare(this, DotKernels.Select(Type, isa), x, y, tokens, rowsPerChunk);
+        job.Prepare(this, isa, x, y, tokens, rowsPerChunk);
         pool.Run(job, job.ChunkCount);
     }
 

@@ -5,8 +5,15 @@ namespace Loom.Core.Quantization;
 /// <summary>Scalar half-precision helpers with ggml's rounding (IEEE half, round to nearest even; bf16 as ggml rounds it).</summary>
 public static unsafe class Fp
 {
+    /// <summary>Exact fp16 → fp32; normal numbers (all block scales in practice) take a short branch-free bit path.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float HalfToFloat(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits);
+    public static float HalfToFloat(ushort bits)
+    {
+        uint magnitude = bits & 0x7fffu;
+        if (magnitude - 0x400u < 0x7800u) // exponent field 1..30
+            return BitConverter.UInt32BitsToSingle((((uint)bits & 0x8000u) << 16) | ((magnitude << 13) + 0x38000000u));
+        return (float)BitConverter.UInt16BitsToHalf(bits);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ushort FloatToHalf(float value) => BitConverter.HalfToUInt16Bits((Half)value);
