@@ -114,8 +114,8 @@ public class QuantVectorTests
     {
         var e1 = Assert.Throws<NotSupportedException>(() => Dequantizer.Dequantize(GgmlType.IQ2_XXS, new byte[66], new float[256]));
         Assert.Contains("IQ2_XXS", e1.Message);
-        var e2 = Assert.Throws<NotSupportedException>(() => Quantizer.Quantize(GgmlType.Q6_K, new float[256], new byte[210]));
-        Assert.Contains("Q6_K", e2.Message);
+        var e2 = Assert.Throws<NotSupportedException>(() => Quantizer.Quantize(GgmlType.IQ4_XS, new float[256], new byte[136]));
+        Assert.Contains("IQ4_XS", e2.Message);
         Assert.Throws<ArgumentException>(() => Dequantizer.Dequantize(GgmlType.Q4_0, new byte[17], new float[32]));
         Assert.Throws<ArgumentException>(() => Dequantizer.Dequantize(GgmlType.Q4_0, new byte[36], new float[40]));
         Assert.Throws<ArgumentException>(() => Quantizer.Quantize(GgmlType.Q8_0, new float[32], new byte[33]));
@@ -125,13 +125,50 @@ public class QuantVectorTests
     [Fact]
     public void AllZeroBlocksQuantizeToZero()
     {
-        foreach (var t in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1 })
+        foreach (var t in RoundTripTypes)
         {
-            var bytes = new byte[GgmlTypeInfo.RowBytes(t, 64)];
-            Quantizer.Quantize(t, new float[64], bytes);
-            var back = new float[64];
+            var bytes = new byte[GgmlTypeInfo.RowBytes(t, 256)];
+            Quantizer.Quantize(t, new float[256], bytes);
+            var back = new float[256];
             Dequantizer.Dequantize(t, bytes, back);
             Assert.All(back, v => Assert.Equal(0f, v));
+        }
+    }
+
+    private static readonly GgmlType[] RoundTripTypes =
+    [
+        GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1,
+        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
+    ];
+
+    [Fact]
+    public void RoundTripErrorIsWithinEachTypesResolution()
+    {
+        var rng = new Random(3);
+        var x = new float[2048];
+        for (int i = 0; i < x.Length; i++) x[i] = (float)((rng.NextDouble() * 2 - 1) * (i < 256 ? 0.01 : 1) + (i >= 1024 && i < 1280 ? 3 : 0));
+        // Relative to the largest magnitude in the data; generous versions of each type's step size.
+        var bound = new Dictionary<GgmlType, double>
+        {
+            [GgmlType.Q8_0] = 0.01, [GgmlType.Q4_0] = 0.15, [GgmlType.Q4_1] = 0.1, [GgmlType.Q5_0] = 0.08, [GgmlType.Q5_1] = 0.05,
+            [GgmlType.Q2_K] = 0.6, [GgmlType.Q3_K] = 0.3, [GgmlType.Q4_K] = 0.15, [GgmlType.Q5_K] = 0.08, [GgmlType.Q6_K] = 0.04,
+        };
+        foreach (var t in RoundTripTypes)
+        {
+            var bytes = new byte[GgmlTypeInfo.RowBytes(t, x.Length)];
+            Quantizer.Quantize(t, x, bytes);
+            var back = new float[x.Length];
+            Dequantizer.Dequantize(t, bytes, back);
+            for (int blk = 0; blk < x.Length / 256; blk++)
+            {
+                double amax = 0, err = 0;
+                for (int i = blk * 256; i < blk * 256 + 256; i++)
+                {
+                    amax = Math.Max(amax, Math.Abs(x[i]));
+                    err = Math.Max(err, Math.Abs(x[i] - back[i]));
+                }
+                Assert.True(err <= bound[t] * amax, $"{t} block {blk}: max error {err} for max |x| {amax}");
+            }
         }
     }
 }

@@ -4,12 +4,14 @@ namespace Loom.Core.Quantization;
 
 /// <summary>
 /// Reference quantizers that produce the same bytes as ggml's quantize_row_*_ref
-/// (same scale choice, same float operations, same rounding: roundf for Q8_0, truncating casts after +0.5/+8.5/+16.5 for the 4/5-bit types).
+/// (same scale choice, same float operations, same rounding: roundf for Q8_0, truncating casts after +0.5/+8.5/+16.5 for the 4/5-bit types,
+/// and for the K-quants the same iterative scale searches without an importance matrix).
 /// </summary>
-public static unsafe class Quantizer
+public static unsafe partial class Quantizer
 {
     public static bool IsSupported(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
-        or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1;
+        or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
+        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
     /// <summary>Encodes <paramref name="source"/> (a whole number of blocks) into <paramref name="destination"/>; returns the bytes written.</summary>
     public static int Quantize(GgmlType type, ReadOnlySpan<float> source, Span<byte> destination)
@@ -33,6 +35,11 @@ public static unsafe class Quantizer
                 case GgmlType.Q4_1: Q4_1(x, y, n / 32); break;
                 case GgmlType.Q5_0: Q5_0(x, y, n / 32); break;
                 case GgmlType.Q5_1: Q5_1(x, y, n / 32); break;
+                case GgmlType.Q2_K: Q2_K(x, y, n / 256); break;
+                case GgmlType.Q3_K: Q3_K(x, y, n / 256); break;
+                case GgmlType.Q4_K: Q4_K(x, y, n / 256); break;
+                case GgmlType.Q5_K: Q5_K(x, y, n / 256); break;
+                case GgmlType.Q6_K: Q6_K(x, y, n / 256); break;
             }
         }
         return (int)need;
