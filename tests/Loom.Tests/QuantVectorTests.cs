@@ -110,6 +110,18 @@ public class QuantVectorTests
     }
 
     [Fact]
+    public void HalfToFloatIsExactForEveryHalf()
+    {
+        for (int bits = 0; bits < 65536; bits++)
+        {
+            float expected = (float)BitConverter.UInt16BitsToHalf((ushort)bits);
+            float actual = Fp.HalfToFloat((ushort)bits);
+            if (float.IsNaN(expected)) Assert.True(float.IsNaN(actual), $"half 0x{bits:x4}");
+            else Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual), $"half 0x{bits:x4}: {actual} vs {expected}");
+        }
+    }
+
+    [Fact]
     public void BadArgumentsAreRejectedWithClearErrors()
     {
         var e1 = Assert.Throws<NotSupportedException>(() => Dequantizer.Dequantize(GgmlType.IQ2_XXS, new byte[66], new float[256]));

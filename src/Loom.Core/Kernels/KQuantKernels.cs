@@ -144,7 +144,58 @@ internal static unsafe class KQuantKernels
 
     // ---- AVX2 path: one hand-written loop per type. ----
 
-    private static readonly Vector256<byte> Low4 = Vector256.Create((byte)0x0F);
+    /// <summary>Low-nibble mask (a property so the JIT folds it into a constant; a static field would add a class-init check).</summary>
+    private static Vector256<byte> Low4
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector256.Create((byte)0x0F);
+    }
+
+    /// <summary>
+    /// Widens 8 byte scales (bytes 0..7 of <paramref name="scales"/>) to int16 in both 128-bit lanes, for <see cref="PairScales"/>;
+    /// kept in a register so the kernels' accumulators never go through the stack.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> WidenScales(Vector128<byte> scales)
+    {
+        var wide = Avx2.ConvertToVector256Int16(scales);
+        return Avx2.Permute4x64(wide.AsInt64(), 0b01_00_01_00).AsInt16();
+    }
+
+    /// <summary>Scales 0..7 of 16 widened ones, in both lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> LowHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b01_00_01_00).AsInt16();
+
+    /// <summary>Scales 8..15 of 16 widened ones, in both lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> HighHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b11_10_11_10).AsInt16();
+
+    /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="WidenScales"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> PairScales(Vector256<short> widened, int k)
+    {
+        var pick = Vector256.Create(Vector128.Create((short)(0x0100 + 0x0202 * k)), Vector128.Create((short)(0x0302 + 0x0202 * k)));
+        return Avx2.Shuffle(widened.AsByte(), pick.AsByte()).AsInt16();
+    }
+
+    /// <summary>Int16 vector of scale <paramref name="k"/> everywhere (from <see cref="WidenScales"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> OneScale(Vector256<short> widened, int k) =>
+        Avx2.Shuffle(widened.AsByte(), Vector256.Create((short)(0x0100 + 0x0202 * k)).AsByte()).AsInt16();
+
+    /// <summary>Q3_K's 16 scales (−32..31) in a register, unpacked as <see cref="Dequantizer.UnpackQ3KScales"/> does.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<sbyte> Q3KScales(byte* packed)
+    {
+        const uint kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+        uint a0 = Unsafe.ReadUnaligned<uint>(packed), a1 = Unsafe.ReadUnaligned<uint>(packed + 4), tmp = Unsafe.ReadUnaligned<uint>(packed + 8);
+        var v = Vector128.Create(
+            (a0 & kmask2) | (((tmp >> 0) & kmask1) << 4),
+            (a1 & kmask2) | (((tmp >> 2) & kmask1) << 4),
+            ((a0 >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4),
+            ((a1 >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4));
+        return v.AsSByte() - Vector128.Create((sbyte)32);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> ShiftRight(Vector256<byte> v, int count) => Vector256.ShiftRightLogical(v.AsUInt16(), count).AsByte();
@@ -189,26 +240,27 @@ internal static unsafe class KQuantKernels
     public static float DotQ3KAvx2(byte* row, int superBlocks, in ActivationRow x)
     {
         var acc = Vector256<float>.Zero;
-        sbyte* sc = stackalloc sbyte[16];
         var mask = Vector256.Create((byte)3);
         var four = Vector256.Create((byte)4);
         for (int i = 0; i < superBlocks; i++, row += 110)
         {
             sbyte* q8 = x.Qs + i * 256;
-            Dequantizer.UnpackQ3KScales(row + 96, sc);
+            var sc = Q3KScales(row + 96);
+            var scales16 = Avx2.ConvertToVector256Int16(sc);
             // levels are stored as u + 4h - 4 with u in 0..3, h the high bit; dot with (u + 4h) and take 4·Σ sc·bsum away.
-            int offset = 4 * ScaledBlockSums(Avx2.ConvertToVector256Int16(Vector128.Load(sc)), x.BSums + i * 16);
+            int offset = 4 * ScaledBlockSums(scales16, x.BSums + i * 16);
             var hm = Vector256.Load(row);
             var sumi = Vector256<int>.Zero;
             for (int n = 0; n < 2; n++)
             {
                 var q = Vector256.Load(row + 32 + 32 * n);
+                // this half's eight scales, widened into both lanes
+                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
                 for (int j = 0; j < 4; j++)
                 {
                     var bit = Vector256.Create((byte)(1 << (4 * n + j)));
                     var w = (ShiftRight(q, 2 * j) & mask) | (Vector256.Equals(hm & bit, bit) & four);
-                    int s = 8 * n + 2 * j;
-                    sumi += ScaledDot(w, Vector256.Load(q8 + 128 * n + 32 * j), Scales16(sc[s], sc[s + 1]));
+                    sumi += ScaledDot(w, Vector256.Load(q8 + 128 * n + 32 * j), PairScales(half, 2 * j));
                 }
             }
             sumi -= Vector256.CreateScalar(offset);
@@ -244,12 +296,11 @@ internal static unsafe class KQuantKernels
     {
         var acc = Vector256<float>.Zero;
         float minTotal = 0;
-        byte* scalesBytes = stackalloc byte[16];
         for (int i = 0; i < superBlocks; i++, row += 144)
         {
             sbyte* q8 = x.Qs + i * 256;
             var sm = ScalesAndMinsK4(row + 4);
-            sm.Store(scalesBytes);
+            var scales = WidenScales(sm);
             int summ = MinTimesSums(sm, x.BSums + i * 16);
             var sumi = Vector256<int>.Zero;
             for (int c = 0; c < 4; c++)
@@ -257,8 +308,8 @@ internal static unsafe class KQuantKernels
                 var raw = Vector256.Load(row + 16 + 32 * c);
                 var lo = raw & Low4;
                 var hi = ShiftRight(raw, 4) & Low4;
-                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), Vector256.Create((short)scalesBytes[2 * c]));
-                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), Vector256.Create((short)scalesBytes[2 * c + 1]));
+                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c));
+                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
             }
             float dx = x.D[i];
             acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
@@ -271,13 +322,12 @@ internal static unsafe class KQuantKernels
     {
         var acc = Vector256<float>.Zero;
         float minTotal = 0;
-        byte* scalesBytes = stackalloc byte[16];
         var sixteen = Vector256.Create((byte)16);
         for (int i = 0; i < superBlocks; i++, row += 176)
         {
             sbyte* q8 = x.Qs + i * 256;
             var sm = ScalesAndMinsK4(row + 4);
-            sm.Store(scalesBytes);
+            var scales = WidenScales(sm);
             int summ = MinTimesSums(sm, x.BSums + i * 16);
             var qh = Vector256.Load(row + 16);
             var sumi = Vector256<int>.Zero;
@@ -288,8 +338,8 @@ internal static unsafe class KQuantKernels
                 var bitHi = Vector256.Create((byte)(2 << (2 * c)));
                 var lo = (raw & Low4) | (Vector256.Equals(qh & bitLo, bitLo) & sixteen);
                 var hi = (ShiftRight(raw, 4) & Low4) | (Vector256.Equals(qh & bitHi, bitHi) & sixteen);
-                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), Vector256.Create((short)scalesBytes[2 * c]));
-                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), Vector256.Create((short)scalesBytes[2 * c + 1]));
+                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c));
+                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
             }
             float dx = x.D[i];
             acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
@@ -305,9 +355,9 @@ internal static unsafe class KQuantKernels
         for (int i = 0; i < superBlocks; i++, row += 210)
         {
             sbyte* q8 = x.Qs + i * 256;
-            var sc = (sbyte*)(row + 192);
+            var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
             // levels are stored +32 (0..63): dot with them and take 32·Σ sc·bsum away.
-            int offset = 32 * ScaledBlockSums(Avx2.ConvertToVector256Int16(Vector128.Load(sc)), x.BSums + i * 16);
+            int offset = 32 * ScaledBlockSums(scales16, x.BSums + i * 16);
             var sumi = Vector256<int>.Zero;
             for (int n = 0; n < 2; n++)
             {
@@ -319,11 +369,11 @@ internal static unsafe class KQuantKernels
                 var w3 = (ShiftRight(ql0, 4) & Low4) | (qh & high2);
                 var w4 = (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2);
                 sbyte* q = q8 + 128 * n;
-                sbyte* s = sc + 8 * n;
-                sumi += ScaledDot(w1, Vector256.Load(q), Scales16(s[0], s[1]));
-                sumi += ScaledDot(w2, Vector256.Load(q + 32), Scales16(s[2], s[3]));
-                sumi += ScaledDot(w3, Vector256.Load(q + 64), Scales16(s[4], s[5]));
-                sumi += ScaledDot(w4, Vector256.Load(q + 96), Scales16(s[6], s[7]));
+                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
+                sumi += ScaledDot(w1, Vector256.Load(q), PairScales(half, 0));
+                sumi += ScaledDot(w2, Vector256.Load(q + 32), PairScales(half, 2));
+                sumi += ScaledDot(w3, Vector256.Load(q + 64), PairScales(half, 4));
+                sumi += ScaledDot(w4, Vector256.Load(q + 96), PairScales(half, 6));
             }
             sumi -= Vector256.CreateScalar(offset);
             acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 208) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
@@ -361,13 +411,12 @@ internal static unsafe class KQuantKernels
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
-        byte* scalesBytes = stackalloc byte[16];
         var sixteen = Vector256.Create((byte)16);
         int blockBytes = five ? 176 : 144;
         for (int i = 0; i < superBlocks; i++, row += blockBytes)
         {
             var sm = ScalesAndMinsK4(row + 4);
-            sm.Store(scalesBytes);
+            var scales = WidenScales(sm);
             float d = Fp.ReadHalf(row), dmin = Fp.ReadHalf(row + 2);
             m0 += dmin * x[0].D[i] * MinTimesSums(sm, x[0].BSums + i * 16);
             m1 += dmin * x[1].D[i] * MinTimesSums(sm, x[1].BSums + i * 16);
@@ -388,8 +437,8 @@ internal static unsafe class KQuantKernels
                     lo |= Vector256.Equals(qh & bitLo, bitLo) & sixteen;
                     hi |= Vector256.Equals(qh & bitHi, bitHi) & sixteen;
                 }
-                var scLo = Vector256.Create((short)scalesBytes[2 * c]);
-                var scHi = Vector256.Create((short)scalesBytes[2 * c + 1]);
+                var scLo = OneScale(scales, 2 * c);
+                var scHi = OneScale(scales, 2 * c + 1);
                 int o = i * 256 + 64 * c;
                 s0 += ScaledDot(lo, Vector256.Load(x[0].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[0].Qs + o + 32), scHi);
                 s1 += ScaledDot(lo, Vector256.Load(x[1].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[1].Qs + o + 32), scHi);
@@ -413,8 +462,7 @@ internal static unsafe class KQuantKernels
         var high2 = Vector256.Create((byte)0x30);
         for (int i = 0; i < superBlocks; i++, row += 210)
         {
-            var sc = (sbyte*)(row + 192);
-            var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load(sc));
+            var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
             Vector256<int> s0 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[0].BSums + i * 16));
             Vector256<int> s1 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[1].BSums + i * 16));
             Vector256<int> s2 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[2].BSums + i * 16));
@@ -424,7 +472,7 @@ internal static unsafe class KQuantKernels
                 var ql0 = Vector256.Load(row + 64 * n);
                 var ql1 = Vector256.Load(row + 64 * n + 32);
                 var qh = Vector256.Load(row + 128 + 32 * n);
-                sbyte* s = sc + 8 * n;
+                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
                 for (int k = 0; k < 4; k++)
                 {
                     var w = k switch
@@ -434,7 +482,7 @@ internal static unsafe class KQuantKernels
                         2 => (ShiftRight(ql0, 4) & Low4) | (qh & high2),
                         _ => (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2),
                     };
-                    var scales = Scales16(s[2 * k], s[2 * k + 1]);
+                    var scales = PairScales(half, 2 * k);
                     int o = i * 256 + 128 * n + 32 * k;
                     s0 += ScaledDot(w, Vector256.Load(x[0].Qs + o), scales);
                     s1 += ScaledDot(w, Vector256.Load(x[1].Qs + o), scales);

@@ -5,14 +5,19 @@ namespace Loom.Core.Quantization;
 /// <summary>Scalar half-precision helpers with ggml's rounding (IEEE half, round to nearest even; bf16 as ggml rounds it).</summary>
 public static unsafe class Fp
 {
-    /// <summary>Exact fp16 → fp32; normal numbers (all block scales in practice) take a short branch-free bit path.</summary>
+    /// <summary>
+    /// Exact fp16 → fp32 without calls or table look-ups (kernels read a scale per block; a call there would force
+    /// their vector accumulators through memory). Shifting the magnitude into place and scaling by 2^112 rebases the
+    /// exponent and turns subnormal halves into the right normal floats; Inf/NaN get the all-ones exponent instead.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float HalfToFloat(ushort bits)
     {
-        uint magnitude = bits & 0x7fffu;
-        if (magnitude - 0x400u < 0x7800u) // exponent field 1..30
-            return BitConverter.UInt32BitsToSingle((((uint)bits & 0x8000u) << 16) | ((magnitude << 13) + 0x38000000u));
-        return (float)BitConverter.UInt16BitsToHalf(bits);
+        uint magnitude = (uint)bits & 0x7fffu;
+        uint rebased = BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle(magnitude << 13) * 5.192296858534828e33f);
+        uint infOrNan = 0x7f800000u | (magnitude << 13);
+        uint result = magnitude >= 0x7c00u ? infOrNan : rebased;
+        return BitConverter.UInt32BitsToSingle(result | (((uint)bits & 0x8000u) << 16));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
