@@ -126,8 +126,8 @@ public class QuantVectorTests
     {
         var e1 = Assert.Throws<NotSupportedException>(() => Dequantizer.Dequantize(GgmlType.IQ2_XXS, new byte[66], new float[256]));
         Assert.Contains("IQ2_XXS", e1.Message);
-        var e2 = Assert.Throws<NotSupportedException>(() => Quantizer.Quantize(GgmlType.IQ4_XS, new float[256], new byte[136]));
-        Assert.Contains("IQ4_XS", e2.Message);
+        var e2 = Assert.Throws<NotSupportedException>(() => Quantizer.Quantize(GgmlType.Q8_1, new float[256], new byte[288]));
+        Assert.Contains("Q8_1", e2.Message);
         Assert.Throws<ArgumentException>(() => Dequantizer.Dequantize(GgmlType.Q4_0, new byte[17], new float[32]));
         Assert.Throws<ArgumentException>(() => Dequantizer.Dequantize(GgmlType.Q4_0, new byte[36], new float[40]));
         Assert.Throws<ArgumentException>(() => Quantizer.Quantize(GgmlType.Q8_0, new float[32], new byte[33]));
@@ -150,7 +150,7 @@ public class QuantVectorTests
     private static readonly GgmlType[] RoundTripTypes =
     [
         GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1,
-        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
+        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS,
     ];
 
     [Fact]
@@ -164,6 +164,7 @@ public class QuantVectorTests
         {
             [GgmlType.Q8_0] = 0.01, [GgmlType.Q4_0] = 0.15, [GgmlType.Q4_1] = 0.1, [GgmlType.Q5_0] = 0.08, [GgmlType.Q5_1] = 0.05,
             [GgmlType.Q2_K] = 0.6, [GgmlType.Q3_K] = 0.3, [GgmlType.Q4_K] = 0.15, [GgmlType.Q5_K] = 0.08, [GgmlType.Q6_K] = 0.04,
+            [GgmlType.IQ4_NL] = 0.15, [GgmlType.IQ4_XS] = 0.15,
         };
         foreach (var t in RoundTripTypes)
         {

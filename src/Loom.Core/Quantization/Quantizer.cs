@@ -11,7 +11,8 @@ public static unsafe partial class Quantizer
 {
     public static bool IsSupported(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
         or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
-        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
+        or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
 
     /// <summary>Encodes <paramref name="source"/> (a whole number of blocks) into <paramref name="destination"/>; returns the bytes written.</summary>
     public static int Quantize(GgmlType type, ReadOnlySpan<float> source, Span<byte> destination)
@@ -40,6 +41,8 @@ public static unsafe partial class Quantizer
                 case GgmlType.Q4_K: Q4_K(x, y, n / 256); break;
                 case GgmlType.Q5_K: Q5_K(x, y, n / 256); break;
                 case GgmlType.Q6_K: Q6_K(x, y, n / 256); break;
+                case GgmlType.IQ4_NL: Iq4Nl(x, y, n / 32); break;
+                case GgmlType.IQ4_XS: Iq4Xs(x, y, n / 256); break;
             }
         }
         return (int)need;
