@@ -241,3 +241,65 @@ public unsafe class KernelMatrixTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new WeightMatrix(GgmlType.F32, (byte*)1, -1, 4));
     }
 }
+
+/// <summary>The AVX2 activation quantizers produce exactly the portable ones' bytes.</summary>
+public unsafe class KernelActivationQuantizerTests
+{
+    [Fact]
+    public void Avx2AndPortableActivationQuantizationAgree()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return;
+        var rng = new Random(21);
+        const int n = 2048;
+        var x = KernelMatrixTests.RandomInputs(n, rng);
+        for (int i = 0; i < 32; i++) x[i] = 0;            // an all-zero block
+        for (int i = 256; i < 512; i++) x[i] = 0;         // an all-zero super-block
+        x[600] = 3.5f; x[601] = -3.5f;                    // equal magnitudes of opposite sign: the first one decides
+        x[700] = 127.5f / 127 * 0.5f;                     // values near rounding ties
+        var qa = new sbyte[n]; var qb = new sbyte[n];
+        var da = new float[n / 32]; var db = new float[n / 32];
+        var sa = new float[n / 32]; var sb = new float[n / 32];
+        var ba = new short[n / 16]; var bb = new short[n / 16];
+        fixed (float* xp = x)
+        fixed (sbyte* qap = qa) fixed (sbyte* qbp = qb)
+        fixed (float* dap = da) fixed (float* dbp = db)
+        fixed (float* sap = sa) fixed (float* sbp = sb)
+        fixed (short* bap = ba) fixed (short* bbp = bb)
+        {
+            ActivationQuantizer.QuantizeQ8Blocks32Portable(xp, n, qap, dap, sap);
+            ActivationQuantizer.QuantizeQ8Blocks32Avx2(xp, n, qbp, dbp, sbp);
+            Assert.Equal(qa, qb);
+            Assert.Equal(da, db);
+            Assert.Equal(sa, sb);
+            ActivationQuantizer.QuantizeQ8KPortable(xp, n, qap, dap, bap);
+            ActivationQuantizer.QuantizeQ8KAvx2(xp, n, qbp, dbp, bbp);
+            Assert.Equal(qa, qb);
+            Assert.Equal(da.AsSpan(0, n / 256).ToArray(), db.AsSpan(0, n / 256).ToArray());
+            Assert.Equal(ba, bb);
+        }
+    }
+
+    [Fact]
+    public void MultiplyDoesNotAllocateInSteadyState()
+    {
+        const int rows = 64, cols = 512;
+        var rng = new Random(8);
+        using var pool = new Loom.Core.Threading.LoomThreadPool(2);
+        foreach (var type in new[] { GgmlType.Q4_K, GgmlType.Q8_0, GgmlType.F16 })
+        {
+            var weights = KernelMatrixTests.RandomWeights(type, rows, cols, rng);
+            var x = KernelMatrixTests.RandomInputs(3 * cols, rng);
+            var y = new float[3 * rows];
+            fixed (byte* w = weights)
+            fixed (float* xp = x)
+            fixed (float* yp = y)
+            {
+                var matrix = new WeightMatrix(type, w, rows, cols);
+                matrix.Multiply(xp, yp, 3, pool);
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < 20; i++) matrix.Multiply(xp, yp, 3, pool);
+                Assert.Equal(before, GC.GetAllocatedBytesForCurrentThread());
+            }
+        }
+    }
+}
