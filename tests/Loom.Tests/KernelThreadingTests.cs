@@ -110,6 +110,26 @@ public unsafe class KernelThreadingTests
         }
     }
 
+    private sealed class Nested(LoomThreadPool pool) : IParallelWork
+    {
+        public readonly Counter Inner = new(6 * 4);
+        public void Execute(int chunk) => pool.Run(new Slice(Inner, chunk), 4);
+
+        private sealed class Slice(Counter inner, int outer) : IParallelWork
+        {
+            public void Execute(int chunk) => inner.Execute(outer * 4 + chunk);
+        }
+    }
+
+    [Fact]
+    public void RunInsideAChunkRunsInlineWithoutCorruptingTheOuterRun()
+    {
+        using var pool = new LoomThreadPool(3);
+        var work = new Nested(pool);
+        pool.Run(work, 6);
+        Assert.All(work.Inner.Hits, h => Assert.Equal(1, h));
+    }
+
     [Fact]
     public void PoolRejectsBadThreadCounts()
     {

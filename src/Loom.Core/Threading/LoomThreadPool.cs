@@ -78,7 +78,8 @@ public sealed class LoomThreadPool : IDisposable
     {
         ArgumentNullException.ThrowIfNull(work);
         if (chunkCount <= 0) return;
-        if (chunkCount == 1 || _workers.Length == 0 || _disposed || !Monitor.TryEnter(_runLock))
+        // Monitor is re-entrant, so a Run nested inside this thread's own chunk must be caught before TryEnter.
+        if (chunkCount == 1 || _workers.Length == 0 || _disposed || Monitor.IsEntered(_runLock) || !Monitor.TryEnter(_runLock))
         {
             for (int i = 0; i < chunkCount; i++) work.Execute(i);
             return;
