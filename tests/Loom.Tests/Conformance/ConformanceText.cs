@@ -30,11 +30,18 @@ public static class ConformanceText
     ];
 
     /// <summary>A fixed sequence of exactly <see cref="SequenceLength"/> tokens: the seed prompts, tokenized by the reference.</summary>
-    public static int[] Sequence(LlamaCppReference reference)
+    public static int[] Sequence(LlamaCppReference reference) => Sequence(reference, 0);
+
+    /// <summary>
+    /// The <paramref name="index"/>-th of several distinct <see cref="SequenceLength"/>-token sequences: seed prompts
+    /// from line 33·index on (wrapping), tokenized by the reference with its BOS when the vocabulary adds one.
+    /// </summary>
+    public static int[] Sequence(LlamaCppReference reference, int index)
     {
         var tokens = new List<int>();
-        foreach (var line in SeedLines)
+        for (int i = 0; i < SeedLines.Count; i++)
         {
+            var line = SeedLines[(33 * index + i) % SeedLines.Count];
             tokens.AddRange(reference.Tokenize(tokens.Count == 0 ? line : " " + line, addSpecial: tokens.Count == 0, parseSpecial: false));
             if (tokens.Count >= SequenceLength) return tokens.Take(SequenceLength).ToArray();
         }

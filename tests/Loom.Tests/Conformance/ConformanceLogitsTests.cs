@@ -1,0 +1,102 @@
+using Loom.Inference;
+using Loom.Models.Architectures;
+using Xunit.Abstractions;
+
+namespace Loom.Tests.Conformance;
+
+/// <summary>
+/// Loom's logits at every position of 64-token sequences against llama.cpp's, on the same files: F32 files to within
+/// 1e-4 of the logit range; files quantized by llama.cpp with the same argmax almost everywhere and a tiny mean KL.
+/// </summary>
+[Collection(ConformanceCollection.Name)]
+public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper output)
+{
+    public const double F32Tolerance = 1e-4;
+    public const double QuantizedMinArgMaxAgreement = 0.99;
+    public const double QuantizedMaxMeanKl = 1e-3;
+    /// <summary>Quantized files are compared over several sequences so one near-tie cannot decide the argmax figure alone.</summary>
+    public const int QuantizedSequences = 3;
+    private const int SessionContext = 256;
+
+    public static TheoryData<string> Models() => [.. TestModelFactory.All.Select(s => s.Name)];
+
+    /// <summary>Every quantization type on the Llama model; two types on each other architecture.</summary>
+    public static TheoryData<string, string> QuantizedModels() => new()
+    {
+        { "llama-spm", "Q8_0" }, { "llama-spm", "Q4_0" }, { "llama-spm", "Q4_K_M" }, { "llama-spm", "Q6_K" },
+        { "qwen2", "Q8_0" }, { "qwen2", "Q4_K_M" },
+        { "qwen3", "Q4_0" }, { "qwen3", "Q6_K" },
+        { "gpt2", "Q8_0" }, { "gpt2", "Q4_K_M" },
+        { "llama-bpe", "Q4_0" }, { "llama-bpe", "Q6_K" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void F32LogitsMatchAtEveryPosition(string name)
+    {
+        var path = models.F32(TestModelFactory.ByName(name));
+        var reference = models.Reference(path);
+        int vocab = reference.VocabSize;
+        var tokens = ConformanceText.Sequence(reference);
+        var expected = reference.EvaluateAll(tokens);
+
+        using var model = TransformerModel.Load(path);
+        Assert.Equal(vocab, model.Config.VocabSize);
+        var batched = new float[tokens.Length * vocab];
+        using (var session = new InferenceSession(model, SessionContext))
+        {
+            session.EvaluateAll(tokens, batched);
+            Assert.Equal(tokens.Length, session.Position);
+        }
+        // The same sequence fed in two uneven chunks must continue from the KV cache to the same logits.
+        var chunked = new float[tokens.Length * vocab];
+        using (var session = new InferenceSession(model, SessionContext))
+        {
+            const int split = 37;
+            session.EvaluateAll(tokens.AsSpan(0, split), chunked.AsSpan(0, split * vocab));
+            session.EvaluateAll(tokens.AsSpan(split), chunked.AsSpan(split * vocab));
+        }
+
+        double batchedDiff = Comparison.MaxRelativeDiff(expected, batched, vocab);
+        double chunkedDiff = Comparison.MaxRelativeDiff(expected, chunked, vocab);
+        var (min, max) = Comparison.Range(expected);
+        output.WriteLine($"{name} F32: max |diff| / logit range = {batchedDiff:E2} (one batch), {chunkedDiff:E2} (two chunks); " +
+                         $"argmax agreement {Comparison.ArgMaxAgreement(expected, batched, vocab):P1}; logits in [{min:F2}, {max:F2}], {tokens.Length} positions x {vocab}");
+        Assert.True(batchedDiff <= F32Tolerance, $"{name}: max relative logit difference {batchedDiff:E3} exceeds {F32Tolerance:E0}");
+        Assert.True(chunkedDiff <= F32Tolerance, $"{name}: max relative logit difference {chunkedDiff:E3} (chunked prefill) exceeds {F32Tolerance:E0}");
+    }
+
+    [Theory]
+    [MemberData(nameof(QuantizedModels))]
+    public void QuantizedLogitsAgree(string name, string quant)
+    {
+        var path = models.Quantized(TestModelFactory.ByName(name), quant);
+        var reference = models.Reference(path);
+        int vocab = reference.VocabSize;
+
+        using var model = TransformerModel.Load(path);
+        Assert.Equal(vocab, model.Config.VocabSize);
+        var expected = new List<float>();
+        var actual = new List<float>();
+        using var session = new InferenceSession(model, SessionContext);
+        var logits = new float[ConformanceText.SequenceLength * vocab];
+        for (int s = 0; s < QuantizedSequences; s++)
+        {
+            var tokens = ConformanceText.Sequence(reference, s);
+            expected.AddRange(reference.EvaluateAll(tokens));
+            session.Truncate(0);
+            session.EvaluateAll(tokens, logits);
+            actual.AddRange(logits);
+        }
+
+        var e = expected.ToArray();
+        var a = actual.ToArray();
+        double agreement = Comparison.ArgMaxAgreement(e, a, vocab);
+        double kl = Comparison.MeanKlDivergence(e, a, vocab);
+        double relative = Comparison.MaxRelativeDiff(e, a, vocab);
+        output.WriteLine($"{name} {quant}: argmax agreement {agreement:P2}, mean KL {kl:E2}, max |diff| / logit range {relative:E2} " +
+                         $"({QuantizedSequences} x {ConformanceText.SequenceLength} positions x {vocab})");
+        Assert.True(agreement >= QuantizedMinArgMaxAgreement, $"{name} {quant}: argmax agrees at {agreement:P2} of positions (need {QuantizedMinArgMaxAgreement:P0})");
+        Assert.True(kl < QuantizedMaxMeanKl, $"{name} {quant}: mean KL divergence {kl:E3} (need < {QuantizedMaxMeanKl:E0})");
+    }
+}
