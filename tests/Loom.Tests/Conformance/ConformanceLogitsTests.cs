@@ -96,7 +96,28 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
         double relative = Comparison.MaxRelativeDiff(e, a, vocab);
         output.WriteLine($"{name} {quant}: argmax agreement {agreement:P2}, mean KL {kl:E2}, max |diff| / logit range {relative:E2} " +
                          $"({QuantizedSequences} x {ConformanceText.SequenceLength} positions x {vocab})");
+        foreach (var line in ArgMaxMismatches(e, a, vocab)) output.WriteLine(line);
         Assert.True(agreement >= QuantizedMinArgMaxAgreement, $"{name} {quant}: argmax agrees at {agreement:P2} of positions (need {QuantizedMinArgMaxAgreement:P0})");
         Assert.True(kl < QuantizedMaxMeanKl, $"{name} {quant}: mean KL divergence {kl:E3} (need < {QuantizedMaxMeanKl:E0})");
+    }
+
+    /// <summary>
+    /// Describes each position where the argmax differs, with llama.cpp's gap between its top two logits, so a reader
+    /// can tell near-ties (tiny gap) from real disagreement.
+    /// </summary>
+    private static IEnumerable<string> ArgMaxMismatches(float[] expected, float[] actual, int vocab)
+    {
+        for (int p = 0; p < expected.Length / vocab; p++)
+        {
+            var e = expected.AsSpan(p * vocab, vocab);
+            var a = actual.AsSpan(p * vocab, vocab);
+            int re = Comparison.ArgMax(e), la = Comparison.ArgMax(a);
+            if (re == la) continue;
+            float second = float.MinValue;
+            for (int i = 0; i < vocab; i++)
+                if (i != re) second = Math.Max(second, e[i]);
+            yield return $"  position {p}: llama.cpp picks {re} ({e[re]:F4}, lead over its runner-up {e[re] - second:F4}), " +
+                         $"Loom picks {la} (llama.cpp gives it {e[la]:F4}; Loom's logits {a[re]:F4} vs {a[la]:F4})";
+        }
     }
 }

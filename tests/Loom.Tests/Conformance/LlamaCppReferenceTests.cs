@@ -135,4 +135,21 @@ public class LlamaCppReferenceTests(ConformanceModels models, ITestOutputHelper 
         Assert.True(agreement > 0.25, $"argmax agreement {agreement:P1}");
         Assert.True(kl < 1.0, $"mean KL {kl}");
     }
+
+    [Fact]
+    public void ReferenceLogitsDoNotDependOnBatchShape()
+    {
+        // The quantized comparisons allow no slack for llama.cpp itself: its logits at a position are bit-identical
+        // whether the position ends a short prefix or sits inside the full 64-token batch.
+        var reference = models.Reference(models.Quantized(TestModelFactory.Llama, "Q6_K"));
+        int vocab = reference.VocabSize;
+        var tokens = ConformanceText.Sequence(reference);
+        var full = reference.EvaluateAll(tokens);
+        foreach (int length in new[] { 1, 2, 17, 40, tokens.Length })
+        {
+            var prefix = reference.EvaluateAll(tokens[..length]);
+            Assert.True(prefix.AsSpan((length - 1) * vocab, vocab).SequenceEqual(full.AsSpan((length - 1) * vocab, vocab)),
+                $"llama.cpp's logits at position {length - 1} change with the batch length");
+        }
+    }
 }
