@@ -27,6 +27,9 @@ public sealed class ConformanceModels : IDisposable
     /// <summary>Path of the F32 model for <paramref name="spec"/>, written on first use.</summary>
     public string F32(TestModelSpec spec) => Cached($"{spec.Name}-F32.gguf", path => TestModelFactory.Write(spec, path));
 
+    /// <summary>Path of the model with every matrix stored as F16 (converted by Loom's writer), written on first use.</summary>
+    public string F16(TestModelSpec spec) => Cached($"{spec.Name}-F16.gguf", path => TestModelFactory.Write(spec, path, f16Matrices: true));
+
     /// <summary>Path of <paramref name="spec"/> quantized by llama.cpp to <paramref name="quant"/> (a key of <see cref="QuantTypes"/>).</summary>
     public string Quantized(TestModelSpec spec, string quant)
     {

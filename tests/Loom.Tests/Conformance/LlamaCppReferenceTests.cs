@@ -109,6 +109,27 @@ public class LlamaCppReferenceTests(ConformanceModels models, ITestOutputHelper 
         Assert.Equal([1, 15043, 3186], llama.Tokenize("Hello world", addSpecial: true, parseSpecial: false));
     }
 
+    [Fact]
+    public void F16ModelFromTheWriterMatchesF32InsideLlamaCpp()
+    {
+        var spec = TestModelFactory.Qwen3;
+        var f16Path = models.F16(spec);
+        using (var file = GgufFile.Open(f16Path))
+        {
+            Assert.Equal(GgmlType.F16, file.GetTensor("blk.0.attn_q.weight").Type);
+            Assert.Equal(GgmlType.F32, file.GetTensor("blk.0.attn_q_norm.weight").Type);
+        }
+        var f32 = models.Reference(models.F32(spec));
+        var f16 = models.Reference(f16Path);
+        var tokens = ConformanceText.Sequence(f32);
+        var exact = f32.EvaluateAll(tokens);
+        var half = f16.EvaluateAll(tokens);
+        double kl = Comparison.MeanKlDivergence(exact, half, f32.VocabSize);
+        output.WriteLine($"qwen3 F16 (Loom's writer) vs F32 inside llama.cpp: mean KL {kl:E2}, argmax agreement {Comparison.ArgMaxAgreement(exact, half, f32.VocabSize):P1}");
+        // F16 keeps 11 significant bits: far closer to F32 than any 8-bit type, yet not identical.
+        Assert.InRange(kl, 1e-12, 1e-3);
+    }
+
     [Theory]
     [InlineData("llama-spm", "Q8_0", GgmlType.Q8_0)]
     [InlineData("qwen3", "Q4_0", GgmlType.Q4_0)]
