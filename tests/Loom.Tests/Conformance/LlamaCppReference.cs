@@ -30,6 +30,7 @@ public sealed class LlamaCppReference : IDisposable
         EnsureNativeLibrary();
         Path = path;
         ContextSize = contextSize;
+        CaptureLog();
         try
         {
             _weights = LLamaWeights.LoadFromFile(new ModelParams(path) { GpuLayerCount = 0, ContextSize = (uint)contextSize });
@@ -52,16 +53,23 @@ public sealed class LlamaCppReference : IDisposable
 
     private static bool LoadNative()
     {
-        // Keep llama.cpp's chatter out of the test output but remember it, so a failure can say what went wrong.
-        NativeLibraryConfig.All.WithLogCallback((level, message) =>
-        {
-            if (level is LLamaLogLevel.Debug) return;
-            RecentLog.Enqueue(message);
-            while (RecentLog.Count > 200) RecentLog.TryDequeue(out _);
-        });
         NativeApi.llama_empty_call();
+        CaptureLog();
         return true;
     }
+
+    /// <summary>
+    /// Keeps llama.cpp's chatter out of the test output but remembers it, so a failure can say what went wrong. The
+    /// callback is process-wide and other tests may replace it, so it is installed again before each load.
+    /// </summary>
+    private static void CaptureLog() => NativeLogConfig.llama_log_set(LogCallback);
+
+    private static readonly NativeLogConfig.LLamaLogCallback LogCallback = (level, message) =>
+    {
+        if (level is LLamaLogLevel.Debug) return;
+        RecentLog.Enqueue(message);
+        while (RecentLog.Count > 2000) RecentLog.TryDequeue(out _);
+    };
 
     private static string LogTail() => string.Concat(RecentLog.TakeLast(40));
 
@@ -106,6 +114,7 @@ public sealed class LlamaCppReference : IDisposable
     private LLamaContext CreateContext(int tokens)
     {
         if (tokens > ContextSize) throw new ArgumentException($"{tokens} tokens do not fit the reference context of {ContextSize}");
+        CaptureLog();
         var parameters = new ModelParams(Path)
         {
             ContextSize = (uint)ContextSize,
@@ -130,6 +139,7 @@ public sealed class LlamaCppReference : IDisposable
     public static void Quantize(string source, string destination, LLamaFtype type)
     {
         EnsureNativeLibrary();
+        CaptureLog();
         bool ok;
         lock (NativeLock) ok = LLamaQuantizer.Quantize(source, destination, type, nthread: Math.Min(Environment.ProcessorCount, 4), allowRequantize: false, quantizeOutputTensor: true);
         if (!ok) throw new InvalidOperationException($"llama.cpp failed to quantize {source} to {type}\nllama.cpp log:\n{LogTail()}");
