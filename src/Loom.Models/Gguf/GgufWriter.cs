@@ -33,8 +33,6 @@ public sealed class GgufWriter
         AddMetadata("general.alignment", new GgufValue(GgufValueType.UInt32, alignment));
     }
 
-    public IReadOnlyList<string> TensorNames => _tensors.Select(t => t.Name).ToList();
-
     /// <summary>Adds one key; the value's .NET type must be the one <see cref="GgufValue"/> documents for its type.</summary>
     public GgufWriter AddMetadata(string key, GgufValue value)
     {

@@ -68,6 +68,32 @@ public static class Comparison
         return (double)same / positions;
     }
 
+    /// <summary>
+    /// Argmax agreement over the positions where the reference's choice is decisive: its top logit leads the runner-up
+    /// by more than <paramref name="minLeadFraction"/> of that position's logit range. Near-ties are left out because
+    /// bit-level differences legitimately flip them (llama.cpp's own AVX2 and AVX-512 builds do, on quantized files).
+    /// </summary>
+    public static (double Agreement, int DecisivePositions) DecisiveArgMaxAgreement(ReadOnlySpan<float> reference, ReadOnlySpan<float> actual, int vocab, double minLeadFraction)
+    {
+        CheckShapes(reference, actual, vocab);
+        int decisive = 0, same = 0;
+        for (int p = 0; p < reference.Length / vocab; p++)
+        {
+            var r = reference.Slice(p * vocab, vocab);
+            int best = ArgMax(r);
+            float runnerUp = float.MinValue, min = float.MaxValue;
+            for (int i = 0; i < vocab; i++)
+            {
+                min = Math.Min(min, r[i]);
+                if (i != best) runnerUp = Math.Max(runnerUp, r[i]);
+            }
+            if (r[best] - runnerUp <= minLeadFraction * (r[best] - min)) continue;
+            decisive++;
+            if (ArgMax(actual.Slice(p * vocab, vocab)) == best) same++;
+        }
+        return (decisive == 0 ? 0 : (double)same / decisive, decisive);
+    }
+
     /// <summary>Smallest and largest logit over all positions, to show the scale the relative figures refer to.</summary>
     public static (float Min, float Max) Range(ReadOnlySpan<float> logits)
     {

@@ -6,7 +6,8 @@ namespace Loom.Tests.Conformance;
 
 /// <summary>
 /// Loom's logits at every position of 64-token sequences against llama.cpp's, on the same files: F32 files to within
-/// 1e-4 of the logit range; files quantized by llama.cpp with the same argmax almost everywhere and a tiny mean KL.
+/// 1e-4 of the logit range; files quantized by llama.cpp with the same argmax at 99% of the positions where
+/// llama.cpp's choice is not a near-tie, and a mean KL divergence below 1e-3.
 /// </summary>
 [Collection(ConformanceCollection.Name)]
 public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper output)
@@ -14,7 +15,14 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
     public const double F32Tolerance = 1e-4;
     public const double QuantizedMinArgMaxAgreement = 0.99;
     public const double QuantizedMaxMeanKl = 1e-3;
-    /// <summary>Quantized files are compared over several sequences so one near-tie cannot decide the argmax figure alone.</summary>
+    /// <summary>
+    /// Positions where llama.cpp's top logit leads its runner-up by no more than this fraction of the logit range are
+    /// near-ties, left out of the argmax criterion. On these quantized random-weight files, bit-level differences in
+    /// activation rounding cascade: llama.cpp's own AVX2 and AVX-512 builds differ by up to 1.4% of the range
+    /// (Q6_K: mean KL 1.4e-4, raw argmax agreement 97.9%), so raw agreement would judge llama.cpp against itself.
+    /// </summary>
+    public const double NearTieFraction = 0.01;
+    /// <summary>Quantized files are compared over several sequences (192 positions), so each figure rests on more than one sequence.</summary>
     public const int QuantizedSequences = 3;
     private const int SessionContext = 256;
 
@@ -105,7 +113,12 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
         output.WriteLine($"{name} {quant}: argmax agreement {agreement:P2}, mean KL {kl:E2}, max |diff| / logit range {relative:E2} " +
                          $"({QuantizedSequences} x {ConformanceText.SequenceLength} positions x {vocab})");
         foreach (var line in ArgMaxMismatches(e, a, vocab)) output.WriteLine(line);
-        Assert.True(agreement >= QuantizedMinArgMaxAgreement, $"{name} {quant}: argmax agrees at {agreement:P2} of positions (need {QuantizedMinArgMaxAgreement:P0})");
+        var (decisiveAgreement, decisive) = Comparison.DecisiveArgMaxAgreement(e, a, vocab, NearTieFraction);
+        int positions = e.Length / vocab;
+        output.WriteLine($"  argmax agreement where llama.cpp's lead exceeds {NearTieFraction:P0} of the logit range: {decisiveAgreement:P2} of {decisive} positions");
+        Assert.True(decisive >= positions / 2, $"{name} {quant}: only {decisive} of {positions} positions have a decisive argmax; the model is too flat to judge");
+        Assert.True(decisiveAgreement >= QuantizedMinArgMaxAgreement,
+            $"{name} {quant}: argmax agrees at {decisiveAgreement:P2} of {decisive} decisive positions (need {QuantizedMinArgMaxAgreement:P0}); {agreement:P2} of all positions");
         Assert.True(kl < QuantizedMaxMeanKl, $"{name} {quant}: mean KL divergence {kl:E3} (need < {QuantizedMaxMeanKl:E0})");
     }
 

@@ -14,7 +14,6 @@ public sealed class LlamaCppReference : IDisposable
 {
     private static readonly ConcurrentQueue<string> RecentLog = new();
     private static readonly Lazy<bool> NativeLoaded = new(LoadNative);
-    private static readonly object NativeLock = new();
 
     private readonly LLamaWeights _weights;
 
@@ -140,8 +139,7 @@ public sealed class LlamaCppReference : IDisposable
     {
         EnsureNativeLibrary();
         CaptureLog();
-        bool ok;
-        lock (NativeLock) ok = LLamaQuantizer.Quantize(source, destination, type, nthread: Math.Min(Environment.ProcessorCount, 4), allowRequantize: false, quantizeOutputTensor: true);
+        bool ok = LLamaQuantizer.Quantize(source, destination, type, nthread: Math.Min(Environment.ProcessorCount, 4), allowRequantize: false, quantizeOutputTensor: true);
         if (!ok) throw new InvalidOperationException($"llama.cpp failed to quantize {source} to {type}\nllama.cpp log:\n{LogTail()}");
     }
 

@@ -18,6 +18,10 @@ public class LlamaCppReferenceTests(ConformanceModels models, ITestOutputHelper 
     public void NativeLibraryLoads()
     {
         LlamaCppReference.EnsureNativeLibrary();
+        var library = LLama.Native.NativeApi.GetLoadedNativeLibrary(LLama.Native.NativeLibraryName.LLama);
+        output.WriteLine($"llama.cpp library: {library?.Metadata}");
+        output.WriteLine($"system info: {System.Runtime.InteropServices.Marshal.PtrToStringUTF8(LLama.Native.NativeApi.llama_print_system_info())}");
+        Assert.NotNull(library);
         Assert.True(LLama.Native.NativeApi.llama_max_devices() >= 1);
     }
 

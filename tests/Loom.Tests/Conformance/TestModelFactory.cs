@@ -21,7 +21,6 @@ public sealed record TestModelSpec(
     float NormEpsilon = 1e-5f)
 {
     public Vocabulary Vocabulary => Vocabularies.ByName(VocabularyName);
-    public override string ToString() => Name;
 }
 
 /// <summary>
