@@ -19,7 +19,7 @@ internal sealed class Attention(ModelShape shape)
     public void Forward(float[] q, float[] k, float[] v, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads)
     {
         int tasks = batch * shape.KvHeads;
-        Parallel.For(0, tasks, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, task =>
+        WorkerPool.Get(threads).For(tasks, task =>
         {
             int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
             int hd = shape.HeadDim, qStride = shape.Dim, kvStride = shape.KvDim;
@@ -56,8 +56,9 @@ internal sealed class Attention(ModelShape shape)
         int batch, int seqLen, DropoutMask mask, int threads)
     {
         int tasks = batch * shape.KvHeads;
-        Parallel.For(0, tasks, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, () => new float[seqLen], (task, _, dp) =>
+        WorkerPool.Get(threads).For(tasks, task =>
         {
+            var dp = new float[seqLen];
             int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
             int hd = shape.HeadDim, qStride = shape.Dim, kvStride = shape.KvDim;
             for (int j = 0; j < seqLen; j++)
@@ -96,7 +97,6 @@ internal sealed class Attention(ModelShape shape)
                     }
                 }
             }
-            return dp;
-        }, _ => { });
+        });
     }
 }

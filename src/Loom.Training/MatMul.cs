@@ -53,8 +53,7 @@ public static unsafe class MatMul
             int parts = threads <= 1 || work < 1 << 15 ? 1 : Math.Min(rowTiles, threads * 4);
             if (parts == 1) job.Run(0, rowTiles);
             else
-                Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = threads },
-                    p => job.Run((int)((long)rowTiles * p / parts), (int)((long)rowTiles * (p + 1) / parts)));
+                WorkerPool.Get(threads).For(parts, p => job.Run((int)((long)rowTiles * p / parts), (int)((long)rowTiles * (p + 1) / parts)));
         }
     }
 

@@ -1,5 +1,7 @@
 using System.Text;
 using System.Text.Json;
+using Loom.Models.Gguf;
+using Loom.Models.Tokenizers;
 
 namespace Loom.Training;
 
@@ -74,12 +76,14 @@ public static class TextCorpus
     }
 }
 
-/// <summary>Text to token ids for training.</summary>
+/// <summary>Text to token ids for training, and the tokenizer's description for an exported GGUF.</summary>
 public interface ITokenEncoder
 {
     int VocabSize { get; }
     /// <summary>The tokens of one document, with whatever marks its start (a BOS token) included.</summary>
     int[] EncodeDocument(string text);
+    /// <summary>Adds the tokenizer.* metadata that lets GGUF readers (Loom, llama.cpp) tokenize for the model.</summary>
+    void DescribeInGguf(GgufWriter writer);
 }
 
 /// <summary>The fallback tokenizer: one token per UTF-8 byte (vocabulary 256), nothing to train.</summary>
@@ -94,11 +98,49 @@ public sealed class ByteTokenEncoder : ITokenEncoder
         for (int i = 0; i < bytes.Length; i++) tokens[i] = bytes[i];
         return tokens;
     }
+
+    /// <summary>
+    /// A byte-level BPE vocabulary with no merges: token b is byte b written in GPT-2's byte-to-character mapping, so
+    /// GGUF readers encode text to exactly the byte ids this encoder produces.
+    /// </summary>
+    public void DescribeInGguf(GgufWriter writer)
+    {
+        var tokens = new string[256];
+        // GPT-2's mapping: printable Latin-1 bytes stand for themselves, the rest take code points 256, 257, ... in order.
+        int next = 256;
+        for (int b = 0; b < 256; b++)
+        {
+            bool printable = b is >= '!' and <= '~' or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF;
+            tokens[b] = ((char)(printable ? b : next++)).ToString();
+        }
+        writer.Add("tokenizer.ggml.model", "gpt2");
+        writer.Add("tokenizer.ggml.pre", "default");
+        writer.Add("tokenizer.ggml.tokens", tokens);
+        writer.Add("tokenizer.ggml.token_type", Enumerable.Repeat(1, 256).ToArray());
+        writer.Add("tokenizer.ggml.merges", Array.Empty<string>());
+        writer.Add("tokenizer.ggml.add_bos_token", false);
+    }
 }
 
-/// <summary>An existing model's tokenizer (e.g. one read from a GGUF); documents start with BOS when the model expects it.</summary>
-public sealed class TokenizerEncoder(Loom.Models.Tokenizers.Tokenizer tokenizer) : ITokenEncoder
+/// <summary>The tokenizer of an existing GGUF model; documents start with BOS when that model expects it.</summary>
+public sealed class GgufTokenEncoder : ITokenEncoder
 {
-    public int VocabSize => tokenizer.VocabSize;
-    public int[] EncodeDocument(string text) => tokenizer.Encode(text, addSpecial: true, parseSpecial: false);
+    private readonly Tokenizer _tokenizer;
+    private readonly List<KeyValuePair<string, GgufValue>> _metadata;
+
+    public GgufTokenEncoder(GgufFile file)
+    {
+        _tokenizer = Tokenizer.FromGguf(file);
+        _metadata = file.MetadataKeys.Where(k => k.StartsWith("tokenizer.", StringComparison.Ordinal))
+            .Select(k => new KeyValuePair<string, GgufValue>(k, file.Metadata[k])).ToList();
+    }
+
+    public int VocabSize => _tokenizer.VocabSize;
+    public int[] EncodeDocument(string text) => _tokenizer.Encode(text, addSpecial: true, parseSpecial: false);
+
+    /// <summary>Copies the source model's tokenizer.* metadata unchanged.</summary>
+    public void DescribeInGguf(GgufWriter writer)
+    {
+        foreach (var (key, value) in _metadata) writer.AddMetadata(key, value);
+    }
 }

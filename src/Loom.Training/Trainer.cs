@@ -165,7 +165,8 @@ public sealed class Trainer
         while (!Finished)
         {
             cancellation.ThrowIfCancellationRequested();
-            onStep?.Invoke(TrainStep());
+            var step = TrainStep();
+            onStep?.Invoke(step);
             if (Step % _options.EvalInterval == 0 || Finished)
             {
                 var evaluation = Evaluate();
