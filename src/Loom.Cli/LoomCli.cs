@@ -15,6 +15,7 @@ public static class LoomCli
             ChatCommand.Create(console),
             InspectCommand.Create(console),
             TokenizeCommand.Create(console),
+            TrainCommand.Create(console),
         };
         var parsed = root.Parse(args);
         return parsed.Invoke(new InvocationConfiguration { Output = console.Out, Error = console.Error, EnableDefaultExceptionHandler = false });
