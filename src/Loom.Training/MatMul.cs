@@ -13,6 +13,8 @@ public static unsafe class MatMul
 {
     // Tile of 3 A rows × 4 B rows: 12 accumulators + 3 A vectors + 1 B vector fill the 16 AVX2 registers.
     private const int TileRows = 3, TileCols = 4;
+    // Floats of B kept hot per block: half of a 512 KiB L2.
+    private const int L2Floats = 64 * 1024;
 
     /// <summary>Forward of a linear layer: y[n, o] = Σ_i x[n, i]·w[o, i].</summary>
     public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int tokens, int inputs, int outputs, int threads) =>
@@ -82,15 +84,21 @@ public static unsafe class MatMul
     {
         public void Run(int firstTile, int endTile)
         {
-            for (int tile = firstTile; tile < endTile; tile++)
+            // B is walked in blocks of rows small enough to stay in L2 while every A tile of this range passes over them.
+            int block = Math.Max(TileCols, (int)Math.Min(cols, (long)L2Floats / Math.Max(1, depth)) / TileCols * TileCols);
+            for (int n0 = 0; n0 < cols; n0 += block)
             {
-                int m = tile * TileRows;
-                int mCount = Math.Min(TileRows, rows - m);
-                int n = 0;
-                if (mCount == TileRows && Vector256.IsHardwareAccelerated)
-                    for (; n + TileCols <= cols; n += TileCols) Tile(m, n);
-                for (; n < cols; n++)
-                    for (int i = m; i < m + mCount; i++) Store(i, n, Dot(a + (long)i * depth, b + (long)n * depth));
+                int n1 = Math.Min(cols, n0 + block);
+                for (int tile = firstTile; tile < endTile; tile++)
+                {
+                    int m = tile * TileRows;
+                    int mCount = Math.Min(TileRows, rows - m);
+                    int n = n0;
+                    if (mCount == TileRows && Vector256.IsHardwareAccelerated)
+                        for (; n + TileCols <= n1; n += TileCols) Tile(m, n);
+                    for (; n < n1; n++)
+                        for (int i = m; i < m + mCount; i++) Store(i, n, Dot(a + (long)i * depth, b + (long)n * depth));
+                }
             }
         }
 
