@@ -143,8 +143,8 @@ public sealed class Decoder
         // Head: dlogits, then into the (tied) embedding and the final norm.
         var dLogits = w.Logits.AsSpan(0, n * s.VocabSize);
         Layers.CrossEntropy(dLogits, w.Targets.AsSpan(0, n), s.VocabSize, lossScale);
-        MatMul.BackwardWeight(dLogits, w.FinalNorm, Layout.TokenEmbedding.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.VocabSize, Threads);
-        MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, w.TransposedW, n, s.Dim, s.VocabSize, accumulate: false, Threads);
+        MatMul.BackwardWeight(dLogits, w.FinalNorm, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads);
+        MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads);
         var dResidual = w.DResidual.AsSpan(0, n * s.Dim);
         dResidual.Clear();
         Layers.RmsNormBackward(w.DNorm, w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalInverseRms, dResidual, Layout.OutputNorm.Of(g), w.Scratch, n);
@@ -158,29 +158,29 @@ public sealed class Decoder
             // Feed-forward block: residual[l+1] = middle + dropout(down(swiglu(norm2(middle)))).
             dResidual.CopyTo(dProjection);
             Mask(l, 2, ResidualDropout).Apply(dProjection);
-            MatMul.BackwardWeight(dProjection, a.Hidden, slots.Down.Of(g), w.TransposedA, w.TransposedB, n, s.Hidden, s.Dim, Threads);
-            MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, w.TransposedW, n, s.Hidden, s.Dim, accumulate: false, Threads);
+            MatMul.BackwardWeight(dProjection, a.Hidden, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads);
+            MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads);
             Layers.SwiGluBackward(w.DHidden.AsSpan(0, n * s.Hidden), a.Gate, a.Up, w.DGate, w.DUp);
-            MatMul.BackwardWeight(w.DGate, a.Norm2, slots.Gate.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.Hidden, Threads);
-            MatMul.BackwardWeight(w.DUp, a.Norm2, slots.Up.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.Hidden, Threads);
-            MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, w.TransposedW, n, s.Dim, s.Hidden, accumulate: false, Threads);
-            MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, w.TransposedW, n, s.Dim, s.Hidden, accumulate: true, Threads);
+            MatMul.BackwardWeight(w.DGate, a.Norm2, slots.Gate.Of(g), n, s.Dim, s.Hidden, Threads);
+            MatMul.BackwardWeight(w.DUp, a.Norm2, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads);
+            MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads);
+            MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: true, Threads);
             Layers.RmsNormBackward(w.DNorm, a.Middle, slots.FeedForwardNorm.Of(p), a.InverseRms2, dResidual, slots.FeedForwardNorm.Of(g), w.Scratch, n);
 
             // Attention block: middle = residual[l] + dropout(wo(attention(rope(q), rope(k), v))).
             dResidual.CopyTo(dProjection);
             Mask(l, 1, ResidualDropout).Apply(dProjection);
-            MatMul.BackwardWeight(dProjection, a.AttentionOut, slots.Output.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.Dim, Threads);
-            MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, w.TransposedW, n, s.Dim, s.Dim, accumulate: false, Threads);
+            MatMul.BackwardWeight(dProjection, a.AttentionOut, slots.Output.Of(g), n, s.Dim, s.Dim, Threads);
+            MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads);
             _attention.Backward(w.DAttention, a.Q, a.K, a.V, a.Probs, w.DQ, w.DK, w.DV, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads);
             Layers.Rope(w.DQ, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: true);
             Layers.Rope(w.DK, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: true);
-            MatMul.BackwardWeight(w.DQ, a.Norm1, slots.Query.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.Dim, Threads);
-            MatMul.BackwardWeight(w.DK, a.Norm1, slots.Key.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.KvDim, Threads);
-            MatMul.BackwardWeight(w.DV, a.Norm1, slots.Value.Of(g), w.TransposedA, w.TransposedB, n, s.Dim, s.KvDim, Threads);
-            MatMul.BackwardInput(w.DQ, slots.Query.Of(p), w.DNorm, w.TransposedW, n, s.Dim, s.Dim, accumulate: false, Threads);
-            MatMul.BackwardInput(w.DK, slots.Key.Of(p), w.DNorm, w.TransposedW, n, s.Dim, s.KvDim, accumulate: true, Threads);
-            MatMul.BackwardInput(w.DV, slots.Value.Of(p), w.DNorm, w.TransposedW, n, s.Dim, s.KvDim, accumulate: true, Threads);
+            MatMul.BackwardWeight(w.DQ, a.Norm1, slots.Query.Of(g), n, s.Dim, s.Dim, Threads);
+            MatMul.BackwardWeight(w.DK, a.Norm1, slots.Key.Of(g), n, s.Dim, s.KvDim, Threads);
+            MatMul.BackwardWeight(w.DV, a.Norm1, slots.Value.Of(g), n, s.Dim, s.KvDim, Threads);
+            MatMul.BackwardInput(w.DQ, slots.Query.Of(p), w.DNorm, n, s.Dim, s.Dim, accumulate: false, Threads);
+            MatMul.BackwardInput(w.DK, slots.Key.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads);
+            MatMul.BackwardInput(w.DV, slots.Value.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads);
             Layers.RmsNormBackward(w.DNorm, w.Residual[l], slots.AttentionNorm.Of(p), a.InverseRms1, dResidual, slots.AttentionNorm.Of(g), w.Scratch, n);
         }
 
@@ -236,10 +236,6 @@ public sealed class Decoder
             DHidden = new float[n * s.Hidden];
             DGate = new float[n * s.Hidden];
             DUp = new float[n * s.Hidden];
-            int widest = Math.Max(s.VocabSize, Math.Max(s.Hidden, s.Dim));
-            TransposedW = new float[widest * Math.Max(s.Dim, s.Hidden)];
-            TransposedA = new float[n * widest];
-            TransposedB = new float[n * Math.Max(s.Dim, s.Hidden)];
             Scratch = new float[s.Dim];
         }
 
@@ -250,7 +246,7 @@ public sealed class Decoder
         public LayerActivations[] Layer;
         public float[] FinalNorm, FinalInverseRms, Logits, Projection;
         public float[] DResidual, DProjection, DNorm, DAttention, DQ, DK, DV, DHidden, DGate, DUp;
-        public float[] TransposedW, TransposedA, TransposedB, Scratch;
+        public float[] Scratch;
     }
 
     private sealed class LayerActivations(ModelShape s, int batch, int seqLen)

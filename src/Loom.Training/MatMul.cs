@@ -4,15 +4,18 @@ using System.Runtime.Intrinsics;
 namespace Loom.Training;
 
 /// <summary>
-/// The matrix products of training, all reduced to one register-tiled kernel C (+)= A·Bᵀ over row-major operands
-/// (the layout in which both operands are read contiguously). Each output element is a dot product computed in a
-/// fixed order (8 lanes of fused multiply-adds along k, then a fixed horizontal sum), so results do not depend on how
-/// rows are split across threads: training is bit-reproducible for a given seed.
+/// The matrix products of training in two register-tiled kernels: C (+)= A·Bᵀ (the forward pass; each output is a dot
+/// product: 8 lanes of fused multiply-adds along k, then a fixed horizontal sum) and C (+)= A·B with A optionally read
+/// transposed (both backward products; each output is one fused multiply-add chain along k). Every output element is
+/// computed in a fixed order by one thread, so results do not depend on how rows are split across threads: training
+/// is bit-reproducible for a given seed.
 /// </summary>
 public static unsafe class MatMul
 {
     // Tile of 3 A rows × 4 B rows: 12 accumulators + 3 A vectors + 1 B vector fill the 16 AVX2 registers.
     private const int TileRows = 3, TileCols = 4;
+    // Plain products: 4 rows × 16 columns (two vectors) of C per tile, 8 accumulators.
+    private const int PlainRows = 4, PlainCols = 16;
     // Floats of B kept hot per block: half of a 512 KiB L2.
     private const int L2Floats = 64 * 1024;
 
@@ -20,24 +23,34 @@ public static unsafe class MatMul
     public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int tokens, int inputs, int outputs, int threads) =>
         MultiplyTransposed(x, w, y, tokens, outputs, inputs, accumulate: false, threads);
 
-    /// <summary>Input gradient of a linear layer: dx[n, i] (+)= Σ_o dy[n, o]·w[o, i]. <paramref name="wTransposed"/> is scratch of w's size.</summary>
-    public static void BackwardInput(ReadOnlySpan<float> dy, ReadOnlySpan<float> w, Span<float> dx, Span<float> wTransposed,
-        int tokens, int inputs, int outputs, bool accumulate, int threads)
-    {
-        Transpose(w, wTransposed, outputs, inputs);
-        MultiplyTransposed(dy, wTransposed, dx, tokens, inputs, outputs, accumulate, threads);
-    }
+    /// <summary>Input gradient of a linear layer: dx[n, i] (+)= Σ_o dy[n, o]·w[o, i].</summary>
+    public static void BackwardInput(ReadOnlySpan<float> dy, ReadOnlySpan<float> w, Span<float> dx, int tokens, int inputs, int outputs, bool accumulate, int threads) =>
+        MultiplyPlain(dy, rowStride: outputs, depthStride: 1, w, dx, tokens, inputs, outputs, accumulate, threads);
+
+    /// <summary>Weight gradient of a linear layer: dw[o, i] += Σ_n dy[n, o]·x[n, i].</summary>
+    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dw, int tokens, int inputs, int outputs, int threads) =>
+        MultiplyPlain(dy, rowStride: 1, depthStride: outputs, x, dw, outputs, inputs, tokens, accumulate: true, threads);
 
     /// <summary>
-    /// Weight gradient of a linear layer: dw[o, i] += Σ_n dy[n, o]·x[n, i]. <paramref name="dyTransposed"/> and
-    /// <paramref name="xTransposed"/> are scratch of dy's and x's sizes.
+    /// c[m, n] (+)= Σ_k A(m, k)·b[k, n] with A(m, k) = a[m·rowStride + k·depthStride] (so A may be read transposed) and b
+    /// row-major depth×cols. Each output is one chain of fused multiply-adds over k in order, identical in a vector
+    /// lane and in the scalar edge path.
     /// </summary>
-    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dw, Span<float> dyTransposed, Span<float> xTransposed,
-        int tokens, int inputs, int outputs, int threads)
+    public static void MultiplyPlain(ReadOnlySpan<float> a, int rowStride, int depthStride, ReadOnlySpan<float> b, Span<float> c,
+        int rows, int cols, int depth, bool accumulate, int threads)
     {
-        Transpose(dy, dyTransposed, tokens, outputs);
-        Transpose(x, xTransposed, tokens, inputs);
-        MultiplyTransposed(dyTransposed, xTransposed, dw, outputs, inputs, tokens, accumulate: true, threads);
+        Check(a.Length, (long)(rows - 1) * rowStride + (long)(depth - 1) * depthStride + 1, nameof(a));
+        Check(b.Length, (long)depth * cols, nameof(b));
+        Check(c.Length, (long)rows * cols, nameof(c));
+        fixed (float* pa = a, pb = b, pc = c)
+        {
+            var job = new PlainJob(pa, rowStride, depthStride, pb, pc, rows, cols, depth, accumulate);
+            int rowTiles = (rows + PlainRows - 1) / PlainRows;
+            long work = (long)rows * cols * depth;
+            int parts = threads <= 1 || work < 1 << 15 ? 1 : Math.Min(rowTiles, threads * 4);
+            if (parts == 1) job.Run(0, rowTiles);
+            else WorkerPool.Get(threads).For(parts, p => job.Run((int)((long)rowTiles * p / parts), (int)((long)rowTiles * (p + 1) / parts)));
+        }
     }
 
     /// <summary>c[m, n] (+)= Σ_k a[m, k]·b[n, k] for a: rows×depth, b: cols×depth, c: rows×cols.</summary>
@@ -56,22 +69,6 @@ public static unsafe class MatMul
             if (parts == 1) job.Run(0, rowTiles);
             else
                 WorkerPool.Get(threads).For(parts, p => job.Run((int)((long)rowTiles * p / parts), (int)((long)rowTiles * (p + 1) / parts)));
-        }
-    }
-
-    /// <summary>dst[j, i] = src[i, j] for src: rows×cols.</summary>
-    public static void Transpose(ReadOnlySpan<float> src, Span<float> dst, int rows, int cols)
-    {
-        Check(src.Length, (long)rows * cols, nameof(src));
-        Check(dst.Length, (long)rows * cols, nameof(dst));
-        const int block = 16;
-        for (int i0 = 0; i0 < rows; i0 += block)
-        for (int j0 = 0; j0 < cols; j0 += block)
-        {
-            int i1 = Math.Min(rows, i0 + block), j1 = Math.Min(cols, j0 + block);
-            for (int i = i0; i < i1; i++)
-            for (int j = j0; j < j1; j++)
-                dst[j * rows + i] = src[i * cols + j];
         }
     }
 
@@ -159,6 +156,71 @@ public static unsafe class MatMul
             float sum = 0;
             for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(x[k], y[k], sum);
             return sum;
+        }
+    }
+
+    private readonly struct PlainJob(float* a, int rowStride, int depthStride, float* b, float* c, int rows, int cols, int depth, bool accumulate)
+    {
+        public void Run(int firstTile, int endTile)
+        {
+            // Columns outer: the depth×16 panel of b stays in cache while every row tile of this range uses it.
+            for (int n = 0; n < cols; n += PlainCols)
+            {
+                int width = Math.Min(PlainCols, cols - n);
+                for (int tile = firstTile; tile < endTile; tile++)
+                {
+                    int m = tile * PlainRows;
+                    if (width == PlainCols && m + PlainRows <= rows && Vector256.IsHardwareAccelerated) Tile(m, n);
+                    else
+                        for (int i = m; i < Math.Min(rows, m + PlainRows); i++)
+                        for (int j = n; j < n + width; j++) Single(i, j);
+                }
+            }
+        }
+
+        private void Tile(int m, int n)
+        {
+            Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default;
+            Vector256<float> c20 = default, c21 = default, c30 = default, c31 = default;
+            float* a0 = a + (long)m * rowStride, a1 = a0 + rowStride, a2 = a1 + rowStride, a3 = a2 + rowStride;
+            float* bk = b + n;
+            for (int k = 0; k < depth; k++, bk += cols)
+            {
+                var y0 = Vector256.Load(bk);
+                var y1 = Vector256.Load(bk + 8);
+                long offset = (long)k * depthStride;
+                var x = Vector256.Create(a0[offset]);
+                c00 = Vector256.FusedMultiplyAdd(x, y0, c00); c01 = Vector256.FusedMultiplyAdd(x, y1, c01);
+                x = Vector256.Create(a1[offset]);
+                c10 = Vector256.FusedMultiplyAdd(x, y0, c10); c11 = Vector256.FusedMultiplyAdd(x, y1, c11);
+                x = Vector256.Create(a2[offset]);
+                c20 = Vector256.FusedMultiplyAdd(x, y0, c20); c21 = Vector256.FusedMultiplyAdd(x, y1, c21);
+                x = Vector256.Create(a3[offset]);
+                c30 = Vector256.FusedMultiplyAdd(x, y0, c30); c31 = Vector256.FusedMultiplyAdd(x, y1, c31);
+            }
+            Put(m, n, c00, c01); Put(m + 1, n, c10, c11); Put(m + 2, n, c20, c21); Put(m + 3, n, c30, c31);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private void Put(int row, int n, Vector256<float> left, Vector256<float> right)
+        {
+            float* target = c + (long)row * cols + n;
+            if (accumulate)
+            {
+                left += Vector256.Load(target);
+                right += Vector256.Load(target + 8);
+            }
+            left.Store(target);
+            right.Store(target + 8);
+        }
+
+        private void Single(int row, int n)
+        {
+            float sum = 0;
+            float* ar = a + (long)row * rowStride;
+            for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(ar[(long)k * depthStride], b[(long)k * cols + n], sum);
+            float* target = c + (long)row * cols + n;
+            *target = accumulate ? *target + sum : sum;
         }
     }
 }
