@@ -53,4 +53,30 @@ internal static unsafe class SimdHelpers
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector256<float> v) => Vector256.Sum(v);
+
+    /// <summary>Exact fp16 → fp32 of eight halves held in the low 16 bits of each lane (.NET exposes no F16C): integer rebasing for normals, Inf and NaN; int→float·2^-24 for subnormals.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> HalfToSingle(Vector256<uint> h)
+    {
+        var sign = (h & Vector256.Create(0x8000u)) << 16;
+        var magnitude = h & Vector256.Create(0x7fffu);
+        var rebased = (magnitude << 13) + Vector256.Create(0x38000000u);                        // exponent 15 → 127
+        rebased += Vector256.GreaterThanOrEqual(magnitude, Vector256.Create(0x7c00u)) & Vector256.Create(0x38000000u); // Inf/NaN: all-ones exponent
+        var subnormal = Vector256.ConvertToSingle(magnitude.AsInt32()) * Vector256.Create(1.0f / 16777216);      // m·2^-24, exact
+        var isSubnormal = Vector256.LessThan(magnitude, Vector256.Create(0x400u));
+        return (Vector256.ConditionalSelect(isSubnormal, subnormal.AsUInt32(), rebased) | sign).AsSingle();
+    }
+
+    /// <summary>The same conversion for sixteen halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> HalfToSingle(Vector512<uint> h)
+    {
+        var sign = (h & Vector512.Create(0x8000u)) << 16;
+        var magnitude = h & Vector512.Create(0x7fffu);
+        var rebased = (magnitude << 13) + Vector512.Create(0x38000000u);
+        rebased += Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x7c00u)) & Vector512.Create(0x38000000u);
+        var subnormal = Vector512.ConvertToSingle(magnitude.AsInt32()) * Vector512.Create(1.0f / 16777216);
+        var isSubnormal = Vector512.LessThan(magnitude, Vector512.Create(0x400u));
+        return (Vector512.ConditionalSelect(isSubnormal, subnormal.AsUInt32(), rebased) | sign).AsSingle();
+    }
 }
