@@ -36,11 +36,6 @@ internal static unsafe class SimdHelpers
         return Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
     }
 
-    /// <summary>Same for two signed byte vectors (|a|·sign(b, a), as llama.cpp does; a is never −128 times b = −128 here).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> DotSigned(Vector256<sbyte> a, Vector256<sbyte> b) =>
-        DotUnsignedSigned(Avx2.Abs(a), Avx2.Sign(b, a));
-
     /// <summary>Unsigned×signed pair products (16 int16), each pair then weighted by <paramref name="scales"/> and summed into 8 int32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<int> ScaledDot(Vector256<byte> u, Vector256<sbyte> s, Vector256<short> scales) =>
