@@ -10,7 +10,12 @@ namespace Loom.Tests;
 /// </summary>
 public class BatchedInferenceTests(ITestOutputHelper output)
 {
-    private const float Tolerance = 1e-5f;
+    // Batching changes how many tokens each matrix kernel call holds, and the multi-token kernels sum in another order
+    // than the one-token ones, so logits differ by float rounding (seen up to ~1e-5 per unit of logit magnitude; a
+    // wrong position, cache or mask shows as 1e-2 and more). GPT-2's GELU rounds its input to F16 (as ggml does),
+    // which turns such rounding into an occasional F16 step, hence more room there.
+    private const float Tolerance = 5e-5f;
+    private const float GeluTableTolerance = 2e-3f;
     private const int Context = 128;
 
     public static TheoryData<string, int> Cases()
@@ -55,20 +60,27 @@ public class BatchedInferenceTests(ITestOutputHelper output)
             var alone = requests.Select(r => RunAlone(model, r)).ToArray();
             var batched = RunBatched(model, slots, requests, random, out int steps, out int largestStep);
 
-            float worst = 0;
+            float worst = 0, worstRelative = 0;
             int compared = 0;
             for (int i = 0; i < requests.Length; i++)
             {
                 Assert.Equal(alone[i].Generated, batched[i].Generated);
                 foreach (var (position, logits) in batched[i].Logits)
                 {
-                    worst = Math.Max(worst, MaxDifference(alone[i].Logits[position], logits));
+                    var expected = alone[i].Logits[position];
+                    for (int j = 0; j < expected.Length; j++)
+                    {
+                        float difference = Math.Abs(expected[j] - logits[j]);
+                        worst = Math.Max(worst, difference);
+                        worstRelative = Math.Max(worstRelative, difference / Math.Max(1f, Math.Abs(expected[j])));
+                    }
                     compared++;
                 }
             }
             output.WriteLine($"{modelName}, {slots} slots, {requests.Length} sequences: {steps} calls (largest {largestStep} tokens), " +
-                             $"{compared} logit rows, max |batched - alone| = {worst:E2}");
-            Assert.True(worst <= Tolerance, $"batched logits differ from a sequence alone by {worst}");
+                             $"{compared} logit rows, max |batched - alone| = {worst:E2} ({worstRelative:E2} relative to max(1, |logit|))");
+            float tolerance = model.Config.Spec.FeedForward == FeedForwardKind.Gelu ? GeluTableTolerance : Tolerance;
+            Assert.True(worstRelative <= tolerance, $"batched logits differ from a sequence alone by {worst} ({worstRelative} relative)");
         });
     }
 
@@ -112,7 +124,7 @@ public class BatchedInferenceTests(ITestOutputHelper output)
             {
                 using var session = new InferenceSession(model, 64);
                 var expected = session.Evaluate(sequences[i]);
-                Assert.True(MaxDifference(expected, logits.AsSpan(i * vocab, vocab)) <= Tolerance, $"entry {i} differs");
+                AssertClose(expected, logits.AsSpan(i * vocab, vocab), $"entry {i}");
             }
 
             // A slot rewound part way continues from there.
@@ -121,7 +133,7 @@ public class BatchedInferenceTests(ITestOutputHelper output)
             using (var session = new InferenceSession(model, 64))
             {
                 var expected = session.Evaluate([.. Prompt(new Random(1), 10)[..7], .. next[..2]]);
-                Assert.True(MaxDifference(expected, logits.AsSpan(0, vocab)) <= Tolerance, "rewound slot differs");
+                AssertClose(expected, logits.AsSpan(0, vocab), "rewound slot");
             }
 
             batch.Dispose();
@@ -145,8 +157,7 @@ public class BatchedInferenceTests(ITestOutputHelper output)
             {
                 Assert.Equal(prompts[i].Length, batch.Length(i));
                 using var session = new InferenceSession(model, 512);
-                float difference = MaxDifference(session.Evaluate(prompts[i]), logits.AsSpan(i * vocab, vocab));
-                Assert.True(difference <= Tolerance, $"entry {i} differs by {difference}");
+                AssertClose(session.Evaluate(prompts[i]), logits.AsSpan(i * vocab, vocab), $"entry {i}");
             }
         });
     }
@@ -267,11 +278,11 @@ public class BatchedInferenceTests(ITestOutputHelper output)
         return best;
     }
 
-    private static float MaxDifference(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    private static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, string what)
     {
-        Assert.Equal(a.Length, b.Length);
-        float worst = 0;
-        for (int i = 0; i < a.Length; i++) worst = Math.Max(worst, Math.Abs(a[i] - b[i]));
-        return worst;
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= Tolerance * Math.Max(1f, Math.Abs(expected[i])),
+                $"{what}: logit {i} is {actual[i]}, alone {expected[i]}");
     }
 }
