@@ -9,7 +9,9 @@ public readonly record struct BatchEntry(int Slot, ReadOnlyMemory<int> Tokens);
 /// Several independent sequences, each in its own KV-cache slot, advanced together: one call appends every entry's
 /// tokens and returns each entry's last-position logits. All entries' tokens (single decode tokens and prefill
 /// chunks alike) go through each weight matrix together, so the weights are read once per step rather than once per
-/// sequence; attention runs per sequence against its own slot. Results equal evaluating each sequence alone.
+/// sequence; attention runs per sequence against its own slot. Results equal evaluating each sequence alone (up to
+/// float rounding: the matrix kernels may sum several tokens in another order than one). Not thread-safe: one caller
+/// (a scheduler) drives it.
 /// </summary>
 public sealed unsafe class BatchedInference : IDisposable
 {

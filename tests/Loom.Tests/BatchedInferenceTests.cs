@@ -162,6 +162,33 @@ public class BatchedInferenceTests(ITestOutputHelper output)
         });
     }
 
+    [Fact]
+    public void SteadyStateStepsAllocateNothing()
+    {
+        WithModel("stories260K", model =>
+        {
+            const int slots = 8;
+            int vocab = model.Config.VocabSize;
+            using var batch = new BatchedInference(model, slots, 64);
+            var logits = new float[slots * vocab];
+            var tokens = Enumerable.Range(0, slots).Select(i => new[] { 1 + i }).ToArray();
+            var entries = tokens.Select((t, i) => new BatchEntry(i, t)).ToArray();
+            // A prefill chunk beside the decode steps, so both kinds of segment are in the measured steps.
+            var prompt = Prompt(new Random(9), 20);
+            for (int step = 0; step < 3; step++) batch.Evaluate(entries, logits);
+            entries[3] = new BatchEntry(3, prompt);
+            batch.Evaluate(entries, logits);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int step = 0; step < 5; step++)
+            {
+                entries[3] = new BatchEntry(3, step == 2 ? prompt : tokens[3]);
+                batch.Evaluate(entries, logits);
+            }
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.True(allocated == 0, $"5 batched steps allocated {allocated} bytes");
+        });
+    }
+
     private static Transcript RunAlone(TransformerModel model, Request request)
     {
         int vocab = model.Config.VocabSize;
