@@ -169,7 +169,7 @@ public class BatchedInferenceTests(ITestOutputHelper output)
         {
             const int slots = 8;
             int vocab = model.Config.VocabSize;
-            using var batch = new BatchedInference(model, slots, 64);
+            using var batch = new BatchedInference(model, slots, 256);
             var logits = new float[slots * vocab];
             var tokens = Enumerable.Range(0, slots).Select(i => new[] { 1 + i }).ToArray();
             var entries = tokens.Select((t, i) => new BatchEntry(i, t)).ToArray();
@@ -178,14 +178,20 @@ public class BatchedInferenceTests(ITestOutputHelper output)
             for (int step = 0; step < 3; step++) batch.Evaluate(entries, logits);
             entries[3] = new BatchEntry(3, prompt);
             batch.Evaluate(entries, logits);
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            for (int step = 0; step < 5; step++)
+            // One-time lazies (an event created the first time a wait blocks, the thread pool's queues growing) may
+            // land in any early round; a per-step allocation shows in every round.
+            var rounds = new List<long>();
+            for (int round = 0; round < 5 && (rounds.Count == 0 || rounds[^1] != 0); round++)
             {
-                entries[3] = new BatchEntry(3, step == 2 ? prompt : tokens[3]);
-                batch.Evaluate(entries, logits);
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int step = 0; step < 5; step++)
+                {
+                    entries[3] = new BatchEntry(3, step == 2 ? prompt : tokens[3]);
+                    batch.Evaluate(entries, logits);
+                }
+                rounds.Add(GC.GetAllocatedBytesForCurrentThread() - before);
             }
-            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-            Assert.True(allocated == 0, $"5 batched steps allocated {allocated} bytes");
+            Assert.True(rounds[^1] == 0, $"every round of 5 batched steps allocated: {string.Join(", ", rounds)} bytes");
         });
     }
 
