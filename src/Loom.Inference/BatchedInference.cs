@@ -117,12 +117,7 @@ public sealed unsafe class BatchedInference : IDisposable
         }
     }
 
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _forward.Dispose();
-    }
+    public void Dispose() => _disposed = true;
 
     private void Validate(ReadOnlySpan<BatchEntry> entries, Span<float> logits)
     {

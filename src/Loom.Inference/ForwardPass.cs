@@ -1,3 +1,4 @@
+using Loom.Core.Threading;
 using System.Numerics.Tensors;
 using Loom.Core.Kernels;
 using Loom.Models.Architectures;
@@ -31,7 +32,7 @@ internal struct ForwardSegment(KvCache cache, int start, int offset, int count, 
 /// step's tokens at once, so the weights are read once per step, while positions, RoPE and attention follow each
 /// token's own sequence. Every buffer is allocated up front.
 /// </summary>
-internal sealed unsafe class ForwardPass : IDisposable
+internal sealed unsafe class ForwardPass : IParallelWork
 {
     // Below this many multiply-adds per layer, attention is cheaper on one thread than handing it out.
     private const long ParallelAttentionWork = 1 << 16;
@@ -48,8 +49,6 @@ internal sealed unsafe class ForwardPass : IDisposable
     // Softmax scratch, one row of MaxContext floats per thread that can attend at once; a work item claims a free row.
     private readonly PinnedBuffer _scores;
     private readonly int[] _scoreRowBusy;
-    private readonly Action<int> _attendItem;
-    private readonly ParallelRange _parallel;
 
     // The step being computed (read by the attention workers).
     private ForwardSegment[] _segments = [];
@@ -85,11 +84,9 @@ internal sealed unsafe class ForwardPass : IDisposable
         _cos = new PinnedBuffer(b * _ropePairs);
         _sin = new PinnedBuffer(b * _ropePairs);
 
-        int helpers = Environment.ProcessorCount - 1;
-        _parallel = new ParallelRange(helpers);
-        _scoreRowBusy = new int[helpers + 1];
+        // One score row per thread that may attend at once; a thread finding every row taken waits for one.
+        _scoreRowBusy = new int[Math.Max(Environment.ProcessorCount, LoomThreadPool.Shared.ThreadCount)];
         _scores = new PinnedBuffer((long)_scoreRowBusy.Length * maxContext);
-        _attendItem = AttendItem;
     }
 
     public int MaxTokens { get; }
@@ -203,7 +200,7 @@ internal sealed unsafe class ForwardPass : IDisposable
         _layer = layer;
         int items = _segmentCount * c.HeadCount;
         if (work >= ParallelAttentionWork)
-            _parallel.For(items, _attendItem);
+            LoomThreadPool.Shared.Run(this, items);
         else
             for (int i = 0; i < items; i++) AttendItem(i);
 
@@ -232,6 +229,8 @@ internal sealed unsafe class ForwardPass : IDisposable
     }
 
     /// <summary>Attention work item <paramref name="item"/> = (segment, query head): claims a scratch row and attends.</summary>
+    void IParallelWork.Execute(int item) => AttendItem(item);
+
     private void AttendItem(int item)
     {
         int heads = _config.HeadCount;
@@ -396,7 +395,6 @@ internal sealed unsafe class ForwardPass : IDisposable
         TensorPrimitives.Add(target, new ReadOnlySpan<float>(y, target.Length), target);
     }
 
-    public void Dispose() => _parallel.Dispose();
 
     private static void Copy(float* source, float* destination, int count) =>
         new ReadOnlySpan<float>(source, count).CopyTo(new Span<float>(destination, count));

@@ -58,12 +58,7 @@ public sealed unsafe class InferenceSession : IDisposable
         _position = position;
     }
 
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _forward.Dispose();
-    }
+    public void Dispose() => _disposed = true;
 
     /// <summary>The context a model allows: <paramref name="contextSize"/> checked against it, or the default for 0.</summary>
     internal static int ResolveContextSize(TransformerModel model, int contextSize)
