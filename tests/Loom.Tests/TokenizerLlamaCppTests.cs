@@ -76,7 +76,7 @@ public class TokenizerLlamaCppTests
     [InlineData("bailingmoe")] [InlineData("seed-coder")] [InlineData("smollm")] [InlineData("megrez")] [InlineData("olmo")]
     public void EveryPreTokenizerMatches(string pre)
     {
-        string path = GgufRewriter.WithString(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), "tokenizer.ggml.pre", pre);
+        string path = ModelGgufWriter.EditedCopy(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), w => w.Set("tokenizer.ggml.pre", pre));
         try { CompareEncoding(path, randomStrings: 150); }
         finally { File.Delete(path); }
     }
@@ -84,12 +84,10 @@ public class TokenizerLlamaCppTests
     [Fact]
     public void SentencePieceWithoutSpacePrefixMatches()
     {
-        string path = GgufRewriter.WithValues(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-llama-spm.gguf"), new()
-        {
-            ["tokenizer.ggml.add_space_prefix"] = GgufValue.Of(false),
-            ["tokenizer.ggml.add_bos_token"] = GgufValue.Of(false),
-            ["tokenizer.ggml.add_eos_token"] = GgufValue.Of(true),
-        });
+        string path = ModelGgufWriter.EditedCopy(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-llama-spm.gguf"), w => w
+            .Set("tokenizer.ggml.add_space_prefix", GgufValue.Of(false))
+            .Set("tokenizer.ggml.add_bos_token", GgufValue.Of(false))
+            .Set("tokenizer.ggml.add_eos_token", GgufValue.Of(true)));
         try { CompareEncoding(path, randomStrings: 150); }
         finally { File.Delete(path); }
     }
