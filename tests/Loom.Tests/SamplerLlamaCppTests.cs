@@ -9,7 +9,7 @@ namespace Loom.Tests;
 /// </summary>
 public class SamplerLlamaCppTests
 {
-    static SamplerLlamaCppTests() => NativeApi.llama_empty_call();
+    static SamplerLlamaCppTests() => LlamaCppReference.EnsureNativeLibrary();
 
     private static Dictionary<int, float> LlamaCppCandidates(float[] logits, SamplerOptions o, int[] history)
     {

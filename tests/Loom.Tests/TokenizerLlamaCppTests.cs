@@ -1,6 +1,4 @@
 using System.Text;
-using LLama;
-using LLama.Common;
 using LLama.Native;
 using Loom.Models.Gguf;
 using Loom.Models.Tokenizers;
@@ -18,18 +16,6 @@ public class TokenizerLlamaCppTests
         "vocab/llama.cpp/ggml-vocab-gpt-2.gguf", "vocab/llama.cpp/ggml-vocab-gpt-neox.gguf", "vocab/llama.cpp/ggml-vocab-mpt.gguf",
         "vocab/llama.cpp/ggml-vocab-refact.gguf", "vocab/llama.cpp/ggml-vocab-deepseek-coder.gguf", "models/stories260K/stories260K.gguf");
 
-    private static readonly Lazy<bool> QuietNative = new(() =>
-    {
-        NativeLogConfig.llama_log_set((level, message) => { }); // keep llama.cpp's load log out of the test output
-        return true;
-    });
-
-    internal static LLamaWeights LoadNative(string path)
-    {
-        _ = QuietNative.Value;
-        return LLamaWeights.LoadFromFile(new ModelParams(path) { VocabOnly = true, GpuLayerCount = 0 });
-    }
-
     [Theory]
     [MemberData(nameof(Vocabularies))]
     public void SpecialTokensAndPiecesMatch(string relative)
@@ -37,7 +23,7 @@ public class TokenizerLlamaCppTests
         string path = SharedData.PathTo(relative);
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
-        using var native = LoadNative(path);
+        using var native = LlamaCppReference.LoadVocabulary(path);
         var vocab = native.NativeHandle.Vocab;
 
         Assert.Equal(vocab.Count, ours.VocabSize);
@@ -96,7 +82,7 @@ public class TokenizerLlamaCppTests
     {
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
-        using var native = LoadNative(path);
+        using var native = LlamaCppReference.LoadVocabulary(path);
         Assert.Equal(native.NativeHandle.Vocab.ShouldAddBOS, ours.AddBos);
         Assert.Equal(native.NativeHandle.Vocab.ShouldAddEOS, ours.AddEos);
 
@@ -123,7 +109,7 @@ public class TokenizerLlamaCppTests
         string path = SharedData.PathTo(relative);
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
-        using var native = LoadNative(path);
+        using var native = LlamaCppReference.LoadVocabulary(path);
         // llama_detokenize and the vocabulary pointer are internal to LLamaSharp, so they are reached by reflection
         const System.Reflection.BindingFlags hidden = System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static;
         object vocab = typeof(SafeLlamaModelHandle.Vocabulary).GetProperty("VocabNative", hidden)!.GetValue(native.NativeHandle.Vocab)!;
