@@ -29,8 +29,8 @@ public class LlamaCppReferenceTests(ConformanceModels models, ITestOutputHelper 
     public void ReferenceContextHasF32CacheAndNoFlashAttention()
     {
         var reference = models.Reference(models.F32(TestModelFactory.Llama));
-        // llama.cpp reports its context settings in the log, which another test class may silence once (its own
-        // log callback is process-wide); creating the context again after that captures the lines.
+        // llama.cpp reports its context settings in the log, which keeps only recent lines: if other tests' loads have
+        // pushed them out, creating the context again brings them back.
         for (int attempt = 0; attempt < 3 && LlamaCppReference.LogLinesContaining("flash_attn").Count == 0; attempt++)
             reference.EvaluateAll([1, 2, 3]);
         foreach (var line in LlamaCppReference.LogLinesContaining("flash_attn").Concat(LlamaCppReference.LogLinesContaining("K (")))

@@ -24,8 +24,8 @@ public sealed record TestModelSpec(
 }
 
 /// <summary>
-/// Writes small random-weight GGUF models with the tensor names, shapes and metadata llama.cpp expects for each
-/// architecture. Dimensions are written ggml-style (ne0, the contiguous one, first), so a PyTorch [out, in] weight has
+/// Writes small random-weight GGUF models, laid out by <see cref="SyntheticLayout"/> (the tensor names, shapes and
+/// metadata llama.cpp expects for each architecture) with real vocabularies. Dimensions are written ggml-style (ne0, the contiguous one, first), so a PyTorch [out, in] weight has
 /// dims [in, out]. Every row length is a multiple of 256 so llama.cpp's K-quants apply. Weights are seeded normals
 /// scaled so attention is peaked and logits spread over several units, far from degenerate.
 /// </summary>
@@ -57,86 +57,44 @@ public static class TestModelFactory
     {
         var vocab = spec.Vocabulary;
         string arch = spec.Architecture;
-        int n = spec.Embedding, qWidth = spec.Heads * spec.HeadDim, kvWidth = spec.KvHeads * spec.HeadDim;
+        var layout = new SyntheticLayout(arch, spec.Embedding, spec.Heads, spec.KvHeads, spec.HeadDim, spec.FeedForward, spec.Layers,
+            vocab.Count, spec.ContextLength, spec.TiedOutput, spec.NormEpsilon, spec.RopeBase);
         var w = new GgufWriter();
         w.Add("general.architecture", arch);
         w.Add("general.name", $"loom-test-{spec.Name}");
         w.Add("general.file_type", f16Matrices ? 1u : 0u);
-        w.Add($"{arch}.context_length", (uint)spec.ContextLength);
-        w.Add($"{arch}.embedding_length", (uint)n);
-        w.Add($"{arch}.block_count", (uint)spec.Layers);
-        w.Add($"{arch}.feed_forward_length", (uint)spec.FeedForward);
-        w.Add($"{arch}.attention.head_count", (uint)spec.Heads);
-        w.Add($"{arch}.attention.head_count_kv", (uint)spec.KvHeads);
         w.Add($"{arch}.vocab_size", (uint)vocab.Count);
-        if (arch == "gpt2")
-        {
-            w.Add($"{arch}.attention.layer_norm_epsilon", spec.NormEpsilon);
-        }
-        else
-        {
-            w.Add($"{arch}.attention.layer_norm_rms_epsilon", spec.NormEpsilon);
-            w.Add($"{arch}.rope.freq_base", spec.RopeBase);
-            w.Add($"{arch}.rope.dimension_count", (uint)spec.HeadDim);
-        }
-        if (arch == "qwen3")
-        {
-            w.Add($"{arch}.attention.key_length", (uint)spec.HeadDim);
-            w.Add($"{arch}.attention.value_length", (uint)spec.HeadDim);
-        }
+        layout.WriteHyperParameters((key, value) => w.AddMetadata(key, value));
         vocab.WriteTo(w);
 
         var tensors = new TensorSink(w, seed, f16Matrices);
-        // A tied head makes token_embd the output projection too, so it gets the output's scale.
-        tensors.Matrix("token_embd.weight", n, vocab.Count, 0.12f);
-        if (arch == "gpt2") tensors.Matrix("position_embd.weight", n, spec.ContextLength, 0.1f);
-
-        for (int layer = 0; layer < spec.Layers; layer++)
+        foreach (var (name, role, dims) in layout.Tensors())
         {
-            string blk = $"blk.{layer}.";
-            tensors.Norm(blk + "attn_norm.weight", n);
-            if (arch == "gpt2")
+            switch (role)
             {
-                tensors.Bias(blk + "attn_norm.bias", n);
-                tensors.Matrix(blk + "attn_qkv.weight", n, qWidth + 2 * kvWidth, 0.1f);
-                tensors.Bias(blk + "attn_qkv.bias", qWidth + 2 * kvWidth);
-                tensors.Matrix(blk + "attn_output.weight", qWidth, n, 0.05f);
-                tensors.Bias(blk + "attn_output.bias", n);
-                tensors.Norm(blk + "ffn_norm.weight", n);
-                tensors.Bias(blk + "ffn_norm.bias", n);
-                tensors.Matrix(blk + "ffn_up.weight", n, spec.FeedForward, 0.05f);
-                tensors.Bias(blk + "ffn_up.bias", spec.FeedForward);
-                tensors.Matrix(blk + "ffn_down.weight", spec.FeedForward, n, 0.05f);
-                tensors.Bias(blk + "ffn_down.bias", n);
-                continue;
+                case SyntheticRole.Norm: tensors.Norm(name, (int)dims[0]); break;
+                case SyntheticRole.Bias: tensors.Bias(name, (int)dims[0]); break;
+                case SyntheticRole.TokenEmbedding or SyntheticRole.PositionEmbedding or SyntheticRole.Weight:
+                    tensors.Matrix(name, (int)dims[0], (int)dims[1], Std(name));
+                    break;
+                default: throw new NotSupportedException($"conformance models have no {role} tensor ({name})");
             }
-            tensors.Matrix(blk + "attn_q.weight", n, qWidth, 0.1f);
-            tensors.Matrix(blk + "attn_k.weight", n, kvWidth, 0.1f);
-            tensors.Matrix(blk + "attn_v.weight", n, kvWidth, 0.05f);
-            if (arch == "qwen2")
-            {
-                tensors.Bias(blk + "attn_q.bias", qWidth);
-                tensors.Bias(blk + "attn_k.bias", kvWidth);
-                tensors.Bias(blk + "attn_v.bias", kvWidth);
-            }
-            if (arch == "qwen3")
-            {
-                tensors.Norm(blk + "attn_q_norm.weight", spec.HeadDim);
-                tensors.Norm(blk + "attn_k_norm.weight", spec.HeadDim);
-            }
-            tensors.Matrix(blk + "attn_output.weight", qWidth, n, 0.05f);
-            tensors.Norm(blk + "ffn_norm.weight", n);
-            tensors.Matrix(blk + "ffn_gate.weight", n, spec.FeedForward, 0.05f);
-            tensors.Matrix(blk + "ffn_up.weight", n, spec.FeedForward, 0.05f);
-            tensors.Matrix(blk + "ffn_down.weight", spec.FeedForward, n, 0.05f);
         }
-
-        tensors.Norm("output_norm.weight", n);
-        if (arch == "gpt2") tensors.Bias("output_norm.bias", n);
-        if (!spec.TiedOutput) tensors.Matrix("output.weight", n, vocab.Count, 0.12f);
-
         w.WriteTo(path);
     }
+
+    /// <summary>
+    /// Each matrix's spread: queries and keys wider than values and the rest, so attention is peaked. A tied head makes
+    /// token_embd the output projection too, so it gets the output's scale.
+    /// </summary>
+    private static float Std(string name) => name switch
+    {
+        "token_embd.weight" or "output.weight" => 0.12f,
+        "position_embd.weight" => 0.1f,
+        _ when name.EndsWith(".attn_q.weight", StringComparison.Ordinal) || name.EndsWith(".attn_k.weight", StringComparison.Ordinal)
+            || name.EndsWith(".attn_qkv.weight", StringComparison.Ordinal) => 0.1f,
+        _ => 0.05f,
+    };
 
     /// <summary>Adds generated tensors; each draws from its own generator (seed and name), so values do not depend on order.</summary>
     private sealed class TensorSink(GgufWriter writer, int seed, bool f16Matrices)

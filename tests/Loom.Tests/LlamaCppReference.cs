@@ -3,12 +3,15 @@ using System.Text;
 using LLama;
 using LLama.Common;
 using LLama.Native;
+using Loom.Tests.Conformance;
 
-namespace Loom.Tests.Conformance;
+namespace Loom.Tests;
 
 /// <summary>
 /// llama.cpp (through LLamaSharp's native backend) as the reference Loom is measured against: tokenization, logits at
-/// every position with an F32 KV cache and flash attention off, greedy generation, and llama.cpp's own quantizer.
+/// every position with an F32 KV cache and flash attention off, greedy generation, vocabulary-only loads, and
+/// llama.cpp's own quantizer. Every test that touches llama.cpp goes through here, so the native library is set up and
+/// its log captured in one place.
 /// </summary>
 public sealed class LlamaCppReference : IDisposable
 {
@@ -29,7 +32,6 @@ public sealed class LlamaCppReference : IDisposable
         EnsureNativeLibrary();
         Path = path;
         ContextSize = contextSize;
-        CaptureLog();
         try
         {
             _weights = LLamaWeights.LoadFromFile(new ModelParams(path) { GpuLayerCount = 0, ContextSize = (uint)contextSize });
@@ -45,23 +47,23 @@ public sealed class LlamaCppReference : IDisposable
     }
 
     /// <summary>
-    /// Loads llama.cpp's native library once. The quantizer entry point does not trigger LLamaSharp's library
-    /// resolution by itself (it throws DllNotFoundException), so every use goes through here first.
+    /// Loads llama.cpp's native library and installs the log capture, once per process whichever test comes first
+    /// (Lazy makes concurrent first calls wait for one setup). Entry points such as the quantizer and the samplers do
+    /// not trigger LLamaSharp's library resolution by themselves (they throw DllNotFoundException), so every use goes
+    /// through here first.
     /// </summary>
     public static void EnsureNativeLibrary() => _ = NativeLoaded.Value;
 
+    /// <summary>
+    /// The log callback is process-wide: it is installed only here, so llama.cpp's chatter stays out of the test output
+    /// but is remembered, and a failure can say what went wrong.
+    /// </summary>
     private static bool LoadNative()
     {
         NativeApi.llama_empty_call();
-        CaptureLog();
+        NativeLogConfig.llama_log_set(LogCallback);
         return true;
     }
-
-    /// <summary>
-    /// Keeps llama.cpp's chatter out of the test output but remembers it, so a failure can say what went wrong. The
-    /// callback is process-wide and other tests may replace it, so it is installed again before each load.
-    /// </summary>
-    private static void CaptureLog() => NativeLogConfig.llama_log_set(LogCallback);
 
     private static readonly NativeLogConfig.LLamaLogCallback LogCallback = (level, message) =>
     {
@@ -74,6 +76,13 @@ public sealed class LlamaCppReference : IDisposable
 
     /// <summary>Recent llama.cpp log lines (info and above) that contain <paramref name="text"/>.</summary>
     public static IReadOnlyList<string> LogLinesContaining(string text) => RecentLog.Where(l => l.Contains(text, StringComparison.Ordinal)).ToList();
+
+    /// <summary>Loads only the vocabulary of <paramref name="path"/> (no weights), for tokenizer comparisons.</summary>
+    public static LLamaWeights LoadVocabulary(string path)
+    {
+        EnsureNativeLibrary();
+        return LLamaWeights.LoadFromFile(new ModelParams(path) { VocabOnly = true, GpuLayerCount = 0 });
+    }
 
     public int[] Tokenize(string text, bool addSpecial, bool parseSpecial) =>
         _weights.Tokenize(text, addSpecial, parseSpecial, Encoding.UTF8).Select(t => (int)t).ToArray();
@@ -113,7 +122,6 @@ public sealed class LlamaCppReference : IDisposable
     private LLamaContext CreateContext(int tokens)
     {
         if (tokens > ContextSize) throw new ArgumentException($"{tokens} tokens do not fit the reference context of {ContextSize}");
-        CaptureLog();
         var parameters = new ModelParams(Path)
         {
             ContextSize = (uint)ContextSize,
@@ -138,7 +146,6 @@ public sealed class LlamaCppReference : IDisposable
     public static void Quantize(string source, string destination, LLamaFtype type)
     {
         EnsureNativeLibrary();
-        CaptureLog();
         bool ok = LLamaQuantizer.Quantize(source, destination, type, nthread: Math.Min(Environment.ProcessorCount, 4), allowRequantize: false, quantizeOutputTensor: true);
         if (!ok) throw new InvalidOperationException($"llama.cpp failed to quantize {source} to {type}\nllama.cpp log:\n{LogTail()}");
     }
