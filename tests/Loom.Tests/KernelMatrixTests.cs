@@ -212,6 +212,52 @@ public unsafe class KernelMatrixTests
     }
 
     [Fact]
+    public void F16RowsKeepSubnormalsSignedZerosInfinitiesAndNaNs()
+    {
+        const int cols = 80; // vector body plus a scalar tail on every path
+        var halves = new Half[3 * cols];
+        var rng = new Random(17);
+        for (int i = 0; i < halves.Length; i++)
+            halves[i] = (i % 3) switch
+            {
+                0 => BitConverter.UInt16BitsToHalf((ushort)rng.Next(1, 0x400)),           // subnormal
+                1 => BitConverter.UInt16BitsToHalf((ushort)(0x8000 | rng.Next(1, 0x400))), // negative subnormal
+                _ => (Half)(rng.NextDouble() * 2 - 1),
+            };
+        halves[5] = BitConverter.UInt16BitsToHalf(0x8000); // -0
+        halves[cols + 41] = Half.PositiveInfinity;
+        halves[2 * cols + 9] = Half.NaN;
+        var x = new float[4 * cols];
+        for (int i = 0; i < x.Length; i++) x[i] = 0.5f + (float)rng.NextDouble();
+        var y = new float[4 * 3];
+        using var pool = new LoomThreadPool(1);
+        fixed (Half* w = halves)
+        fixed (float* xp = x)
+        fixed (float* yp = y)
+        {
+            var matrix = new WeightMatrix(GgmlType.F16, (byte*)w, 3, cols);
+            foreach (var isa in Enum.GetValues<KernelIsa>())
+                foreach (int tokens in new[] { 1, 4 })
+                {
+                    if (!KernelIsaSupport.IsSupported(isa)) continue;
+                    matrix.Multiply(xp, yp, tokens, pool, isa);
+                    for (int t = 0; t < tokens; t++)
+                    {
+                        double exact = 0, scale = 0;
+                        for (int c = 0; c < cols; c++)
+                        {
+                            exact += (double)(float)halves[c] * x[t * cols + c];
+                            scale += Math.Abs((double)(float)halves[c] * x[t * cols + c]);
+                        }
+                        Assert.True(Math.Abs(y[t * 3] - exact) <= 1e-5 * scale, $"{isa}/{tokens}: {y[t * 3]} vs {exact}");
+                        Assert.Equal(float.PositiveInfinity, y[t * 3 + 1]);
+                        Assert.True(float.IsNaN(y[t * 3 + 2]), $"{isa}/{tokens}: NaN row gave {y[t * 3 + 2]}");
+                    }
+                }
+        }
+    }
+
+    [Fact]
     public void TheDefaultPathRunsOnThisCpu()
     {
         Assert.True(KernelIsaSupport.IsSupported(KernelIsaSupport.Best));
