@@ -116,7 +116,7 @@ public unsafe class KernelMatrixTests
                 }
                 else
                 {
-                    ActivationQuantizer.QuantizeQ8Blocks32(xp + t * cols, cols, q, dp, sp);
+                    ActivationQuantizer.QuantizeQ8Blocks32(xp + t * cols, cols, q, dp, sp, halfSums: true);
                     for (int i = 0; i < cols; i++) values[t * cols + i] = qs[i] * d[i / 32];
                     for (int blk = 0; blk < cols / 32; blk++)
                     {
@@ -319,11 +319,20 @@ public unsafe class KernelActivationQuantizerTests
         fixed (float* sap = sa) fixed (float* sbp = sb)
         fixed (short* bap = ba) fixed (short* bbp = bb)
         {
-            ActivationQuantizer.QuantizeQ8Blocks32Portable(xp, n, qap, dap, sap);
-            ActivationQuantizer.QuantizeQ8Blocks32Avx2(xp, n, qbp, dbp, sbp);
-            Assert.Equal(qa, qb);
-            Assert.Equal(da, db);
-            Assert.Equal(sa, sb);
+            foreach (bool halfSums in new[] { true, false })
+            {
+                ActivationQuantizer.QuantizeQ8Blocks32Portable(xp, n, qap, dap, sap, halfSums);
+                ActivationQuantizer.QuantizeQ8Blocks32Avx2(xp, n, qbp, dbp, sbp, halfSums);
+                Assert.Equal(qa, qb);
+                Assert.Equal(da, db);
+                Assert.Equal(sa, sb);
+                for (int blk = 0; blk < n / 32; blk++)
+                {
+                    int sum = 0;
+                    for (int j = 0; j < 32; j++) sum += qa[blk * 32 + j];
+                    if (!halfSums) Assert.Equal(sum * da[blk], sa[blk]); // exact, for the −8d/−16d mins of Q4_0/Q5_0
+                }
+            }
             ActivationQuantizer.QuantizeQ8KPortable(xp, n, qap, dap, bap);
             ActivationQuantizer.QuantizeQ8KAvx2(xp, n, qbp, dbp, bbp);
             Assert.Equal(qa, qb);

@@ -28,7 +28,8 @@ internal static unsafe class Block32Kernels
     }
 
     // The SIMD paths take blocks in groups of eight. Q4_1/Q5_1's eight fp16 mins are gathered and converted at once (their
-    // min·s terms are a separate dot of two 8-vectors). Scales stay scalar in the one-token kernels: their conversion runs
+    // min·s terms are a separate dot of two 8-vectors); Q4_0/Q5_0's mins are −8/−16 times the scale the block needs anyway,
+    // so the one-token kernels sum d·s beside it (a gather there measured slower than the offset it saves). Scales stay scalar in the one-token kernels: their conversion runs
     // on the integer units while the vector units are the bottleneck (measured faster on Zen 4); the four-token kernels
     // convert eight scales at once and broadcast each block's from that register. Leftover blocks take one-block steps.
 
@@ -40,6 +41,16 @@ internal static unsafe class Block32Kernels
         var raw = Avx2.GatherVector256((int*)(row + offset), byteOffsets, 1);
         return HalfToSingle(raw.AsUInt32() & Vector256.Create(0xFFFFu));
     }
+
+    /// <summary>The mins of eight consecutive blocks: stored fp16 fields, or a multiple of the scales for Q4_0/Q5_0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> EightMins<T>(byte* row) where T : unmanaged, IBlock32Format =>
+        T.MinPerScale != 0 ? EightHalves<T>(row, 0) * Vector256.Create(T.MinPerScale) : EightHalves<T>(row, 2);
+
+    /// <summary>As <see cref="EightMins{T}(byte*)"/> where the eight scales are already at hand.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> EightMins<T>(byte* row, Vector256<float> scales) where T : unmanaged, IBlock32Format =>
+        T.MinPerScale != 0 ? scales * Vector256.Create(T.MinPerScale) : EightHalves<T>(row, 2);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Lane(Vector256<float> v, int k) => Avx2.PermuteVar8x32(v, Vector256.Create(k));
@@ -64,18 +75,22 @@ internal static unsafe class Block32Kernels
         sbyte* xq = x.Qs;
         float* xd = x.D;
         int b = 0;
+        float scaledSums = 0; // Σ d_w·s_x of Q4_0/Q5_0, whose mins are a fixed multiple of the scale
         for (; b + 8 <= blocks; b += 8)
         {
-            if (T.HasMin) minAcc = Fma.MultiplyAdd(EightHalves<T>(row, 2), Vector256.Load(x.S + b), minAcc);
+            if (T.HasMin && T.MinPerScale == 0) minAcc = Fma.MultiplyAdd(EightMins<T>(row), Vector256.Load(x.S + b), minAcc);
             for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes, xq += 64)
             {
                 var w0 = T.Unpack(row);
                 var w1 = T.Unpack(row + T.BlockBytes);
-                acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w0), w0, xq), Vector256.Create(T.Scale(row) * xd[b + k]), acc);
-                acc1 = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w1), w1, xq + 32), Vector256.Create(T.Scale(row + T.BlockBytes) * xd[b + k + 1]), acc1);
+                float d0 = T.Scale(row), d1 = T.Scale(row + T.BlockBytes);
+                if (T.MinPerScale != 0) scaledSums += d0 * x.S[b + k] + d1 * x.S[b + k + 1];
+                acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w0), w0, xq), Vector256.Create(d0 * xd[b + k]), acc);
+                acc1 = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w1), w1, xq + 32), Vector256.Create(d1 * xd[b + k + 1]), acc1);
             }
         }
         acc += acc1;
+        tail = T.MinPerScale * scaledSums;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
         {
             var w = T.Unpack(row);
@@ -93,16 +108,20 @@ internal static unsafe class Block32Kernels
         float tail = 0;
         sbyte* xq = x.Qs;
         int b = 0;
+        float scaledSums = 0;
         for (; b + 8 <= blocks; b += 8)
         {
-            if (T.HasMin) minAcc = Fma.MultiplyAdd(EightHalves<T>(row, 2), Vector256.Load(x.S + b), minAcc);
+            if (T.HasMin && T.MinPerScale == 0) minAcc = Fma.MultiplyAdd(EightMins<T>(row), Vector256.Load(x.S + b), minAcc);
             for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes, xq += 64)
             {
                 var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
-                var pair = Vector512.Create(Vector256.Create(T.Scale(row) * x.D[b + k]), Vector256.Create(T.Scale(row + T.BlockBytes) * x.D[b + k + 1]));
+                float d0 = T.Scale(row), d1 = T.Scale(row + T.BlockBytes);
+                if (T.MinPerScale != 0) scaledSums += d0 * x.S[b + k] + d1 * x.S[b + k + 1];
+                var pair = Vector512.Create(Vector256.Create(d0 * x.D[b + k]), Vector256.Create(d1 * x.D[b + k + 1]));
                 acc = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(xq)), pair, acc);
             }
         }
+        tail = T.MinPerScale * scaledSums;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
         {
             var w = T.Unpack(row);
@@ -139,7 +158,7 @@ internal static unsafe class Block32Kernels
             var s3 = weightScales * Vector256.Load(x[3].D + b);
             if (T.HasMin)
             {
-                var mins = EightHalves<T>(row, 2);
+                var mins = EightMins<T>(row, weightScales);
                 m0 = Fma.MultiplyAdd(mins, Vector256.Load(x[0].S + b), m0);
                 m1 = Fma.MultiplyAdd(mins, Vector256.Load(x[1].S + b), m1);
                 m2 = Fma.MultiplyAdd(mins, Vector256.Load(x[2].S + b), m2);
@@ -197,7 +216,7 @@ internal static unsafe class Block32Kernels
             var s3 = weightScales * Vector256.Load(x[3].D + b);
             if (T.HasMin)
             {
-                var mins = EightHalves<T>(row, 2);
+                var mins = EightMins<T>(row, weightScales);
                 m0 = Fma.MultiplyAdd(mins, Vector256.Load(x[0].S + b), m0);
                 m1 = Fma.MultiplyAdd(mins, Vector256.Load(x[1].S + b), m1);
                 m2 = Fma.MultiplyAdd(mins, Vector256.Load(x[2].S + b), m2);
