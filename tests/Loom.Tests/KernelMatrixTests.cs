@@ -258,6 +258,46 @@ public unsafe class KernelMatrixTests
     }
 
     [Fact]
+    public void BlockScalesThatAreInfNaNOrSubnormalGiveWhatThePortablePathGives()
+    {
+        const int rows = 4, cols = 512;
+        foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q8_0, GgmlType.IQ4_NL })
+        {
+            var rng = new Random(40 + (int)type);
+            var weights = RandomWeights(type, rows, cols, rng);
+            long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+            int blockBytes = GgmlTypeInfo.BlockBytes(type);
+            BitConverter.TryWriteBytes(weights.AsSpan((int)(1 * rowBytes + 3 * blockBytes)), (ushort)0x7c00);  // +Inf
+            BitConverter.TryWriteBytes(weights.AsSpan((int)(2 * rowBytes + 9 * blockBytes)), (ushort)0x7e01);  // NaN
+            BitConverter.TryWriteBytes(weights.AsSpan((int)(3 * rowBytes + 5 * blockBytes)), (ushort)0x8123);  // negative subnormal
+            var x = RandomInputs(cols, rng);
+            var reference = new float[rows];
+            var other = new float[rows];
+            using var pool = new LoomThreadPool(1);
+            fixed (byte* w = weights)
+            fixed (float* xp = x)
+            fixed (float* yr = reference)
+            fixed (float* yo = other)
+            {
+                var matrix = new WeightMatrix(type, w, rows, cols);
+                matrix.Multiply(xp, yr, 1, pool, KernelIsa.Portable);
+                Assert.True(float.IsInfinity(reference[1]) || float.IsNaN(reference[1]), $"{type}: Inf scale gave {reference[1]}");
+                Assert.True(float.IsNaN(reference[2]), $"{type}: NaN scale gave {reference[2]}");
+                foreach (var isa in new[] { KernelIsa.Avx2, KernelIsa.Avx512 })
+                {
+                    if (!KernelIsaSupport.IsSupported(isa)) continue;
+                    matrix.Multiply(xp, yo, 1, pool, isa);
+                    for (int r = 0; r < rows; r++)
+                        if (float.IsFinite(reference[r]))
+                            Assert.True(MathF.Abs(reference[r] - other[r]) <= 1e-4f * MathF.Max(1, MathF.Abs(reference[r])), $"{type} {isa} row {r}: {other[r]} vs {reference[r]}");
+                        else // Inf may meet −Inf in Q4_0/Q5_0's min term, so Inf and NaN both count; finite would be wrong
+                            Assert.False(float.IsFinite(other[r]), $"{type} {isa} row {r}: {other[r]} vs {reference[r]}");
+                }
+            }
+        }
+    }
+
+    [Fact]
     public void TheDefaultPathRunsOnThisCpu()
     {
         Assert.True(KernelIsaSupport.IsSupported(KernelIsaSupport.Best));

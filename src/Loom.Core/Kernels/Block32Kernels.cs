@@ -100,12 +100,88 @@ internal static unsafe class Block32Kernels
         return Sum(acc) + Sum(minAcc) + tail;
     }
 
+    /// <summary>
+    /// Q4_0/Q4_1 (16 packed bytes at the end of each block): the packed bytes of two blocks share one register, so one
+    /// mask and one shift split 64 nibbles, and the low- and high-nibble byte dots add as int16 before one widening
+    /// (each is at most 2·15·127, so the sum cannot saturate). Lanes 0–3 then hold the first block, 4–7 the second.
+    /// </summary>
+    public static float DotNibblePairsAvx2<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format
+    {
+        byte* start = row;
+        Vector256<float> acc = default, acc1 = default, minAcc = default;
+        float scaledSums = 0, tail = 0;
+        int specials = 0;
+        sbyte* xq = x.Qs;
+        float* xd = x.D, xs = x.S;
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8)
+        {
+            if (T.MinPerScale == 0) minAcc = Fma.MultiplyAdd(EightMins<T>(row), Vector256.Load(xs + b), minAcc);
+            for (int k = 0; k < 8; k += 4, row += 4 * T.BlockBytes, xq += 128)
+            {
+                byte* row2 = row + 2 * T.BlockBytes;
+                float d0 = FiniteHalf(row, ref specials), d1 = FiniteHalf(row + T.BlockBytes, ref specials);
+                float d2 = FiniteHalf(row2, ref specials), d3 = FiniteHalf(row2 + T.BlockBytes, ref specials);
+                if (T.MinPerScale != 0) scaledSums += d0 * xs[b + k] + d1 * xs[b + k + 1] + d2 * xs[b + k + 2] + d3 * xs[b + k + 3];
+                acc = Fma.MultiplyAdd(NibblePairProduct<T>(row, xq), PairScales(d0 * xd[b + k], d1 * xd[b + k + 1]), acc);
+                acc1 = Fma.MultiplyAdd(NibblePairProduct<T>(row2, xq + 64), PairScales(d2 * xd[b + k + 2], d3 * xd[b + k + 3]), acc1);
+            }
+        }
+        if ((specials & 0x8000) != 0) return DotAvx2<T>(start, blocks, x);
+        acc += acc1;
+        tail = T.MinPerScale * scaledSums;
+        for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
+        {
+            var w = T.Unpack(row);
+            acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w), w, xq), Vector256.Create(T.Scale(row) * xd[b]), acc);
+            tail += T.Min(row) * xs[b];
+        }
+        return Sum(acc) + Sum(minAcc) + tail;
+    }
+
+    /// <summary>
+    /// The fp16 at <paramref name="p"/> as a float in five operations, exact for finite halves (the sign-extended bits
+    /// masked into float position and scaled by 2^112; subnormals included). Inf/NaN would come out finite, so each
+    /// call sets bit 15 of <paramref name="specials"/> for those and the caller redoes the row the general way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float FiniteHalf(byte* p, ref int specials)
+    {
+        int bits = *(short*)p;
+        specials |= (bits & 0x7fff) + 0x400;
+        return BitConverter.Int32BitsToSingle((bits << 13) & unchecked((int)0x8FFFE000)) * 5.192296858534828e33f;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> NibblePairProduct<T>(byte* pair, sbyte* xq) where T : unmanaged, IBlock32Format
+    {
+        byte* packed0 = pair + T.BlockBytes - 16;
+        var packed = Vector256.Create(Vector128.Load(packed0), Vector128.Load(packed0 + T.BlockBytes));
+        var mask = Vector256.Create((byte)0x0F);
+        var low = packed & mask;
+        var high = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
+        var xLow = Vector256.Create(Vector128.Load(xq), Vector128.Load(xq + 32));
+        var xHigh = Vector256.Create(Vector128.Load(xq + 16), Vector128.Load(xq + 48));
+        Vector256<int> sums;
+        if (AvxVnni.IsSupported)
+            sums = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, low, xLow), high, xHigh);
+        else
+            sums = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(low, xLow) + Avx2.MultiplyAddAdjacent(high, xHigh), Vector256.Create((short)1));
+        return Avx.ConvertToVector256Single(sums);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> PairScales(float first, float second) =>
+        Vector256.Create(Vector128.Create(first), Vector128.Create(second));
+
     /// <summary>Two blocks per 512-bit register (same grouping by eight; the leftovers take the AVX2 step).</summary>
     public static float DotAvx512<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format
     {
+        byte* start = row;
         var acc = Vector512<float>.Zero;
         Vector256<float> tailAcc = default, minAcc = default;
         float tail = 0;
+        int specials = 0;
         sbyte* xq = x.Qs;
         int b = 0;
         float scaledSums = 0;
@@ -115,12 +191,13 @@ internal static unsafe class Block32Kernels
             for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes, xq += 64)
             {
                 var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
-                float d0 = T.Scale(row), d1 = T.Scale(row + T.BlockBytes);
+                float d0 = FiniteHalf(row, ref specials), d1 = FiniteHalf(row + T.BlockBytes, ref specials);
                 if (T.MinPerScale != 0) scaledSums += d0 * x.S[b + k] + d1 * x.S[b + k + 1];
                 var pair = Vector512.Create(Vector256.Create(d0 * x.D[b + k]), Vector256.Create(d1 * x.D[b + k + 1]));
                 acc = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(xq)), pair, acc);
             }
         }
+        if ((specials & 0x8000) != 0) return DotAvx2<T>(start, blocks, x);
         tail = T.MinPerScale * scaledSums;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
         {
