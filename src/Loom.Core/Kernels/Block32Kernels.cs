@@ -67,11 +67,21 @@ internal static unsafe class Block32Kernels
     private static Vector256<byte> Magnitudes<T>(Vector256<sbyte> w) where T : unmanaged, IBlock32Format =>
         T.HasMin ? w.AsByte() : Avx2.Abs(w);
 
-    public static float DotAvx2<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format
+    public static float DotAvx2<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format =>
+        DotAvx2<T>(row, blocks, x, exactScales: false);
+
+    /// <summary>The general fp16 conversion for every scale: rows where <see cref="FiniteHalf"/> met Inf or NaN.</summary>
+    private static float DotAvx2ExactScales<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format =>
+        DotAvx2<T>(row, blocks, x, exactScales: true);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotAvx2<T>(byte* row, int blocks, in ActivationRow x, bool exactScales) where T : unmanaged, IBlock32Format
     {
         // two accumulators so consecutive blocks' FMAs do not wait on each other
+        byte* start = row;
         Vector256<float> acc = default, acc1 = default, minAcc = default;
         float tail = 0;
+        int specials = 0;
         sbyte* xq = x.Qs;
         float* xd = x.D;
         int b = 0;
@@ -83,12 +93,14 @@ internal static unsafe class Block32Kernels
             {
                 var w0 = T.Unpack(row);
                 var w1 = T.Unpack(row + T.BlockBytes);
-                float d0 = T.Scale(row), d1 = T.Scale(row + T.BlockBytes);
+                float d0 = exactScales ? T.Scale(row) : FiniteHalf(row, ref specials);
+                float d1 = exactScales ? T.Scale(row + T.BlockBytes) : FiniteHalf(row + T.BlockBytes, ref specials);
                 if (T.MinPerScale != 0) scaledSums += d0 * x.S[b + k] + d1 * x.S[b + k + 1];
                 acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w0), w0, xq), Vector256.Create(d0 * xd[b + k]), acc);
                 acc1 = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w1), w1, xq + 32), Vector256.Create(d1 * xd[b + k + 1]), acc1);
             }
         }
+        if (!exactScales && (specials & 0x8000) != 0) return DotAvx2ExactScales<T>(start, blocks, x);
         acc += acc1;
         tail = T.MinPerScale * scaledSums;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
@@ -127,7 +139,7 @@ internal static unsafe class Block32Kernels
                 acc1 = Fma.MultiplyAdd(NibblePairProduct<T>(row2, xq + 64), PairScales(d2 * xd[b + k + 2], d3 * xd[b + k + 3]), acc1);
             }
         }
-        if ((specials & 0x8000) != 0) return DotAvx2<T>(start, blocks, x);
+        if ((specials & 0x8000) != 0) return DotAvx2ExactScales<T>(start, blocks, x);
         acc += acc1;
         tail = T.MinPerScale * scaledSums;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
@@ -197,7 +209,7 @@ internal static unsafe class Block32Kernels
                 acc = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(xq)), pair, acc);
             }
         }
-        if ((specials & 0x8000) != 0) return DotAvx2<T>(start, blocks, x);
+        if ((specials & 0x8000) != 0) return DotAvx2ExactScales<T>(start, blocks, x);
         tail = T.MinPerScale * scaledSums;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
         {
