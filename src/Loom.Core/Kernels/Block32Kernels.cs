@@ -152,6 +152,62 @@ internal static unsafe class Block32Kernels
     }
 
     /// <summary>
+    /// Q4_0 one-token AVX2: as <see cref="DotNibblePairsAvx2{T}"/>, with the eight fp16 scales of a group of blocks
+    /// fetched as vectors instead of one scalar at a time: blocks 2j and 2j+1 start 36j bytes into the group, so one
+    /// 32-byte load holds the first's scale in its low half and the second's two bytes into its high half, and a byte
+    /// shuffle puts them in lane j of each half. The scales then sit in block order 0,2,4,6 | 1,3,5,7, which is the
+    /// order a block pair's product lanes (first block low, second high) take them in with one permute.
+    /// </summary>
+    public static float DotQ4_0Avx2(byte* row, int blocks, in ActivationRow x)
+    {
+        const int BlockBytes = 18;
+        byte* start = row;
+        Vector256<float> acc = default, acc1 = default, offsets = default;
+        Vector256<uint> magnitudes = default;
+        sbyte* xq = x.Qs;
+        var interleaved = Vector256.Create(0, 2, 4, 6, 1, 3, 5, 7);
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8, row += 8 * BlockBytes, xq += 256)
+        {
+            var halves = Avx2.Shuffle(Vector256.Load(row), ScalePick(0))
+                | Avx2.Shuffle(Vector256.Load(row + 2 * BlockBytes), ScalePick(1))
+                | Avx2.Shuffle(Vector256.Load(row + 4 * BlockBytes), ScalePick(2))
+                | Avx2.Shuffle(Vector256.Load(row + 6 * BlockBytes), ScalePick(3));
+            magnitudes = Avx2.Max(magnitudes, halves.AsUInt32() << 17);
+            // the half's sign to bit 31 and its magnitude to bits 13..27, then ×2^112 (exact for finite halves)
+            var dw = (((halves.AsInt32() << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828e33f);
+            var scales = dw * Avx2.PermuteVar8x32(Vector256.Load(x.D + b), interleaved);
+            offsets = Fma.MultiplyAdd(dw, Avx2.PermuteVar8x32(Vector256.Load(x.S + b), interleaved), offsets);
+            acc = Fma.MultiplyAdd(NibblePairProduct<Q4_0Format>(row, xq), Avx2.PermuteVar8x32(scales, Vector256.Create(0, 0, 0, 0, 4, 4, 4, 4)), acc);
+            acc1 = Fma.MultiplyAdd(NibblePairProduct<Q4_0Format>(row + 2 * BlockBytes, xq + 64), Avx2.PermuteVar8x32(scales, Vector256.Create(1, 1, 1, 1, 5, 5, 5, 5)), acc1);
+            acc = Fma.MultiplyAdd(NibblePairProduct<Q4_0Format>(row + 4 * BlockBytes, xq + 128), Avx2.PermuteVar8x32(scales, Vector256.Create(2, 2, 2, 2, 6, 6, 6, 6)), acc);
+            acc1 = Fma.MultiplyAdd(NibblePairProduct<Q4_0Format>(row + 6 * BlockBytes, xq + 192), Avx2.PermuteVar8x32(scales, Vector256.Create(3, 3, 3, 3, 7, 7, 7, 7)), acc1);
+        }
+        if (Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(0x7c00u << 17)))
+            return DotAvx2ExactScales<Q4_0Format>(start, blocks, x);
+        acc += acc1;
+        float tail = Q4_0Format.MinPerScale * Sum(offsets);
+        for (; b < blocks; b++, row += BlockBytes, xq += 32)
+        {
+            var w = Q4_0Format.Unpack(row);
+            acc = Fma.MultiplyAdd(BlockProduct<Q4_0Format>(w.AsByte(), w, xq), Vector256.Create(Q4_0Format.Scale(row) * x.D[b]), acc);
+            tail += Q4_0Format.Min(row) * x.S[b];
+        }
+        return Sum(acc) + tail;
+    }
+
+    /// <summary>Byte shuffle taking bytes 0–1 of the low half to lane j and bytes 2–3 of the high half to lane j + 4 (zeros elsewhere).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> ScalePick(int j)
+    {
+        var low = Vector128.Create((byte)0x80);
+        var high = Vector128.Create((byte)0x80);
+        low = low.WithElement(4 * j, (byte)0).WithElement(4 * j + 1, (byte)1);
+        high = high.WithElement(4 * j, (byte)2).WithElement(4 * j + 1, (byte)3);
+        return Vector256.Create(low, high);
+    }
+
+    /// <summary>
     /// The fp16 at <paramref name="p"/> as a float in five operations, exact for finite halves (the sign-extended bits
     /// masked into float position and scaled by 2^112; subnormals included). Inf/NaN would come out finite, so each
     /// call sets bit 15 of <paramref name="specials"/> for those and the caller redoes the row the general way.
