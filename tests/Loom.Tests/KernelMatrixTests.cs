@@ -116,7 +116,7 @@ public unsafe class KernelMatrixTests
                 }
                 else
                 {
-                    ActivationQuantizer.QuantizeQ8Blocks32(xp + t * cols, cols, q, dp, sp);
+                    ActivationQuantizer.QuantizeQ8Blocks32(xp + t * cols, cols, q, dp, sp, halfSums: true);
                     for (int i = 0; i < cols; i++) values[t * cols + i] = qs[i] * d[i / 32];
                     for (int blk = 0; blk < cols / 32; blk++)
                     {
@@ -212,6 +212,92 @@ public unsafe class KernelMatrixTests
     }
 
     [Fact]
+    public void F16RowsKeepSubnormalsSignedZerosInfinitiesAndNaNs()
+    {
+        const int cols = 80; // vector body plus a scalar tail on every path
+        var halves = new Half[3 * cols];
+        var rng = new Random(17);
+        for (int i = 0; i < halves.Length; i++)
+            halves[i] = (i % 3) switch
+            {
+                0 => BitConverter.UInt16BitsToHalf((ushort)rng.Next(1, 0x400)),           // subnormal
+                1 => BitConverter.UInt16BitsToHalf((ushort)(0x8000 | rng.Next(1, 0x400))), // negative subnormal
+                _ => (Half)(rng.NextDouble() * 2 - 1),
+            };
+        halves[5] = BitConverter.UInt16BitsToHalf(0x8000); // -0
+        halves[cols + 41] = Half.PositiveInfinity;
+        halves[2 * cols + 9] = Half.NaN;
+        var x = new float[4 * cols];
+        for (int i = 0; i < x.Length; i++) x[i] = 0.5f + (float)rng.NextDouble();
+        var y = new float[4 * 3];
+        using var pool = new LoomThreadPool(1);
+        fixed (Half* w = halves)
+        fixed (float* xp = x)
+        fixed (float* yp = y)
+        {
+            var matrix = new WeightMatrix(GgmlType.F16, (byte*)w, 3, cols);
+            foreach (var isa in Enum.GetValues<KernelIsa>())
+                foreach (int tokens in new[] { 1, 4 })
+                {
+                    if (!KernelIsaSupport.IsSupported(isa)) continue;
+                    matrix.Multiply(xp, yp, tokens, pool, isa);
+                    for (int t = 0; t < tokens; t++)
+                    {
+                        double exact = 0, scale = 0;
+                        for (int c = 0; c < cols; c++)
+                        {
+                            exact += (double)(float)halves[c] * x[t * cols + c];
+                            scale += Math.Abs((double)(float)halves[c] * x[t * cols + c]);
+                        }
+                        Assert.True(Math.Abs(y[t * 3] - exact) <= 1e-5 * scale, $"{isa}/{tokens}: {y[t * 3]} vs {exact}");
+                        Assert.Equal(float.PositiveInfinity, y[t * 3 + 1]);
+                        Assert.True(float.IsNaN(y[t * 3 + 2]), $"{isa}/{tokens}: NaN row gave {y[t * 3 + 2]}");
+                    }
+                }
+        }
+    }
+
+    [Fact]
+    public void BlockScalesThatAreInfNaNOrSubnormalGiveWhatThePortablePathGives()
+    {
+        const int rows = 4, cols = 512;
+        foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q8_0, GgmlType.IQ4_NL })
+        {
+            var rng = new Random(40 + (int)type);
+            var weights = RandomWeights(type, rows, cols, rng);
+            long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+            int blockBytes = GgmlTypeInfo.BlockBytes(type);
+            BitConverter.TryWriteBytes(weights.AsSpan((int)(1 * rowBytes + 3 * blockBytes)), (ushort)0x7c00);  // +Inf
+            BitConverter.TryWriteBytes(weights.AsSpan((int)(2 * rowBytes + 9 * blockBytes)), (ushort)0x7e01);  // NaN
+            BitConverter.TryWriteBytes(weights.AsSpan((int)(3 * rowBytes + 5 * blockBytes)), (ushort)0x8123);  // negative subnormal
+            var x = RandomInputs(cols, rng);
+            var reference = new float[rows];
+            var other = new float[rows];
+            using var pool = new LoomThreadPool(1);
+            fixed (byte* w = weights)
+            fixed (float* xp = x)
+            fixed (float* yr = reference)
+            fixed (float* yo = other)
+            {
+                var matrix = new WeightMatrix(type, w, rows, cols);
+                matrix.Multiply(xp, yr, 1, pool, KernelIsa.Portable);
+                Assert.True(float.IsInfinity(reference[1]) || float.IsNaN(reference[1]), $"{type}: Inf scale gave {reference[1]}");
+                Assert.True(float.IsNaN(reference[2]), $"{type}: NaN scale gave {reference[2]}");
+                foreach (var isa in new[] { KernelIsa.Avx2, KernelIsa.Avx512 })
+                {
+                    if (!KernelIsaSupport.IsSupported(isa)) continue;
+                    matrix.Multiply(xp, yo, 1, pool, isa);
+                    for (int r = 0; r < rows; r++)
+                        if (float.IsFinite(reference[r]))
+                            Assert.True(MathF.Abs(reference[r] - other[r]) <= 1e-4f * MathF.Max(1, MathF.Abs(reference[r])), $"{type} {isa} row {r}: {other[r]} vs {reference[r]}");
+                        else // Inf may meet −Inf in Q4_0/Q5_0's min term, so Inf and NaN both count; finite would be wrong
+                            Assert.False(float.IsFinite(other[r]), $"{type} {isa} row {r}: {other[r]} vs {reference[r]}");
+                }
+            }
+        }
+    }
+
+    [Fact]
     public void TheDefaultPathRunsOnThisCpu()
     {
         Assert.True(KernelIsaSupport.IsSupported(KernelIsaSupport.Best));
@@ -273,11 +359,20 @@ public unsafe class KernelActivationQuantizerTests
         fixed (float* sap = sa) fixed (float* sbp = sb)
         fixed (short* bap = ba) fixed (short* bbp = bb)
         {
-            ActivationQuantizer.QuantizeQ8Blocks32Portable(xp, n, qap, dap, sap);
-            ActivationQuantizer.QuantizeQ8Blocks32Avx2(xp, n, qbp, dbp, sbp);
-            Assert.Equal(qa, qb);
-            Assert.Equal(da, db);
-            Assert.Equal(sa, sb);
+            foreach (bool halfSums in new[] { true, false })
+            {
+                ActivationQuantizer.QuantizeQ8Blocks32Portable(xp, n, qap, dap, sap, halfSums);
+                ActivationQuantizer.QuantizeQ8Blocks32Avx2(xp, n, qbp, dbp, sbp, halfSums);
+                Assert.Equal(qa, qb);
+                Assert.Equal(da, db);
+                Assert.Equal(sa, sb);
+                for (int blk = 0; blk < n / 32; blk++)
+                {
+                    int sum = 0;
+                    for (int j = 0; j < 32; j++) sum += qa[blk * 32 + j];
+                    if (!halfSums) Assert.Equal(sum * da[blk], sa[blk]); // exact, for the −8d/−16d mins of Q4_0/Q5_0
+                }
+            }
             ActivationQuantizer.QuantizeQ8KPortable(xp, n, qap, dap, bap);
             ActivationQuantizer.QuantizeQ8KAvx2(xp, n, qbp, dbp, bbp);
             Assert.Equal(qa, qb);

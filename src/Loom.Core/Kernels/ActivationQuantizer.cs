@@ -7,17 +7,23 @@ namespace Loom.Core.Kernels;
 
 /// <summary>
 /// Quantizes activation rows the way llama.cpp does before an integer dot product, into structure-of-arrays buffers:
-/// 32-element blocks (ggml's Q8_0/Q8_1: fp16-rounded scale d = amax/127, plus s = d·Σq for the types with a min)
+/// 32-element blocks (ggml's Q8_0/Q8_1: fp16-rounded scale d = amax/127, plus s = d·Σq for the types with a min:
+/// rounded to fp16 as Q8_1 stores it for Q4_1/Q5_1, exact for Q4_0/Q5_0 whose m = −8d/−16d term must undo the offset exactly)
 /// or 256-element blocks (ggml's Q8_K: float d, signed scale taken from the largest-magnitude element, sums of 16).
 /// </summary>
 internal static unsafe class ActivationQuantizer
 {
     /// <summary>Q8_0/Q8_1 style: qs[n], d[n/32], s[n/32]. Rounding to nearest even (as ggml's SIMD quantize_row_q8_0 rounds).</summary>
-    public static void QuantizeQ8Blocks32(float* x, int n, sbyte* qs, float* d, float* s)
+    public static void QuantizeQ8Blocks32(float* x, int n, sbyte* qs, float* d, float* s, bool halfSums)
     {
-        if (Avx2.IsSupported) QuantizeQ8Blocks32Avx2(x, n, qs, d, s);
-        else QuantizeQ8Blocks32Portable(x, n, qs, d, s);
+        if (Avx2.IsSupported) QuantizeQ8Blocks32Avx2(x, n, qs, d, s, halfSums);
+        else QuantizeQ8Blocks32Portable(x, n, qs, d, s, halfSums);
     }
+
+    /// <summary>s: Q8_1's fp16(Σq·amax/127), or the exact Σq·d with d the block's stored (fp16-rounded) scale.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float BlockSum(int sum, float scale, bool halfSums) =>
+        halfSums ? Fp.RoundToHalf(sum * scale) : sum * Fp.RoundToHalf(scale);
 
     /// <summary>Q8_K style: qs[n], d[n/256], bsums[n/16], bit for bit like ggml's quantize_row_q8_K_ref.</summary>
     public static void QuantizeQ8K(float* x, int n, sbyte* qs, float* d, short* bsums)
@@ -26,7 +32,7 @@ internal static unsafe class ActivationQuantizer
         else QuantizeQ8KPortable(x, n, qs, d, bsums);
     }
 
-    internal static void QuantizeQ8Blocks32Portable(float* x, int n, sbyte* qs, float* d, float* s)
+    internal static void QuantizeQ8Blocks32Portable(float* x, int n, sbyte* qs, float* d, float* s, bool halfSums)
     {
         for (int b = 0; b < n / 32; b++, x += 32, qs += 32)
         {
@@ -42,7 +48,7 @@ internal static unsafe class ActivationQuantizer
                 sum += q;
             }
             d[b] = Fp.RoundToHalf(scale);
-            s[b] = Fp.RoundToHalf(sum * scale);
+            s[b] = BlockSum(sum, scale, halfSums);
         }
     }
 
@@ -92,7 +98,7 @@ internal static unsafe class ActivationQuantizer
         Avx2.PermuteVar8x32(bytes.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte().Store(destination);
     }
 
-    internal static void QuantizeQ8Blocks32Avx2(float* x, int n, sbyte* qs, float* d, float* s)
+    internal static void QuantizeQ8Blocks32Avx2(float* x, int n, sbyte* qs, float* d, float* s, bool halfSums)
     {
         for (int b = 0; b < n / 32; b++, x += 32, qs += 32)
         {
@@ -113,7 +119,7 @@ internal static unsafe class ActivationQuantizer
             StoreBytes(q0, q1, q2, q3, qs);
             int sum = Vector256.Sum(q0 + q1 + q2 + q3);
             d[b] = Fp.RoundToHalf(scale);
-            s[b] = Fp.RoundToHalf(sum * scale);
+            s[b] = BlockSum(sum, scale, halfSums);
         }
     }
 

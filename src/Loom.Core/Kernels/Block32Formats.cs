@@ -6,15 +6,22 @@ using static Loom.Core.Kernels.SimdHelpers;
 namespace Loom.Core.Kernels;
 
 /// <summary>
-/// A ggml type with 32-element blocks, seen as a scale (and for Q4_1/Q5_1 a min) times 32 small integers.
+/// A ggml type with 32-element blocks, seen as a scale times 32 small integers (plus a min for the unsigned ones).
 /// Kernels are generic over these structs so the JIT emits one specialised loop per type.
 /// </summary>
 internal unsafe interface IBlock32Format
 {
     static abstract int BlockBytes { get; }
 
-    /// <summary>True for w = d·q + m with unsigned q (Q4_1, Q5_1); false for w = d·q with signed q.</summary>
+    /// <summary>
+    /// True for w = d·q + m with unsigned q: Q4_1/Q5_1 store m; Q4_0/Q5_0 are read the same way with m = −8d / −16d
+    /// (their unsigned nibbles need no offset subtracted and no sign moved in the byte dots; the m·Σx term pays for it).
+    /// False for w = d·q with signed q.
+    /// </summary>
     static abstract bool HasMin { get; }
+
+    /// <summary>Nonzero where the min is this multiple of the scale and stored nowhere (Q4_0: −8, Q5_0: −16).</summary>
+    static abstract float MinPerScale { get; }
 
     static abstract float Scale(byte* block);
 
@@ -30,27 +37,29 @@ internal unsafe interface IBlock32Format
 internal unsafe struct Q4_0Format : IBlock32Format
 {
     public static int BlockBytes => 18;
-    public static bool HasMin => false;
+    public static bool HasMin => true;
+    public static float MinPerScale => -8;
     public static float Scale(byte* b) => Fp.ReadHalf(b);
-    public static float Min(byte* b) => 0;
+    public static float Min(byte* b) => -8 * Fp.ReadHalf(b);
 
     public static void UnpackScalar(byte* b, sbyte* q)
     {
         for (int j = 0; j < 16; j++)
         {
-            q[j] = (sbyte)((b[2 + j] & 0x0F) - 8);
-            q[j + 16] = (sbyte)((b[2 + j] >> 4) - 8);
+            q[j] = (sbyte)(b[2 + j] & 0x0F);
+            q[j + 16] = (sbyte)(b[2 + j] >> 4);
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<sbyte> Unpack(byte* b) => (Nibbles(b + 2) - Vector256.Create((byte)8)).AsSByte();
+    public static Vector256<sbyte> Unpack(byte* b) => Nibbles(b + 2).AsSByte();
 }
 
 internal unsafe struct Q4_1Format : IBlock32Format
 {
     public static int BlockBytes => 20;
     public static bool HasMin => true;
+    public static float MinPerScale => 0;
     public static float Scale(byte* b) => Fp.ReadHalf(b);
     public static float Min(byte* b) => Fp.ReadHalf(b + 2);
 
@@ -70,17 +79,18 @@ internal unsafe struct Q4_1Format : IBlock32Format
 internal unsafe struct Q5_0Format : IBlock32Format
 {
     public static int BlockBytes => 22;
-    public static bool HasMin => false;
+    public static bool HasMin => true;
+    public static float MinPerScale => -16;
     public static float Scale(byte* b) => Fp.ReadHalf(b);
-    public static float Min(byte* b) => 0;
+    public static float Min(byte* b) => -16 * Fp.ReadHalf(b);
 
     public static void UnpackScalar(byte* b, sbyte* q)
     {
         uint qh = Unsafe.ReadUnaligned<uint>(b + 2);
         for (int j = 0; j < 16; j++)
         {
-            q[j] = (sbyte)(((b[6 + j] & 0x0F) | (int)(((qh >> j) & 1) << 4)) - 16);
-            q[j + 16] = (sbyte)(((b[6 + j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - 16);
+            q[j] = (sbyte)((b[6 + j] & 0x0F) | (int)(((qh >> j) & 1) << 4));
+            q[j + 16] = (sbyte)((b[6 + j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4));
         }
     }
 
@@ -88,7 +98,7 @@ internal unsafe struct Q5_0Format : IBlock32Format
     public static Vector256<sbyte> Unpack(byte* b)
     {
         var high = BitsToBytes(Unsafe.ReadUnaligned<uint>(b + 2)) & Vector256.Create((byte)0x10);
-        return ((Nibbles(b + 6) | high) - Vector256.Create((byte)16)).AsSByte();
+        return (Nibbles(b + 6) | high).AsSByte();
     }
 }
 
@@ -96,6 +106,7 @@ internal unsafe struct Q5_1Format : IBlock32Format
 {
     public static int BlockBytes => 24;
     public static bool HasMin => true;
+    public static float MinPerScale => 0;
     public static float Scale(byte* b) => Fp.ReadHalf(b);
     public static float Min(byte* b) => Fp.ReadHalf(b + 2);
 
@@ -121,6 +132,7 @@ internal unsafe struct Q8_0Format : IBlock32Format
 {
     public static int BlockBytes => 34;
     public static bool HasMin => false;
+    public static float MinPerScale => 0;
     public static float Scale(byte* b) => Fp.ReadHalf(b);
     public static float Min(byte* b) => 0;
 
@@ -137,6 +149,7 @@ internal unsafe struct Iq4NlFormat : IBlock32Format
 {
     public static int BlockBytes => 18;
     public static bool HasMin => false;
+    public static float MinPerScale => 0;
     public static float Scale(byte* b) => Fp.ReadHalf(b);
     public static float Min(byte* b) => 0;
 

@@ -60,19 +60,61 @@ internal static unsafe class FloatKernels
         return sum;
     }
 
+    // F16 rows convert with three integer operations and one multiply per vector: the sign-extended half shifted left
+    // by 13 and masked keeps its sign in bit 31 and its magnitude where a float's exponent and mantissa sit, and
+    // scaling by 2^112 rebases the exponent (subnormal halves land on the right normal floats). That is exact except
+    // for Inf/NaN, which would come out as 2^16-range numbers: an unsigned running maximum of the magnitudes spots
+    // those rows and they are redone with the fully general conversion.
+
+    private const float HalfRebase = 5.192296858534828e33f; // 2^112
+    private const uint HalfInfOrNanShifted = 0x7c00u << 17;  // magnitude bits moved to the top of a 32-bit lane
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> WidenSigned(ushort* p) => Avx2.ConvertToVector256Int32((short*)p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> FiniteHalfToSingle(Vector256<int> signExtended) =>
+        ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(HalfRebase);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> TrackMagnitude(Vector256<int> signExtended, Vector256<uint> max) =>
+        Avx2.Max(max, (signExtended << 17).AsUInt32());
+
     public static float DotF16Avx2(byte* row, int cols, in ActivationRow x)
     {
         var w = (ushort*)row;
         float* xs = x.X;
         Vector256<float> a0 = default, a1 = default;
+        Vector256<uint> magnitudes = default;
         int c = 0;
         for (; c + 16 <= cols; c += 16)
         {
-            a0 = Fma.MultiplyAdd(HalfToSingle(Widen(w + c)), Vector256.Load(xs + c), a0);
-            a1 = Fma.MultiplyAdd(HalfToSingle(Widen(w + c + 8)), Vector256.Load(xs + c + 8), a1);
+            var h0 = WidenSigned(w + c);
+            var h1 = WidenSigned(w + c + 8);
+            magnitudes = TrackMagnitude(h1, TrackMagnitude(h0, magnitudes));
+            a0 = Fma.MultiplyAdd(FiniteHalfToSingle(h0), Vector256.Load(xs + c), a0);
+            a1 = Fma.MultiplyAdd(FiniteHalfToSingle(h1), Vector256.Load(xs + c + 8), a1);
         }
-        for (; c + 8 <= cols; c += 8) a0 = Fma.MultiplyAdd(HalfToSingle(Widen(w + c)), Vector256.Load(xs + c), a0);
+        for (; c + 8 <= cols; c += 8)
+        {
+            var h = WidenSigned(w + c);
+            magnitudes = TrackMagnitude(h, magnitudes);
+            a0 = Fma.MultiplyAdd(FiniteHalfToSingle(h), Vector256.Load(xs + c), a0);
+        }
+        if (Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
+            return DotF16WithSpecialsAvx2(w, cols, xs);
         float sum = Vector256.Sum(a0 + a1);
+        for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * xs[c];
+        return sum;
+    }
+
+    /// <summary>Rows holding Inf or NaN: the general conversion, so they propagate exactly as in ggml.</summary>
+    private static float DotF16WithSpecialsAvx2(ushort* w, int cols, float* xs)
+    {
+        Vector256<float> acc = default;
+        int c = 0;
+        for (; c + 8 <= cols; c += 8) acc = Fma.MultiplyAdd(HalfToSingle(Widen(w + c)), Vector256.Load(xs + c), acc);
+        float sum = Vector256.Sum(acc);
         for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * xs[c];
         return sum;
     }
@@ -111,18 +153,40 @@ internal static unsafe class FloatKernels
         return sum;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> WidenSigned512(ushort* p) => Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> FiniteHalfToSingle(Vector512<int> signExtended) =>
+        ((signExtended << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(HalfRebase);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<uint> TrackMagnitude(Vector512<int> signExtended, Vector512<uint> max) =>
+        Avx512F.Max(max, (signExtended << 17).AsUInt32());
+
     public static float DotF16Avx512(byte* row, int cols, in ActivationRow x)
     {
         var w = (ushort*)row;
         float* xs = x.X;
         Vector512<float> a0 = default, a1 = default;
+        Vector512<uint> magnitudes = default;
         int c = 0;
         for (; c + 32 <= cols; c += 32)
         {
-            a0 = Avx512F.FusedMultiplyAdd(HalfToSingle(Widen512(w + c)), Vector512.Load(xs + c), a0);
-            a1 = Avx512F.FusedMultiplyAdd(HalfToSingle(Widen512(w + c + 16)), Vector512.Load(xs + c + 16), a1);
+            var h0 = WidenSigned512(w + c);
+            var h1 = WidenSigned512(w + c + 16);
+            magnitudes = TrackMagnitude(h1, TrackMagnitude(h0, magnitudes));
+            a0 = Avx512F.FusedMultiplyAdd(FiniteHalfToSingle(h0), Vector512.Load(xs + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(FiniteHalfToSingle(h1), Vector512.Load(xs + c + 16), a1);
         }
-        for (; c + 16 <= cols; c += 16) a0 = Avx512F.FusedMultiplyAdd(HalfToSingle(Widen512(w + c)), Vector512.Load(xs + c), a0);
+        for (; c + 16 <= cols; c += 16)
+        {
+            var h = WidenSigned512(w + c);
+            magnitudes = TrackMagnitude(h, magnitudes);
+            a0 = Avx512F.FusedMultiplyAdd(FiniteHalfToSingle(h), Vector512.Load(xs + c), a0);
+        }
+        if (Vector512.GreaterThanOrEqualAny(magnitudes, Vector512.Create(HalfInfOrNanShifted)))
+            return DotF16WithSpecialsAvx2(w, cols, xs);
         float sum = Vector512.Sum(a0 + a1);
         for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * xs[c];
         return sum;
@@ -157,21 +221,42 @@ internal static unsafe class FloatKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Dot4Avx2(byte* row, int cols, ActivationRow* x, float* result, int format)
     {
+        // Two sets of four accumulators (even and odd 8-column steps): eight independent FMA chains cover the FMA
+        // latency, where four chains measured FMA-latency-bound.
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
         float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
+        Vector256<uint> magnitudes = default;
         int c = 0;
-        for (; c + 8 <= cols; c += 8)
+        for (; c + 16 <= cols; c += 16)
         {
-            var w = format switch
-            {
-                0 => Vector256.Load((float*)row + c),
-                1 => HalfToSingle(Widen((ushort*)row + c)),
-                _ => (Widen((ushort*)row + c) << 16).AsSingle(),
-            };
+            var w = Weights8(row, c, format, ref magnitudes);
+            var v = Weights8(row, c + 8, format, ref magnitudes);
             a0 = Fma.MultiplyAdd(w, Vector256.Load(x0 + c), a0);
             a1 = Fma.MultiplyAdd(w, Vector256.Load(x1 + c), a1);
             a2 = Fma.MultiplyAdd(w, Vector256.Load(x2 + c), a2);
             a3 = Fma.MultiplyAdd(w, Vector256.Load(x3 + c), a3);
+            b0 = Fma.MultiplyAdd(v, Vector256.Load(x0 + c + 8), b0);
+            b1 = Fma.MultiplyAdd(v, Vector256.Load(x1 + c + 8), b1);
+            b2 = Fma.MultiplyAdd(v, Vector256.Load(x2 + c + 8), b2);
+            b3 = Fma.MultiplyAdd(v, Vector256.Load(x3 + c + 8), b3);
+        }
+        for (; c + 8 <= cols; c += 8)
+        {
+            var w = Weights8(row, c, format, ref magnitudes);
+            a0 = Fma.MultiplyAdd(w, Vector256.Load(x0 + c), a0);
+            a1 = Fma.MultiplyAdd(w, Vector256.Load(x1 + c), a1);
+            a2 = Fma.MultiplyAdd(w, Vector256.Load(x2 + c), a2);
+            a3 = Fma.MultiplyAdd(w, Vector256.Load(x3 + c), a3);
+        }
+        a0 += b0;
+        a1 += b1;
+        a2 += b2;
+        a3 += b3;
+        if (format == 1 && Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
+        {
+            for (int k = 0; k < 4; k++) result[k] = DotF16WithSpecialsAvx2((ushort*)row, cols, x[k].X);
+            return;
         }
         float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
         for (; c < cols; c++)
@@ -191,5 +276,19 @@ internal static unsafe class FloatKernels
         result[1] = s1;
         result[2] = s2;
         result[3] = s3;
+    }
+
+    /// <summary>Eight weights as floats; F16 also feeds the Inf/NaN check (see <see cref="DotF16Avx2"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Weights8(byte* row, int c, int format, ref Vector256<uint> magnitudes)
+    {
+        if (format == 0) return Vector256.Load((float*)row + c);
+        if (format == 1)
+        {
+            var h = WidenSigned((ushort*)row + c);
+            magnitudes = TrackMagnitude(h, magnitudes);
+            return FiniteHalfToSingle(h);
+        }
+        return (Widen((ushort*)row + c) << 16).AsSingle();
     }
 }

@@ -48,6 +48,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
         _rowsPerChunk = rowsPerChunk;
         _kind = DotKernels.ActivationFor(matrix.Type);
         _units = _cols / GgmlTypeInfo.BlockSize(matrix.Type);
+        bool halfSums = matrix.Type is GgmlType.Q4_1 or GgmlType.Q5_1;
         if (_kind == ActivationKind.Float) return;
 
         long levels = (long)tokens * _cols;
@@ -66,7 +67,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             if (_kind == ActivationKind.Q8K)
                 ActivationQuantizer.QuantizeQ8K(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 256), _bsums + (long)t * (_cols / 16));
             else
-                ActivationQuantizer.QuantizeQ8Blocks32(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32));
+                ActivationQuantizer.QuantizeQ8Blocks32(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32), halfSums);
         }
     }
 
