@@ -106,7 +106,7 @@ public sealed class Generator
         }
         double decodeMs = clock.Elapsed.TotalMilliseconds;
 
-        return new GenerationResult(prompt, output.ToString(), promptTokens.Length, stream.Tokens, stream.FinishReason.Value, prefillMs, decodeMs)
+        return new GenerationResult(prompt, output.ToString(), promptTokens.Length, stream.Tokens, stream.FinishReason!.Value, prefillMs, decodeMs)
         {
             PrefillTokens = toEvaluate.Length,
         };
