@@ -110,9 +110,11 @@ public sealed class BatchScheduler : IDisposable
             catch (Exception e)
             {
                 for (int i = 0; i < count; i++) Fail(_entrySequences[i], e);
+                ReportOccupancy();
                 continue;
             }
             for (int i = 0; i < count; i++) Advance(_entrySequences[i], i);
+            ReportOccupancy();
         }
         lock (_gate)
         {
