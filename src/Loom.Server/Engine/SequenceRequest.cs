@@ -66,6 +66,7 @@ public sealed class SequenceRequest
         var logprobs = new List<TokenLogprob>();
         await foreach (var item in Output.ReadAllAsync(cancellation))
         {
+            cancellation.ThrowIfCancellationRequested();
             if (item.Error is not null) throw new SequenceFailedException(item.Error);
             text.Append(item.Text);
             if (item.Logprob is { } lp) logprobs.Add(lp);
