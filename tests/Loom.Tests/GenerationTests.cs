@@ -2,6 +2,7 @@ using System.Text;
 using Loom.Inference.Chat;
 using Loom.Inference.Generation;
 using Loom.Inference.Sampling;
+using Loom.Models.Tokenizers;
 
 namespace Loom.Tests;
 

@@ -3,6 +3,7 @@ using System.Text;
 using Loom.Inference.Chat;
 using Loom.Inference.Sampling;
 using Loom.Models.Architectures;
+using Loom.Models.Tokenizers;
 
 namespace Loom.Inference.Generation;
 

@@ -1,5 +1,3 @@
-using System.Text;
-
 namespace Loom.Models.Tokenizers;
 
 /// <summary>
@@ -11,8 +9,7 @@ public sealed class StreamingDecoder
 {
     private readonly Tokenizer _tokenizer;
     private readonly bool _renderSpecial;
-    private readonly Decoder _utf8 = Encoding.UTF8.GetDecoder();
-    private char[] _chars = new char[64];
+    private readonly Utf8StreamDecoder _utf8 = new();
 
     public StreamingDecoder(Tokenizer tokenizer, bool renderSpecial = false)
     {
@@ -22,16 +19,8 @@ public sealed class StreamingDecoder
     }
 
     /// <summary>Adds one token; returns the characters it completes (possibly empty).</summary>
-    public string Push(int id) => DecodeBytes(_tokenizer.TokenBytes(id, _renderSpecial), flush: false);
+    public string Push(int id) => _utf8.Push(_tokenizer.TokenBytes(id, _renderSpecial));
 
     /// <summary>Ends the stream: bytes of an unfinished character come out as U+FFFD. The decoder can then start a new stream.</summary>
-    public string Flush() => DecodeBytes([], flush: true);
-
-    private string DecodeBytes(byte[] bytes, bool flush)
-    {
-        int needed = _utf8.GetCharCount(bytes, flush: false) + 4; // room for what a flush may add
-        if (_chars.Length < needed) _chars = new char[Math.Max(needed, _chars.Length * 2)];
-        int count = _utf8.GetChars(bytes, 0, bytes.Length, _chars, 0, flush);
-        return count == 0 ? "" : new string(_chars, 0, count);
-    }
+    public string Flush() => _utf8.Flush();
 }

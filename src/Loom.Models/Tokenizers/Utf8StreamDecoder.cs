@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Loom.Inference.Generation;
+namespace Loom.Models.Tokenizers;
 
 /// <summary>
 /// Turns token bytes into text as they arrive: a UTF-8 character split across tokens is held until its last byte

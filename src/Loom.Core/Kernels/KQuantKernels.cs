@@ -1,0 +1,504 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Loom.Core.Quantization;
+using static Loom.Core.Kernels.SimdHelpers;
+
+namespace Loom.Core.Kernels;
+
+/// <summary>
+/// Row · activation dots for the 256-element super-block types (Q2_K..Q6_K, IQ4_XS) against Q8_K activations.
+/// Per super-block: d_w·d_x·Σ_g scale_g·(Σ q_w·q_x) − dmin_w·d_x·Σ_g min_g·bsum_g, the integer part exact.
+/// Offsets (Q3_K's −4, Q6_K's −32) are taken out through the activation block sums, as llama.cpp does.
+/// </summary>
+internal static unsafe class KQuantKernels
+{
+    // ---- Portable path: unpack a super-block into levels and per-16 scales/mins, then one generic integer dot. ----
+
+    public static float DotPortable(GgmlType type, byte* row, int superBlocks, in ActivationRow x)
+    {
+        sbyte* levels = stackalloc sbyte[256];
+        int* scales = stackalloc int[16];
+        int* mins = stackalloc int[16];
+        int blockBytes = GgmlTypeInfo.BlockBytes(type);
+        float total = 0;
+        for (int i = 0; i < superBlocks; i++, row += blockBytes)
+        {
+            UnpackScalar(type, row, levels, scales, mins, out float d, out float dmin);
+            sbyte* q8 = x.Qs + i * 256;
+            short* bsums = x.BSums + i * 16;
+            int sumi = 0, summ = 0;
+            for (int g = 0; g < 16; g++)
+            {
+                int s = 0;
+                for (int j = 0; j < 16; j++) s += levels[g * 16 + j] * q8[g * 16 + j];
+                sumi += scales[g] * s;
+                summ += mins[g] * bsums[g];
+            }
+            total += d * x.D[i] * sumi - dmin * x.D[i] * summ;
+        }
+        return total;
+    }
+
+    /// <summary>Integer form of one super-block: w[e] = d·scale[e/16]·levels[e] − dmin·min[e/16].</summary>
+    private static void UnpackScalar(GgmlType type, byte* b, sbyte* q, int* scales, int* mins, out float d, out float dmin)
+    {
+        new Span<int>(mins, 16).Clear();
+        dmin = 0;
+        switch (type)
+        {
+            case GgmlType.Q2_K:
+            {
+                d = Fp.ReadHalf(b + 80);
+                dmin = Fp.ReadHalf(b + 82);
+                for (int g = 0; g < 16; g++) { scales[g] = b[g] & 0x0F; mins[g] = b[g] >> 4; }
+                byte* qs = b + 16;
+                for (int n = 0; n < 2; n++, qs += 32)
+                    for (int j = 0; j < 4; j++)
+                        for (int l = 0; l < 32; l++)
+                            q[n * 128 + j * 32 + l] = (sbyte)((qs[l] >> (2 * j)) & 3);
+                break;
+            }
+            case GgmlType.Q3_K:
+            {
+                d = Fp.ReadHalf(b + 108);
+                Dequantizer.UnpackQ3KScales(b + 96, q); // q is free until the levels are written below
+                for (int g = 0; g < 16; g++) scales[g] = q[g];
+                byte* hm = b;
+                byte* qs = b + 32;
+                for (int n = 0; n < 2; n++, qs += 32)
+                    for (int j = 0; j < 4; j++)
+                    {
+                        int m = 1 << (4 * n + j);
+                        for (int l = 0; l < 32; l++)
+                            q[n * 128 + j * 32 + l] = (sbyte)(((qs[l] >> (2 * j)) & 3) - ((hm[l] & m) != 0 ? 0 : 4));
+                    }
+                break;
+            }
+            case GgmlType.Q4_K:
+            case GgmlType.Q5_K:
+            {
+                d = Fp.ReadHalf(b);
+                dmin = Fp.ReadHalf(b + 2);
+                bool five = type == GgmlType.Q5_K;
+                byte* qh = b + 16;
+                byte* qs = b + (five ? 48 : 16);
+                for (int j = 0; j < 8; j++)
+                {
+                    Dequantizer.ScaleMinK4(j, b + 4, out int sc, out int mn);
+                    scales[2 * j] = scales[2 * j + 1] = sc;
+                    mins[2 * j] = mins[2 * j + 1] = mn;
+                }
+                for (int c = 0; c < 4; c++, qs += 32)
+                    for (int l = 0; l < 32; l++)
+                    {
+                        int lo = qs[l] & 0x0F, hi = qs[l] >> 4;
+                        if (five)
+                        {
+                            lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                            hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                        }
+                        q[c * 64 + l] = (sbyte)lo;
+                        q[c * 64 + 32 + l] = (sbyte)hi;
+                    }
+                break;
+            }
+            case GgmlType.Q6_K:
+            {
+                d = Fp.ReadHalf(b + 208);
+                for (int g = 0; g < 16; g++) scales[g] = ((sbyte*)(b + 192))[g];
+                byte* ql = b;
+                byte* qh = b + 128;
+                for (int n = 0; n < 2; n++, ql += 64, qh += 32)
+                    for (int l = 0; l < 32; l++)
+                    {
+                        q[n * 128 + l] = (sbyte)(((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                        q[n * 128 + l + 32] = (sbyte)(((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                        q[n * 128 + l + 64] = (sbyte)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                        q[n * 128 + l + 96] = (sbyte)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+                    }
+                break;
+            }
+            case GgmlType.IQ4_XS:
+            {
+                d = Fp.ReadHalf(b);
+                int scalesH = Unsafe.ReadUnaligned<ushort>(b + 2);
+                var values = Dequantizer.Iq4NlValues;
+                byte* qs = b + 8;
+                for (int ib = 0; ib < 8; ib++, qs += 16)
+                {
+                    int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((scalesH >> (2 * ib)) & 3) << 4);
+                    scales[2 * ib] = scales[2 * ib + 1] = ls - 32;
+                    for (int j = 0; j < 16; j++)
+                    {
+                        q[ib * 32 + j] = values[qs[j] & 0x0F];
+                        q[ib * 32 + 16 + j] = values[qs[j] >> 4];
+                    }
+                }
+                break;
+            }
+            default:
+                throw new NotSupportedException($"{GgmlTypeInfo.Name(type)} is not a super-block type");
+        }
+    }
+
+    // ---- AVX2 path: one hand-written loop per type. ----
+
+    /// <summary>Low-nibble mask (a property so the JIT folds it into a constant; a static field would add a class-init check).</summary>
+    private static Vector256<byte> Low4
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector256.Create((byte)0x0F);
+    }
+
+    /// <summary>
+    /// Widens 8 byte scales (bytes 0..7 of <paramref name="scales"/>) to int16 in both 128-bit lanes, for <see cref="PairScales"/>;
+    /// kept in a register so the kernels' accumulators never go through the stack.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> WidenScales(Vector128<byte> scales)
+    {
+        var wide = Avx2.ConvertToVector256Int16(scales);
+        return Avx2.Permute4x64(wide.AsInt64(), 0b01_00_01_00).AsInt16();
+    }
+
+    /// <summary>Scales 0..7 of 16 widened ones, in both lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> LowHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b01_00_01_00).AsInt16();
+
+    /// <summary>Scales 8..15 of 16 widened ones, in both lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> HighHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b11_10_11_10).AsInt16();
+
+    /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="WidenScales"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> PairScales(Vector256<short> widened, int k)
+    {
+        var pick = Vector256.Create(Vector128.Create((short)(0x0100 + 0x0202 * k)), Vector128.Create((short)(0x0302 + 0x0202 * k)));
+        return Avx2.Shuffle(widened.AsByte(), pick.AsByte()).AsInt16();
+    }
+
+    /// <summary>Int16 vector of scale <paramref name="k"/> everywhere (from <see cref="WidenScales"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> OneScale(Vector256<short> widened, int k) =>
+        Avx2.Shuffle(widened.AsByte(), Vector256.Create((short)(0x0100 + 0x0202 * k)).AsByte()).AsInt16();
+
+    /// <summary>Q3_K's 16 scales (−32..31) in a register, unpacked as <see cref="Dequantizer.UnpackQ3KScales"/> does.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<sbyte> Q3KScales(byte* packed)
+    {
+        const uint kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+        uint a0 = Unsafe.ReadUnaligned<uint>(packed), a1 = Unsafe.ReadUnaligned<uint>(packed + 4), tmp = Unsafe.ReadUnaligned<uint>(packed + 8);
+        var v = Vector128.Create(
+            (a0 & kmask2) | (((tmp >> 0) & kmask1) << 4),
+            (a1 & kmask2) | (((tmp >> 2) & kmask1) << 4),
+            ((a0 >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4),
+            ((a1 >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4));
+        return v.AsSByte() - Vector128.Create((sbyte)32);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> ShiftRight(Vector256<byte> v, int count) => Vector256.ShiftRightLogical(v.AsUInt16(), count).AsByte();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> ShiftLeft(Vector256<byte> v, int count) => Vector256.ShiftLeft(v.AsUInt16(), count).AsByte();
+
+    /// <summary>Σ_g (per-16 scale_g)·bsum_g over the 16 groups of a super-block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ScaledBlockSums(Vector256<short> scales16, short* bsums) =>
+        Vector256.Sum(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), scales16));
+
+    public static float DotQ2KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    {
+        var acc = Vector256<float>.Zero;
+        float minTotal = 0;
+        var mask = Vector256.Create((byte)3);
+        for (int i = 0; i < superBlocks; i++, row += 84)
+        {
+            sbyte* q8 = x.Qs + i * 256;
+            var packedScales = Vector128.Load(row);
+            var mins16 = Avx2.ConvertToVector256Int16(Sse2.ShiftRightLogical(packedScales.AsUInt16(), 4).AsByte() & Vector128.Create((byte)0x0F));
+            int summ = ScaledBlockSums(mins16, x.BSums + i * 16);
+            var sumi = Vector256<int>.Zero;
+            for (int n = 0; n < 2; n++)
+            {
+                var q = Vector256.Load(row + 16 + 32 * n);
+                for (int j = 0; j < 4; j++)
+                {
+                    var w = ShiftRight(q, 2 * j) & mask;
+                    int s = 8 * n + 2 * j;
+                    sumi += ScaledDot(w, Vector256.Load(q8 + 128 * n + 32 * j), Scales16(row[s] & 0x0F, row[s + 1] & 0x0F));
+                }
+            }
+            float dx = x.D[i];
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 80) * dx), Avx.ConvertToVector256Single(sumi), acc);
+            minTotal += Fp.ReadHalf(row + 82) * dx * summ;
+        }
+        return Sum(acc) - minTotal;
+    }
+
+    public static float DotQ3KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    {
+        var acc = Vector256<float>.Zero;
+        var mask = Vector256.Create((byte)3);
+        var four = Vector256.Create((byte)4);
+        for (int i = 0; i < superBlocks; i++, row += 110)
+        {
+            sbyte* q8 = x.Qs + i * 256;
+            var sc = Q3KScales(row + 96);
+            var scales16 = Avx2.ConvertToVector256Int16(sc);
+            // levels are stored as u + 4h - 4 with u in 0..3, h the high bit; dot with (u + 4h) and take 4·Σ sc·bsum away.
+            int offset = 4 * ScaledBlockSums(scales16, x.BSums + i * 16);
+            var hm = Vector256.Load(row);
+            var sumi = Vector256<int>.Zero;
+            for (int n = 0; n < 2; n++)
+            {
+                var q = Vector256.Load(row + 32 + 32 * n);
+                // this half's eight scales, widened into both lanes
+                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
+                for (int j = 0; j < 4; j++)
+                {
+                    var bit = Vector256.Create((byte)(1 << (4 * n + j)));
+                    var w = (ShiftRight(q, 2 * j) & mask) | (Vector256.Equals(hm & bit, bit) & four);
+                    sumi += ScaledDot(w, Vector256.Load(q8 + 128 * n + 32 * j), PairScales(half, 2 * j));
+                }
+            }
+            sumi -= Vector256.CreateScalar(offset);
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 108) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
+        }
+        return Sum(acc);
+    }
+
+    /// <summary>Q4_K/Q5_K's 12 packed bytes → 8 scales (bytes 0..7) and 8 mins (bytes 8..15).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<byte> ScalesAndMinsK4(byte* packed)
+    {
+        const uint m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+        uint a0 = Unsafe.ReadUnaligned<uint>(packed), a1 = Unsafe.ReadUnaligned<uint>(packed + 4), a2 = Unsafe.ReadUnaligned<uint>(packed + 8);
+        uint scalesLow = a0 & m6;
+        uint scalesHigh = (a2 & m4) | (((a0 >> 6) & m2) << 4);
+        uint minsLow = a1 & m6;
+        uint minsHigh = ((a2 >> 4) & m4) | (((a1 >> 6) & m2) << 4);
+        return Vector128.Create(scalesLow, scalesHigh, minsLow, minsHigh).AsByte();
+    }
+
+    /// <summary>Σ_j min_j·(bsum_2j + bsum_2j+1) for the eight 32-element sub-blocks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int MinTimesSums(Vector128<byte> scalesAndMins, short* bsums)
+    {
+        var mins = Sse2.UnpackHigh(scalesAndMins.AsUInt64(), scalesAndMins.AsUInt64()).AsByte();
+        // each min covers two adjacent groups of 16, so repeat it: m0 m0 m1 m1 ... m7 m7.
+        var minsPerGroup = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins, mins));
+        return Vector256.Sum(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), minsPerGroup));
+    }
+
+    public static float DotQ4KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    {
+        var acc = Vector256<float>.Zero;
+        float minTotal = 0;
+        for (int i = 0; i < superBlocks; i++, row += 144)
+        {
+            sbyte* q8 = x.Qs + i * 256;
+            var sm = ScalesAndMinsK4(row + 4);
+            var scales = WidenScales(sm);
+            int summ = MinTimesSums(sm, x.BSums + i * 16);
+            var sumi = Vector256<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                var raw = Vector256.Load(row + 16 + 32 * c);
+                var lo = raw & Low4;
+                var hi = ShiftRight(raw, 4) & Low4;
+                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c));
+                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
+            }
+            float dx = x.D[i];
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
+            minTotal += Fp.ReadHalf(row + 2) * dx * summ;
+        }
+        return Sum(acc) - minTotal;
+    }
+
+    public static float DotQ5KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    {
+        var acc = Vector256<float>.Zero;
+        float minTotal = 0;
+        var sixteen = Vector256.Create((byte)16);
+        for (int i = 0; i < superBlocks; i++, row += 176)
+        {
+            sbyte* q8 = x.Qs + i * 256;
+            var sm = ScalesAndMinsK4(row + 4);
+            var scales = WidenScales(sm);
+            int summ = MinTimesSums(sm, x.BSums + i * 16);
+            var qh = Vector256.Load(row + 16);
+            var sumi = Vector256<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                var raw = Vector256.Load(row + 48 + 32 * c);
+                var bitLo = Vector256.Create((byte)(1 << (2 * c)));
+                var bitHi = Vector256.Create((byte)(2 << (2 * c)));
+                var lo = (raw & Low4) | (Vector256.Equals(qh & bitLo, bitLo) & sixteen);
+                var hi = (ShiftRight(raw, 4) & Low4) | (Vector256.Equals(qh & bitHi, bitHi) & sixteen);
+                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c));
+                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
+            }
+            float dx = x.D[i];
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
+            minTotal += Fp.ReadHalf(row + 2) * dx * summ;
+        }
+        return Sum(acc) - minTotal;
+    }
+
+    public static float DotQ6KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    {
+        var acc = Vector256<float>.Zero;
+        var high2 = Vector256.Create((byte)0x30);
+        for (int i = 0; i < superBlocks; i++, row += 210)
+        {
+            sbyte* q8 = x.Qs + i * 256;
+            var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
+            // levels are stored +32 (0..63): dot with them and take 32·Σ sc·bsum away.
+            int offset = 32 * ScaledBlockSums(scales16, x.BSums + i * 16);
+            var sumi = Vector256<int>.Zero;
+            for (int n = 0; n < 2; n++)
+            {
+                var ql0 = Vector256.Load(row + 64 * n);
+                var ql1 = Vector256.Load(row + 64 * n + 32);
+                var qh = Vector256.Load(row + 128 + 32 * n);
+                var w1 = (ql0 & Low4) | (ShiftLeft(qh, 4) & high2);
+                var w2 = (ql1 & Low4) | (ShiftLeft(qh, 2) & high2);
+                var w3 = (ShiftRight(ql0, 4) & Low4) | (qh & high2);
+                var w4 = (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2);
+                sbyte* q = q8 + 128 * n;
+                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
+                sumi += ScaledDot(w1, Vector256.Load(q), PairScales(half, 0));
+                sumi += ScaledDot(w2, Vector256.Load(q + 32), PairScales(half, 2));
+                sumi += ScaledDot(w3, Vector256.Load(q + 64), PairScales(half, 4));
+                sumi += ScaledDot(w4, Vector256.Load(q + 96), PairScales(half, 6));
+            }
+            sumi -= Vector256.CreateScalar(offset);
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 208) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
+        }
+        return Sum(acc);
+    }
+
+    public static float DotIq4XsAvx2(byte* row, int superBlocks, in ActivationRow x)
+    {
+        var acc = Vector256<float>.Zero;
+        for (int i = 0; i < superBlocks; i++, row += 136)
+        {
+            sbyte* q8 = x.Qs + i * 256;
+            int scalesH = Unsafe.ReadUnaligned<ushort>(row + 2);
+            var sumi = Vector256<int>.Zero;
+            for (int ib = 0; ib < 8; ib++)
+            {
+                int ls = ((row[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((scalesH >> (2 * ib)) & 3) << 4);
+                var w = Iq4NlFormat.Iq4NlLookup(Nibbles(row + 8 + 16 * ib));
+                sumi += ScaledDot(Avx2.Abs(w), Avx2.Sign(Vector256.Load(q8 + 32 * ib), w), Vector256.Create((short)(ls - 32)));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
+        }
+        return Sum(acc);
+    }
+
+    // ---- four tokens per pass for the common K types: weights unpacked once per super-block ----
+
+    public static void Dot4Q4KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result) => Dot4K45(row, superBlocks, x, result, five: false);
+
+    public static void Dot4Q5KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result) => Dot4K45(row, superBlocks, x, result, five: true);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4K45(byte* row, int superBlocks, ActivationRow* x, float* result, bool five)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        var sixteen = Vector256.Create((byte)16);
+        int blockBytes = five ? 176 : 144;
+        for (int i = 0; i < superBlocks; i++, row += blockBytes)
+        {
+            var sm = ScalesAndMinsK4(row + 4);
+            var scales = WidenScales(sm);
+            float d = Fp.ReadHalf(row), dmin = Fp.ReadHalf(row + 2);
+            m0 += dmin * x[0].D[i] * MinTimesSums(sm, x[0].BSums + i * 16);
+            m1 += dmin * x[1].D[i] * MinTimesSums(sm, x[1].BSums + i * 16);
+            m2 += dmin * x[2].D[i] * MinTimesSums(sm, x[2].BSums + i * 16);
+            m3 += dmin * x[3].D[i] * MinTimesSums(sm, x[3].BSums + i * 16);
+            var qh = five ? Vector256.Load(row + 16) : default;
+            byte* qs = row + (five ? 48 : 16);
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int c = 0; c < 4; c++)
+            {
+                var raw = Vector256.Load(qs + 32 * c);
+                var lo = raw & Low4;
+                var hi = ShiftRight(raw, 4) & Low4;
+                if (five)
+                {
+                    var bitLo = Vector256.Create((byte)(1 << (2 * c)));
+                    var bitHi = Vector256.Create((byte)(2 << (2 * c)));
+                    lo |= Vector256.Equals(qh & bitLo, bitLo) & sixteen;
+                    hi |= Vector256.Equals(qh & bitHi, bitHi) & sixteen;
+                }
+                var scLo = OneScale(scales, 2 * c);
+                var scHi = OneScale(scales, 2 * c + 1);
+                int o = i * 256 + 64 * c;
+                s0 += ScaledDot(lo, Vector256.Load(x[0].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[0].Qs + o + 32), scHi);
+                s1 += ScaledDot(lo, Vector256.Load(x[1].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[1].Qs + o + 32), scHi);
+                s2 += ScaledDot(lo, Vector256.Load(x[2].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[2].Qs + o + 32), scHi);
+                s3 += ScaledDot(lo, Vector256.Load(x[3].Qs + o), scLo) + ScaledDot(hi, Vector256.Load(x[3].Qs + o + 32), scHi);
+            }
+            a0 = Fma.MultiplyAdd(Vector256.Create(d * x[0].D[i]), Avx.ConvertToVector256Single(s0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(d * x[1].D[i]), Avx.ConvertToVector256Single(s1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(d * x[3].D[i]), Avx.ConvertToVector256Single(s3), a3);
+        }
+        result[0] = Sum(a0) - m0;
+        result[1] = Sum(a1) - m1;
+        result[2] = Sum(a2) - m2;
+        result[3] = Sum(a3) - m3;
+    }
+
+    public static void Dot4Q6KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        var high2 = Vector256.Create((byte)0x30);
+        for (int i = 0; i < superBlocks; i++, row += 210)
+        {
+            var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
+            Vector256<int> s0 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[0].BSums + i * 16));
+            Vector256<int> s1 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[1].BSums + i * 16));
+            Vector256<int> s2 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[2].BSums + i * 16));
+            Vector256<int> s3 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[3].BSums + i * 16));
+            for (int n = 0; n < 2; n++)
+            {
+                var ql0 = Vector256.Load(row + 64 * n);
+                var ql1 = Vector256.Load(row + 64 * n + 32);
+                var qh = Vector256.Load(row + 128 + 32 * n);
+                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
+                for (int k = 0; k < 4; k++)
+                {
+                    var w = k switch
+                    {
+                        0 => (ql0 & Low4) | (ShiftLeft(qh, 4) & high2),
+                        1 => (ql1 & Low4) | (ShiftLeft(qh, 2) & high2),
+                        2 => (ShiftRight(ql0, 4) & Low4) | (qh & high2),
+                        _ => (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2),
+                    };
+                    var scales = PairScales(half, 2 * k);
+                    int o = i * 256 + 128 * n + 32 * k;
+                    s0 += ScaledDot(w, Vector256.Load(x[0].Qs + o), scales);
+                    s1 += ScaledDot(w, Vector256.Load(x[1].Qs + o), scales);
+                    s2 += ScaledDot(w, Vector256.Load(x[2].Qs + o), scales);
+                    s3 += ScaledDot(w, Vector256.Load(x[3].Qs + o), scales);
+                }
+            }
+            float d = Fp.ReadHalf(row + 208);
+            a0 = Fma.MultiplyAdd(Vector256.Create(d * x[0].D[i]), Avx.ConvertToVector256Single(s0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(d * x[1].D[i]), Avx.ConvertToVector256Single(s1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(d * x[3].D[i]), Avx.ConvertToVector256Single(s3), a3);
+        }
+        result[0] = Sum(a0);
+        result[1] = Sum(a1);
+        result[2] = Sum(a2);
+        result[3] = Sum(a3);
+    }
+}
