@@ -1,4 +1,5 @@
 using Loom.Inference.Sampling;
+using Loom.Models.Tokenizers;
 
 namespace Loom.Inference.Generation;
 
