@@ -91,37 +91,69 @@ public sealed class BatchScheduler : IDisposable
     {
         while (true)
         {
-            int count;
-            lock (_gate)
-            {
-                while (!_stopping && _waiting.Count == 0 && RunningCount() == 0) Monitor.Wait(_gate);
-                if (_stopping) break;
-                DropCancelled();
-                Admit();
-                count = CollectEntries();
-                _metrics.SetQueue(_waiting.Count);
-            }
-            ReportOccupancy();
-            if (count == 0) continue;
             try
             {
-                _batch.Evaluate(_entries.AsSpan(0, count), _logits);
+                if (!Step()) break;
             }
             catch (Exception e)
             {
-                for (int i = 0; i < count; i++) Fail(_entrySequences[i], e);
-                ReportOccupancy();
-                continue;
+                // A failure outside any one sequence's evaluation ends the running sequences, never the loop.
+                FailRunning(e);
             }
-            for (int i = 0; i < count; i++) Advance(_entrySequences[i], i);
-            ReportOccupancy();
         }
+        FailRunning(new ObjectDisposedException(nameof(BatchScheduler), "the server is shutting down"));
+        lock (_gate)
+            while (_waiting.TryDequeue(out var r)) r.Complete(new ObjectDisposedException(nameof(BatchScheduler), "the server is shutting down"));
+    }
+
+    /// <summary>One batched step; false once the scheduler is stopping.</summary>
+    private bool Step()
+    {
+        int count;
         lock (_gate)
         {
-            var stopped = new ObjectDisposedException(nameof(BatchScheduler), "the server is shutting down");
-            foreach (var s in _slots) if (s is not null) Fail(s, stopped);
-            while (_waiting.TryDequeue(out var r)) r.Complete(stopped);
+            while (!_stopping && _waiting.Count == 0 && RunningCount() == 0) Monitor.Wait(_gate);
+            if (_stopping) return false;
+            DropCancelled();
+            Admit();
+            count = CollectEntries();
+            _metrics.SetQueue(_waiting.Count);
         }
+        ReportOccupancy();
+        if (count == 0) return true;
+        try
+        {
+            _batch.Evaluate(_entries.AsSpan(0, count), _logits);
+        }
+        catch (Exception e)
+        {
+            for (int i = 0; i < count; i++) Fail(_entrySequences[i], e);
+            ReportOccupancy();
+            return true;
+        }
+        for (int i = 0; i < count; i++) Advance(_entrySequences[i], i);
+        ReportOccupancy();
+        return true;
+    }
+
+    private void FailRunning(Exception e)
+    {
+        lock (_gate)
+        {
+            foreach (var s in _slots)
+            {
+                if (s is null) continue;
+                try
+                {
+                    Fail(s, e);
+                }
+                catch (Exception)
+                {
+                    // The slot could not be cleared; it stays out of use rather than serving a stale cache.
+                }
+            }
+        }
+        ReportOccupancy();
     }
 
     private int RunningCount() => _slots.Length - _freeSlots.Count;

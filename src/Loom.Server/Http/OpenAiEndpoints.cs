@@ -51,13 +51,22 @@ internal sealed class OpenAiEndpoints(LoomEngine engine)
         if (prompt.Length == 0) throw ApiException.BadRequest("the prompt has no tokens and the vocabulary has no BOS token to start from", chat ? "messages" : "prompt");
         if (prompt.Length >= engine.ContextSize) throw OpenAiRequest.PromptTooLong(prompt.Length, engine.ContextSize, chat ? "messages" : "prompt");
 
-        var sequences = request.Sequences(prompt, context.RequestAborted);
+        // The request's sequences end with it: when the client goes, and when one choice fails and the reply is cut short.
+        using var ending = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
+        var sequences = request.Sequences(prompt, ending.Token);
         if (!engine.TrySubmit(sequences))
             throw new ApiException(429, "The server is at capacity: too many requests are waiting. Retry later.", null, "rate_limit_exceeded", "rate_limit_error");
 
         var reply = new Reply(chat ? "chatcmpl-" : "cmpl-", engine, chat, prompt.Length, request.TopLogprobs is not null);
-        if (request.Stream) await Stream(context, reply, sequences, request.IncludeUsage);
-        else await Whole(context, reply, sequences);
+        try
+        {
+            if (request.Stream) await Stream(context, reply, sequences, request.IncludeUsage);
+            else await Whole(context, reply, sequences);
+        }
+        finally
+        {
+            await ending.CancelAsync();
+        }
     }
 
     private static async Task Whole(HttpContext context, Reply reply, IReadOnlyList<SequenceRequest> sequences)
