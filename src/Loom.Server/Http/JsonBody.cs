@@ -37,7 +37,20 @@ public sealed class JsonBody
     {
         if (Get(name) is not { } v) return null;
         if (v.ValueKind != JsonValueKind.String) throw WrongType(name, "a string", v);
-        return v.GetString();
+        return Text(v, name);
+    }
+
+    /// <summary>A JSON string's value; a lone surrogate escape (which no UTF-16 string can hold validly) is a 400.</summary>
+    public static string Text(JsonElement value, string name)
+    {
+        try
+        {
+            return value.GetString()!;
+        }
+        catch (InvalidOperationException)
+        {
+            throw ApiException.BadRequest($"'{name}' is not valid Unicode text", name, "invalid_value");
+        }
     }
 
     public bool? Bool(string name)
@@ -67,8 +80,7 @@ public sealed class JsonBody
     public float? Number(string name, double min, double max)
     {
         if (Get(name) is not { } v) return null;
-        if (v.ValueKind != JsonValueKind.Number) throw WrongType(name, "a number", v);
-        double d = v.GetDouble();
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d) || !double.IsFinite(d)) throw WrongType(name, "a finite number", v);
         if (!(d >= min && d <= max)) throw ApiException.BadRequest($"'{name}' must be between {min} and {max} (got {d})", name, "invalid_value");
         return (float)d;
     }
@@ -77,14 +89,14 @@ public sealed class JsonBody
     public IReadOnlyList<string> StopStrings(string name, int maxCount)
     {
         if (Get(name) is not { } v) return [];
-        if (v.ValueKind == JsonValueKind.String) return [v.GetString()!];
+        if (v.ValueKind == JsonValueKind.String) return [Text(v, name)];
         if (v.ValueKind != JsonValueKind.Array) throw WrongType(name, "a string or an array of strings", v);
         if (v.GetArrayLength() > maxCount) throw ApiException.BadRequest($"'{name}' may hold at most {maxCount} strings", name, "invalid_value");
         var stops = new List<string>();
         foreach (var item in v.EnumerateArray())
         {
             if (item.ValueKind != JsonValueKind.String) throw WrongType(name, "a string or an array of strings", item);
-            stops.Add(item.GetString()!);
+            stops.Add(Text(item, name));
         }
         return stops;
     }

@@ -98,10 +98,10 @@ internal sealed record OpenAiRequest(
             if (m.ValueKind != JsonValueKind.Object) throw JsonBody.WrongType(where, "an object", m);
             if (!m.TryGetProperty("role", out var role) || role.ValueKind != JsonValueKind.String)
                 throw ApiException.BadRequest($"'{where}.role' must be a string", $"{where}.role", "invalid_type");
-            string roleName = role.GetString()! switch
+            string roleName = JsonBody.Text(role, $"{where}.role") switch
             {
                 "developer" => "system",
-                "system" or "user" or "assistant" or "tool" => role.GetString()!,
+                var known when known is "system" or "user" or "assistant" or "tool" => known,
                 var other => throw ApiException.BadRequest($"'{where}.role' must be system, developer, user, assistant or tool (got '{other}')", $"{where}.role", "invalid_value"),
             };
             result.Add(new ChatMessage(roleName, Content(m, where)));
@@ -112,18 +112,19 @@ internal sealed record OpenAiRequest(
     private static string Content(JsonElement message, string where)
     {
         if (!message.TryGetProperty("content", out var content) || content.ValueKind == JsonValueKind.Null) return "";
-        if (content.ValueKind == JsonValueKind.String) return content.GetString()!;
+        if (content.ValueKind == JsonValueKind.String) return JsonBody.Text(content, $"{where}.content");
         if (content.ValueKind != JsonValueKind.Array) throw JsonBody.WrongType($"{where}.content", "a string or an array of content parts", content);
         var text = new System.Text.StringBuilder();
         foreach (var part in content.EnumerateArray())
         {
             if (part.ValueKind != JsonValueKind.Object || !part.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
                 throw ApiException.BadRequest($"'{where}.content' parts must be objects with a 'type'", $"{where}.content", "invalid_type");
-            if (type.GetString() != "text")
-                throw ApiException.BadRequest($"'{where}.content' part type '{type.GetString()}' is not supported; only text", $"{where}.content", "invalid_value");
+            string partType = JsonBody.Text(type, $"{where}.content");
+            if (partType != "text")
+                throw ApiException.BadRequest($"'{where}.content' part type '{partType}' is not supported; only text", $"{where}.content", "invalid_value");
             if (!part.TryGetProperty("text", out var partText) || partText.ValueKind != JsonValueKind.String)
                 throw ApiException.BadRequest($"'{where}.content' text parts need a string 'text'", $"{where}.content", "invalid_type");
-            text.Append(partText.GetString());
+            text.Append(JsonBody.Text(partText, $"{where}.content"));
         }
         return text.ToString();
     }
@@ -132,10 +133,10 @@ internal sealed record OpenAiRequest(
     public static int[] CompletionPrompt(JsonBody body, LoomEngine engine)
     {
         if (body.Get("prompt") is not { } prompt) throw ApiException.BadRequest("'prompt' is required", "prompt", "missing_required_parameter");
-        if (prompt.ValueKind == JsonValueKind.String) return engine.TokenizeText(prompt.GetString()!);
+        if (prompt.ValueKind == JsonValueKind.String) return engine.TokenizeText(JsonBody.Text(prompt, "prompt"));
         if (prompt.ValueKind != JsonValueKind.Array) throw JsonBody.WrongType("prompt", "a string or an array", prompt);
         int length = prompt.GetArrayLength();
-        if (length == 1 && prompt[0].ValueKind == JsonValueKind.String) return engine.TokenizeText(prompt[0].GetString()!);
+        if (length == 1 && prompt[0].ValueKind == JsonValueKind.String) return engine.TokenizeText(JsonBody.Text(prompt[0], "prompt"));
         if (length > 0 && prompt[0].ValueKind == JsonValueKind.String)
             throw ApiException.BadRequest("only one prompt per request is supported; send one request per prompt", "prompt", "invalid_value");
         if (length == 0) throw ApiException.BadRequest("'prompt' must not be an empty array", "prompt", "invalid_value");
