@@ -264,3 +264,47 @@ public sealed class OpenAiClientTests(StoriesServerFixture fixture) : IClassFixt
         Assert.NotNull(RunningServer.Metric(metrics, "loom_kv_cache_usage_ratio"));
     }
 }
+
+/// <summary>Every field of valid requests replaced, one at a time, by values of every JSON type: never a 5xx.</summary>
+public sealed class RequestMutationTests(StoriesServerFixture fixture) : IClassFixture<StoriesServerFixture>
+{
+    private static readonly string[] Values =
+        ["null", "true", "\"x\"", "\"\"", "-1", "0", "1", "2.5", "1e300", "[]", "[1]", "[\"a\"]", "{}", "{\"a\": 1}", "\"\\ud800\""];
+
+    private static readonly (string Path, string Body)[] Requests =
+    [
+        ("/v1/chat/completions", """{"model":"stories260K","messages":[{"role":"user","content":"Lily"}],"max_tokens":3,"temperature":0.5,"top_p":0.9,"seed":1,"n":1,"stop":["x"],"stream":false,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"frequency_penalty":0.1,"presence_penalty":0.1,"max_completion_tokens":3,"top_k":5,"min_p":0.1}"""),
+        ("/v1/completions", """{"model":"stories260K","prompt":"Lily","max_tokens":3,"temperature":0.5,"top_p":0.9,"seed":1,"n":1,"stop":"x","stream":true,"logprobs":1,"frequency_penalty":0.1,"presence_penalty":0.1,"repeat_penalty":1.1,"repeat_last_n":8}"""),
+    ];
+
+    [Fact]
+    public async Task MutatedFields_GiveSuccessOrA4xx_NeverAServerError()
+    {
+        var server = fixture.Server;
+        int requests = 0, rejected = 0;
+        foreach (var (path, body) in Requests)
+        {
+            var original = System.Text.Json.Nodes.JsonNode.Parse(body)!.AsObject();
+            foreach (var field in original.Select(p => p.Key).ToArray())
+            {
+                foreach (var value in Values)
+                {
+                    string json = original.ToJsonString().Replace($"\"{field}\":{original[field]!.ToJsonString()}", $"\"{field}\":{value}");
+                    Assert.Contains($"\"{field}\":{value}", json);
+                    using var response = await server.Http.PostAsync(path, new StringContent(json, System.Text.Encoding.UTF8, "application/json"));
+                    int status = (int)response.StatusCode;
+                    string text = await response.Content.ReadAsStringAsync();
+                    requests++;
+                    Assert.True(status is 200 or 400 or 404, $"{path} with {field}={value}: {status} {text}");
+                    if (status != 200)
+                    {
+                        rejected++;
+                        Assert.Contains("\"error\"", text);
+                    }
+                }
+            }
+        }
+        Assert.True(rejected > requests / 3, $"only {rejected} of {requests} mutations were rejected");
+        Assert.True(await server.WaitForMetricAsync("loom_running_sequences", 0, TimeSpan.FromSeconds(10)));
+    }
+}
