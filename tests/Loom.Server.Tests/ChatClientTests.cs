@@ -56,9 +56,9 @@ public sealed class ChatClientTests
     }
 
     [Fact]
-    public async Task LongPrompt_PrefilledInSmallChunks_GivesTheSameTokens()
+    public async Task LongPrompts_PrefilledInSmallChunksUnderAStepBudget_GiveTheSameTokens()
     {
-        using var engine = LoomEngine.Load(RunningServer.StoriesPath, new EngineOptions { Parallel = 3, ContextSize = 256, PrefillChunk = 5 });
+        using var engine = LoomEngine.Load(RunningServer.StoriesPath, new EngineOptions { Parallel = 3, ContextSize = 256, PrefillChunk = 5, PrefillTokensPerStep = 7 });
         IChatClient client = new LoomChatClient(engine);
         string prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friend Ben.";
         var expected = Reference.Generate(prompt, 30, 0.6f, 5);

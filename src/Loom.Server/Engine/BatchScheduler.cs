@@ -7,7 +7,8 @@ namespace Loom.Server.Engine;
 
 /// <summary>
 /// Continuous batching: one thread owns the <see cref="BatchedInference"/> and, each step, advances every running
-/// sequence together — a fixed-size chunk of prompt for those still prefilling, the last sampled token for the others.
+/// sequence together — a fixed-size chunk of prompt for those still prefilling (within a per-step prompt budget), the
+/// last sampled token for the others.
 /// Waiting sequences take a slot as soon as one frees up; a cancelled sequence gives its slot back before the next
 /// step. Chunk boundaries depend only on the sequence itself, so its output is the same alone or among others.
 /// </summary>
@@ -18,6 +19,8 @@ public sealed class BatchScheduler : IDisposable
     private readonly ServerMetrics _metrics;
     private readonly int _queueCapacity;
     private readonly int _prefillChunk;
+    private readonly int _prefillTokensPerStep;
+    private int _firstSlot;
     private readonly object _gate = new();
     private readonly Queue<SequenceRequest> _waiting = new();
     private readonly ActiveSequence?[] _slots;
@@ -28,15 +31,20 @@ public sealed class BatchScheduler : IDisposable
     private readonly Thread _thread;
     private bool _stopping;
 
-    public BatchScheduler(BatchedInference batch, ITokenCodec tokenizer, ServerMetrics metrics, int queueCapacity, int prefillChunk = 64)
+    /// <param name="prefillChunk">Prompt tokens a prefilling sequence evaluates per step.</param>
+    /// <param name="prefillTokensPerStep">Prompt tokens evaluated per step across all sequences (at least one chunk),
+    /// so that many new prompts at once do not stall the sequences that are decoding.</param>
+    public BatchScheduler(BatchedInference batch, ITokenCodec tokenizer, ServerMetrics metrics, int queueCapacity, int prefillChunk = 64, int prefillTokensPerStep = 256)
     {
         _batch = batch ?? throw new ArgumentNullException(nameof(batch));
         _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
         _metrics = metrics ?? throw new ArgumentNullException(nameof(metrics));
         ArgumentOutOfRangeException.ThrowIfNegative(queueCapacity);
         ArgumentOutOfRangeException.ThrowIfLessThan(prefillChunk, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(prefillTokensPerStep, prefillChunk);
         _queueCapacity = queueCapacity;
         _prefillChunk = prefillChunk;
+        _prefillTokensPerStep = prefillTokensPerStep;
         int slots = batch.MaxSequences;
         _slots = new ActiveSequence?[slots];
         for (int i = slots - 1; i >= 0; i--) _freeSlots.Push(i);
@@ -201,14 +209,20 @@ public sealed class BatchScheduler : IDisposable
 
     private int CollectEntries()
     {
-        int count = 0;
-        foreach (var s in _slots)
+        int count = 0, prefillBudget = _prefillTokensPerStep;
+        // Start from a different slot each step so that prefill waiting for the budget takes turns.
+        _firstSlot = (_firstSlot + 1) % _slots.Length;
+        for (int k = 0; k < _slots.Length; k++)
         {
+            var s = _slots[(_firstSlot + k) % _slots.Length];
             if (s is null) continue;
             ReadOnlyMemory<int> tokens;
             if (s.Prefilled < s.Request.PromptTokens.Length)
             {
                 int n = Math.Min(_prefillChunk, s.Request.PromptTokens.Length - s.Prefilled);
+                // A chunk never shrinks to fit (results depend only on chunk boundaries); past the budget it waits a step.
+                if (n > prefillBudget && prefillBudget < _prefillTokensPerStep) continue;
+                prefillBudget -= n;
                 tokens = s.Request.PromptTokens.AsMemory(s.Prefilled, n);
                 s.Prefilled += n;
             }

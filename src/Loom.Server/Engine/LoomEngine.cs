@@ -15,6 +15,8 @@ public sealed record EngineOptions
     public int QueueCapacity { get; init; } = 64;
     /// <summary>Prompt tokens a sequence evaluates per step while prefilling.</summary>
     public int PrefillChunk { get; init; } = 64;
+    /// <summary>Prompt tokens evaluated per step across all sequences (raised to one chunk if smaller).</summary>
+    public int PrefillTokensPerStep { get; init; } = 256;
     /// <summary>The name clients use for the model; default: the file name without extension.</summary>
     public string? ModelId { get; init; }
 
@@ -24,6 +26,7 @@ public sealed record EngineOptions
         if (ContextSize < 0) throw new ArgumentException($"the context size must not be negative (got {ContextSize})");
         if (QueueCapacity is < 0 or > 100_000) throw new ArgumentException($"the queue capacity must be between 0 and 100000 (got {QueueCapacity})");
         if (PrefillChunk is < 1 or > InferenceSession.MaxBatchSize * 8) throw new ArgumentException($"the prefill chunk must be between 1 and {InferenceSession.MaxBatchSize * 8} (got {PrefillChunk})");
+        if (PrefillTokensPerStep is < 1 or > 1 << 16) throw new ArgumentException($"the prefill tokens per step must be between 1 and 65536 (got {PrefillTokensPerStep})");
     }
 }
 
@@ -53,7 +56,8 @@ public sealed class LoomEngine : IDisposable
         _batch = new BatchedInference(model, options.Parallel, options.ContextSize);
         try
         {
-            _scheduler = new BatchScheduler(_batch, Codec, Metrics, options.QueueCapacity, options.PrefillChunk);
+            _scheduler = new BatchScheduler(_batch, Codec, Metrics, options.QueueCapacity, options.PrefillChunk,
+                Math.Max(options.PrefillChunk, options.PrefillTokensPerStep));
         }
         catch
         {
