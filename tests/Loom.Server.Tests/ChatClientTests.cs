@@ -2,7 +2,6 @@ using Loom.Inference.Generation;
 using Loom.Models.Architectures;
 using Loom.Models.Gguf;
 using Loom.Server.Engine;
-using Loom.Tests;
 using Microsoft.Extensions.AI;
 
 namespace Loom.Server.Tests;
@@ -14,10 +13,18 @@ public sealed class ChatClientTests
         "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}" +
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+    /// <summary>A copy of stories260K with a ChatML template added (written with Loom's GgufWriter).</summary>
     private static string StoriesWithChatTemplate()
     {
         using var stories = GgufFile.Open(RunningServer.StoriesPath);
-        return ModelGgufWriter.CopyOf(stories).Set("tokenizer.chat_template", ChatMl).WriteTemp();
+        var writer = new GgufWriter(stories.Alignment);
+        foreach (var key in stories.MetadataKeys.Where(k => k is not "general.alignment" and not "tokenizer.chat_template"))
+            writer.AddMetadata(key, stories.Metadata[key]);
+        writer.Add("tokenizer.chat_template", ChatMl);
+        foreach (var t in stories.Tensors) writer.AddTensor(t.Name, t.Type, t.Dimensions, stories.Data(t).ToArray());
+        string path = Path.Combine(Path.GetTempPath(), $"loom-server-chatml-{Guid.NewGuid():N}.gguf");
+        writer.WriteTo(path);
+        return path;
     }
 
     [Fact]
