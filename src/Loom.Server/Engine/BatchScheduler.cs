@@ -209,7 +209,12 @@ public sealed class BatchScheduler : IDisposable
 
     private int CollectEntries()
     {
-        int count = 0, prefillBudget = _prefillTokensPerStep;
+        // Prompt tokens fill what the decoding sequences leave of one forward step (the batch splits larger calls,
+        // reading the weights again), but always at least one chunk so that prefill progresses.
+        int decoding = 0;
+        foreach (var s in _slots) if (s is not null && s.Prefilled == s.Request.PromptTokens.Length) decoding++;
+        int prefillBudget = Math.Min(_prefillTokensPerStep, Math.Max(_prefillChunk, _batch.MaxTokensPerStep - decoding));
+        int fullBudget = prefillBudget, count = 0;
         // Start from a different slot each step so that prefill waiting for the budget takes turns.
         _firstSlot = (_firstSlot + 1) % _slots.Length;
         for (int k = 0; k < _slots.Length; k++)
@@ -221,7 +226,7 @@ public sealed class BatchScheduler : IDisposable
             {
                 int n = Math.Min(_prefillChunk, s.Request.PromptTokens.Length - s.Prefilled);
                 // A chunk never shrinks to fit (results depend only on chunk boundaries); past the budget it waits a step.
-                if (n > prefillBudget && prefillBudget < _prefillTokensPerStep) continue;
+                if (n > prefillBudget && prefillBudget < fullBudget) continue;
                 prefillBudget -= n;
                 tokens = s.Request.PromptTokens.AsMemory(s.Prefilled, n);
                 s.Prefilled += n;
