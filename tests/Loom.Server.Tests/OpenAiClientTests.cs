@@ -182,6 +182,12 @@ public sealed class OpenAiClientTests(StoriesServerFixture fixture) : IClassFixt
         Assert.Equal(401, (int)response.StatusCode);
         using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
         Assert.Equal("invalid_api_key", json.RootElement.GetProperty("error").GetProperty("code").GetString());
+        // Health and metrics stay open for probes and scrapers.
+        using var health = await missing.GetAsync("/health");
+        Assert.Equal(200, (int)health.StatusCode);
+        using var metrics = await missing.GetAsync("/metrics");
+        Assert.Equal(200, (int)metrics.StatusCode);
+        Assert.StartsWith("text/plain", metrics.Content.Headers.ContentType?.MediaType);
     }
 
     [Fact]
