@@ -4,7 +4,7 @@ using Loom.Models.Gguf;
 
 namespace Loom.Cli;
 
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize.</summary>
+/// <summary>The `loom` command line: generate, chat, inspect, tokenize, serve.</summary>
 public static class LoomCli
 {
     public static int Run(string[] args, CliConsole console)
@@ -16,6 +16,7 @@ public static class LoomCli
             InspectCommand.Create(console),
             TokenizeCommand.Create(console),
             TrainCommand.Create(console),
+            ServeCommand.Create(console),
         };
         var parsed = root.Parse(args);
         return parsed.Invoke(new InvocationConfiguration { Output = console.Out, Error = console.Error, EnableDefaultExceptionHandler = false });

@@ -16,6 +16,7 @@ public sealed class Generator
 {
     private readonly ITokenEvaluator _evaluator;
     private readonly ITokenCodec _tokenizer;
+    private readonly PromptEncoder _prompts;
     private readonly List<int> _cached = [];
     private Sampler? _sampler;
 
@@ -23,26 +24,19 @@ public sealed class Generator
     {
         _evaluator = evaluator ?? throw new ArgumentNullException(nameof(evaluator));
         _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
-        Template = template;
+        _prompts = new PromptEncoder(tokenizer, template);
     }
 
     /// <summary>A generator over <paramref name="session"/> of <paramref name="model"/>, using the model's own chat template.</summary>
     public static Generator ForModel(TransformerModel model, InferenceSession session) =>
         new(new SessionEvaluator(session), new TokenizerCodec(model.Tokenizer), ChatTemplate.Detect(model.Config.ChatTemplate));
 
-    public ChatTemplate? Template { get; }
+    public ChatTemplate? Template => _prompts.Template;
     public ITokenCodec Tokenizer => _tokenizer;
     public ITokenEvaluator Evaluator => _evaluator;
 
-    private string BosText => _tokenizer.BosId >= 0 ? _tokenizer.Piece(_tokenizer.BosId) : "";
-    private string EosText => _tokenizer.EosId >= 0 ? _tokenizer.Piece(_tokenizer.EosId) : "";
-
     /// <summary>Renders a conversation with the chat template (with the assistant's generation prompt).</summary>
-    public string FormatChat(IReadOnlyList<ChatMessage> messages)
-    {
-        if (Template is null) throw new InvalidOperationException("the model has no chat template (tokenizer.chat_template) that Loom recognises");
-        return Template.Format(messages, addGenerationPrompt: true, BosText, EosText);
-    }
+    public string FormatChat(IReadOnlyList<ChatMessage> messages) => _prompts.FormatChat(messages);
 
     /// <summary>
     /// Tokenizes a prompt: a question goes through the chat template when there is one, anything else is used as it
@@ -57,13 +51,7 @@ public sealed class Generator
     }
 
     /// <summary>Tokenizes text as <see cref="TokenizePrompt"/> does, without a template.</summary>
-    public int[] TokenizeText(string text)
-    {
-        int[] tokens = _tokenizer.Encode(text, addSpecial: false, parseSpecial: true);
-        int bos = _tokenizer.BosId;
-        bool needBos = bos >= 0 && (tokens.Length == 0 || tokens[0] != bos) && (_tokenizer.AddBos || tokens.Length == 0);
-        return needBos ? [bos, .. tokens] : tokens;
-    }
+    public int[] TokenizeText(string text) => _prompts.TokenizeText(text);
 
     /// <summary>Classifies, tokenizes and generates.</summary>
     public GenerationResult Generate(string prompt, PromptKind kind, GenerationOptions options, Action<string>? onText = null) =>
@@ -95,10 +83,8 @@ public sealed class Generator
         double prefillMs = clock.Elapsed.TotalMilliseconds;
         clock.Restart();
 
-        var decoder = new Utf8StreamDecoder();
-        var stops = new StopStringFilter(options.StopStrings);
+        var stream = new GenerationStream(_tokenizer, sampler, options.MaxNewTokens, options.StopStrings);
         var output = new StringBuilder();
-        var generated = new List<int>(Math.Min(options.MaxNewTokens, 4096));
         void Emit(string text)
         {
             if (text.Length == 0) return;
@@ -107,28 +93,21 @@ public sealed class Generator
         }
 
         var next = new int[1];
-        FinishReason reason = FinishReason.Length;
-        while (generated.Count < options.MaxNewTokens)
+        while (!stream.IsFinished)
         {
-            int token = sampler.Sample(logits);
-            sampler.Accept(token);
-            if (_tokenizer.IsEndOfGeneration(token)) { reason = FinishReason.EndOfGeneration; break; }
-            generated.Add(token);
-            Emit(stops.Push(decoder.Push(_tokenizer.TokenBytes(token))));
-            if (stops.Stopped) { reason = FinishReason.Stop; break; }
-            if (generated.Count == options.MaxNewTokens || _evaluator.Position >= contextSize) break;
-            next[0] = token;
+            Emit(stream.Next(logits));
+            if (stream.IsFinished) break;
+            if (_evaluator.Position >= contextSize)
+            {
+                Emit(stream.End(FinishReason.Length));
+                break;
+            }
+            next[0] = stream.LastToken;
             logits = EvaluateTracked(next);
-        }
-        if (!stops.Stopped)
-        {
-            Emit(stops.Push(decoder.Flush()));
-            Emit(stops.Flush());
-            if (stops.Stopped) reason = FinishReason.Stop;
         }
         double decodeMs = clock.Elapsed.TotalMilliseconds;
 
-        return new GenerationResult(prompt, output.ToString(), promptTokens.Length, generated, reason, prefillMs, decodeMs)
+        return new GenerationResult(prompt, output.ToString(), promptTokens.Length, stream.Tokens, stream.FinishReason!.Value, prefillMs, decodeMs)
         {
             PrefillTokens = toEvaluate.Length,
         };
