@@ -107,7 +107,8 @@ internal static class BenchCommand
 
         foreach (int n in s.Sequences)
         {
-            using var batch = new BatchedInference(model, n, contextSize);
+            // Each sequence only ever holds the decoded tokens, so its cache needs no room for the prompts.
+            using var batch = new BatchedInference(model, n, s.GenTokens + 1);
             long allocated = 0;
             var runner = new BatchedDecode(batch, tokens, config.VocabSize);
             runner.Run(Math.Min(4, s.GenTokens));
@@ -125,7 +126,8 @@ internal static class BenchCommand
         output.WriteLine();
         output.WriteLine($"resident memory: {FormatBytes(ProcessMemory.ResidentBytes())} now, {FormatBytes(ProcessMemory.PeakResidentBytes())} peak " +
                          $"({FormatBytes(rssBefore)} before loading; model file {FormatBytes(model.File.FileSize)}; " +
-                         $"F32 KV cache {FormatBytes(KvCacheBytes(config, contextSize))} per sequence)");
+                         $"F32 KV cache {FormatBytes(KvCacheBytes(config, contextSize))} for the single sequence, " +
+                         $"{FormatBytes(KvCacheBytes(config, s.GenTokens + 1))} per batched sequence)");
         output.WriteLine($"load average after: {CpuInfo.LoadAverage()}");
     }
 
