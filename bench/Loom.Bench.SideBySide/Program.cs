@@ -216,6 +216,7 @@ internal sealed class Report : IDisposable
         Line($"cpu: {cpu}, {Environment.ProcessorCount} logical cores; started {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         Line($"Loom kernels: {(Avx512F.IsSupported && Avx512BW.IsSupported ? "AVX-512" : Avx2.IsSupported && Fma.IsSupported ? "AVX2" : "portable")} " +
              $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}); llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
+        Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
         Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens; batches of {string.Join("/", o.Sequences)} sequences × {o.BatchSteps} steps");
         Line("");
         Line("| shape | type | threads | test | Loom tok/s median (min–max) | llama.cpp tok/s median (min–max) | FA | Loom ÷ llama.cpp median (min–max) | load avg (start → end) |");
@@ -227,6 +228,13 @@ internal sealed class Report : IDisposable
         var ratios = loom.Zip(llama, (a, b) => a / b).ToArray();
         Line($"| {shape} | {type} | {threads} | {test} | {Stat(loom, "F1")} | {Stat(llama, "F1")} | {(flash ? "on" : "off")} | {Stat(ratios, "F2")} | {load} |");
     }
+
+    /// <summary>Which build of a native library the process mapped (LLamaSharp picks a CPU variant at run time).</summary>
+    private static string LoadedLibrary(string fileName) =>
+        File.Exists("/proc/self/maps")
+            ? File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries).LastOrDefault() ?? "")
+                .FirstOrDefault(path => path.EndsWith("/" + fileName, StringComparison.Ordinal)) ?? "not mapped"
+            : "unknown";
 
     private static string Stat(double[] values, string format)
     {
