@@ -34,13 +34,13 @@ internal static class BenchCommand
         {
             var settings = new BenchSettings(
                 LoomCli.RequireModelFile(r.GetValue(model)),
-                ParseCounts(r.GetValue(promptTokens)!, "--prompt-tokens", allowEmpty: true),
+                ParseCounts(r.GetValue(promptTokens)!, "--prompt-tokens"),
                 RequirePositive(r.GetValue(genTokens), "--gen-tokens"),
-                ParseCounts(r.GetValue(sequences)!, "--sequences", allowEmpty: true),
+                ParseCounts(r.GetValue(sequences)!, "--sequences"),
                 RequirePositive(r.GetValue(repetitions), "--repetitions"));
             EngineSettings.SetKernelThreads(r.GetValue(threads));
             LoomThreadPool.SetSharedThreadCount(EngineSettings.KernelThreads);
-            Run(settings, EngineSettings.KernelThreads, console.Out, console.Error);
+            Run(settings, EngineSettings.KernelThreads, console.Out);
             return 0;
         }));
         return command;
@@ -48,7 +48,7 @@ internal static class BenchCommand
 
     internal sealed record BenchSettings(string ModelPath, int[] PromptTokens, int GenTokens, int[] Sequences, int Repetitions);
 
-    internal static void Run(BenchSettings s, int threads, TextWriter output, TextWriter progress)
+    internal static void Run(BenchSettings s, int threads, TextWriter output)
     {
         var inv = CultureInfo.InvariantCulture;
         long rssBefore = ProcessMemory.ResidentBytes();
@@ -89,7 +89,6 @@ internal static class BenchCommand
                     return p / Stopwatch.GetElapsedTime(start).TotalSeconds;
                 });
                 Row(output, $"prefill {p}", rates, "");
-                progress.Flush();
             }
 
             long allocated = 0;
@@ -226,10 +225,10 @@ internal static class BenchCommand
                $"AvxVnni {AvxVnni.IsSupported}, Vector512 accelerated {Vector512.IsHardwareAccelerated}, Vector256 accelerated {Vector256.IsHardwareAccelerated})";
     }
 
-    private static int[] ParseCounts(string text, string option, bool allowEmpty)
+    /// <summary>A comma-separated list of counts; an empty list skips those tests.</summary>
+    private static int[] ParseCounts(string text, string option)
     {
         var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (parts.Length == 0 && !allowEmpty) throw new CliException($"{option} needs at least one number");
         var counts = new int[parts.Length];
         for (int i = 0; i < parts.Length; i++)
             if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out counts[i]) || counts[i] < 1 || counts[i] > 1 << 20)
