@@ -57,7 +57,8 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
 {
     int sessionContext = Math.Max(o.PromptTokens.DefaultIfEmpty(0).Max(), o.GenTokens) + 8;
     int batchContext = o.BatchSteps + 8;
-    var tokens = PseudoRandomTokens(Math.Max(sessionContext, shape.Vocab > 4096 ? 4096 : shape.Vocab), shape.Vocab);
+    // Enough ids for the longest prompt; batched steps index into them cyclically.
+    var tokens = PseudoRandomTokens(sessionContext, shape.Vocab);
     using var loom = new LoomEngine(path, sessionContext, batchContext);
     using var llama = new LlamaCppEngine(path, sessionContext, batchContext);
 
