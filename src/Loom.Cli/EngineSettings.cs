@@ -1,3 +1,5 @@
+using Loom.Core.Threading;
+
 namespace Loom.Cli;
 
 /// <summary>Engine-wide settings chosen on the command line; every command applies them through here.</summary>
@@ -10,5 +12,6 @@ public static class EngineSettings
     {
         if (threads is { } n && (n < 1 || n > 4096)) throw new CliException($"--threads must be between 1 and 4096 (got {n})");
         KernelThreads = threads ?? Environment.ProcessorCount;
+        if (LoomThreadPool.Shared.ThreadCount != KernelThreads) LoomThreadPool.SetSharedThreadCount(KernelThreads);
     }
 }

@@ -4,7 +4,7 @@ using Loom.Models.Gguf;
 
 namespace Loom.Cli;
 
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize, bench.</summary>
+/// <summary>The `loom` command line: generate, chat, inspect, tokenize, train, bench.</summary>
 public static class LoomCli
 {
     public static int Run(string[] args, CliConsole console)
@@ -15,6 +15,7 @@ public static class LoomCli
             ChatCommand.Create(console),
             InspectCommand.Create(console),
             TokenizeCommand.Create(console),
+            TrainCommand.Create(console),
             BenchCommand.Create(console),
         };
         var parsed = root.Parse(args);

@@ -1,102 +1,150 @@
+using Loom.Core.Threading;
 using System.Numerics.Tensors;
 using Loom.Core.Kernels;
 using Loom.Models.Architectures;
 
 namespace Loom.Inference;
 
+/// <summary>Which logits a segment of a forward step wants from the output head.</summary>
+internal enum LogitRows : byte
+{
+    None,
+    Last,
+    All,
+}
+
 /// <summary>
-/// The decoder forward pass shared by every architecture: computes a batch of consecutive tokens through all layers,
-/// appending their keys/values to the cache. Every buffer is allocated up front for <see cref="MaxBatch"/> tokens.
+/// One sequence's share of a forward step: the cache it attends to and extends, the position its new tokens start
+/// at, which of the step's tokens are its (Offset, Count), and which of its positions need logits.
 /// </summary>
-internal sealed unsafe class ForwardPass : IDisposable
+internal struct ForwardSegment(KvCache cache, int start, int offset, int count, LogitRows logits)
+{
+    public KvCache Cache = cache;
+    public int Start = start;
+    public int Offset = offset;
+    public int Count = count;
+    public LogitRows Logits = logits;
+}
+
+/// <summary>
+/// The decoder forward pass shared by every architecture. One step computes up to <see cref="MaxTokens"/> tokens
+/// belonging to any number of sequences (each with its own KV cache): every weight matrix multiplies all of the
+/// step's tokens at once, so the weights are read once per step, while positions, RoPE and attention follow each
+/// token's own sequence. Every buffer is allocated up front.
+/// </summary>
+internal sealed unsafe class ForwardPass : IParallelWork
 {
     // Below this many multiply-adds per layer, attention is cheaper on one thread than handing it out.
     private const long ParallelAttentionWork = 1 << 16;
 
     private readonly ModelConfig _config;
     private readonly ModelWeights _weights;
-    private readonly KvCache _cache;
     private readonly int _headsPerKvHead;
     private readonly float _attentionScale;
     private readonly int _ropePairs;
     private readonly RopeAngles _rope;
 
     private readonly PinnedBuffer _residual, _normed, _query, _key, _value, _fused, _attention, _projection, _gate, _up;
-    private readonly PinnedBuffer _cos, _sin, _scores;
-    private readonly Action<int> _attendHead;
-    private readonly ParallelRange _parallel;
+    private readonly PinnedBuffer _cos, _sin;
+    // Softmax scratch, one row of MaxContext floats per thread that can attend at once; a work item claims a free row.
+    private readonly PinnedBuffer _scores;
+    private readonly int[] _scoreRowBusy;
 
-    // The batch being computed (read by the attention workers).
-    private int _layer, _start, _count;
+    // The step being computed (read by the attention workers).
+    private ForwardSegment[] _segments = [];
+    private int _segmentCount, _layer;
 
-    public ForwardPass(ModelConfig config, ModelWeights weights, int capacity)
+    /// <param name="maxTokens">Tokens one step can hold (all sequences together).</param>
+    /// <param name="maxContext">Largest cache capacity a segment's cache may have.</param>
+    public ForwardPass(ModelConfig config, ModelWeights weights, int maxTokens, int maxContext)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxContext, 1);
         _config = config;
         _weights = weights;
-        _cache = new KvCache(config, capacity);
         _headsPerKvHead = config.HeadCount / config.HeadCountKv;
         _attentionScale = 1f / MathF.Sqrt(config.KeyLength);
         _ropePairs = config.RopeDimensionCount / 2;
         _rope = new RopeAngles(config, weights.RopeFrequencyFactors);
 
-        MaxBatch = Math.Min(InferenceSession.MaxBatchSize, capacity);
-        int b = MaxBatch;
+        MaxTokens = maxTokens;
+        MaxContext = maxContext;
+        long b = maxTokens;
         bool fused = weights.Layers.Any(l => l.QueryKeyValue is not null);
-        _residual = new PinnedBuffer((long)b * config.EmbeddingLength);
-        _normed = new PinnedBuffer((long)b * config.EmbeddingLength);
-        _query = new PinnedBuffer((long)b * config.QueryDim);
-        _key = new PinnedBuffer((long)b * config.KeyValueDim);
-        _value = new PinnedBuffer((long)b * config.ValueDim);
-        _fused = new PinnedBuffer(fused ? (long)b * (config.QueryDim + config.KeyValueDim + config.ValueDim) : 0);
-        _attention = new PinnedBuffer((long)b * config.HeadCount * config.ValueLength);
-        _projection = new PinnedBuffer((long)b * config.EmbeddingLength);
-        _gate = new PinnedBuffer(weights.Layers.Any(l => l.Gate is not null) ? (long)b * config.FeedForwardLength : 0);
-        _up = new PinnedBuffer((long)b * config.FeedForwardLength);
-        _cos = new PinnedBuffer((long)b * _ropePairs);
-        _sin = new PinnedBuffer((long)b * _ropePairs);
-        _scores = new PinnedBuffer((long)config.HeadCount * capacity);
-        _attendHead = AttendHead;
-        _parallel = new ParallelRange(Math.Min(Environment.ProcessorCount, config.HeadCount) - 1);
+        _residual = new PinnedBuffer(b * config.EmbeddingLength);
+        _normed = new PinnedBuffer(b * config.EmbeddingLength);
+        _query = new PinnedBuffer(b * config.QueryDim);
+        _key = new PinnedBuffer(b * config.KeyValueDim);
+        _value = new PinnedBuffer(b * config.ValueDim);
+        _fused = new PinnedBuffer(fused ? b * (config.QueryDim + config.KeyValueDim + config.ValueDim) : 0);
+        _attention = new PinnedBuffer(b * config.HeadCount * config.ValueLength);
+        _projection = new PinnedBuffer(b * config.EmbeddingLength);
+        _gate = new PinnedBuffer(weights.Layers.Any(l => l.Gate is not null) ? b * config.FeedForwardLength : 0);
+        _up = new PinnedBuffer(b * config.FeedForwardLength);
+        _cos = new PinnedBuffer(b * _ropePairs);
+        _sin = new PinnedBuffer(b * _ropePairs);
+
+        // One score row per thread that may attend at once; a thread finding every row taken waits for one.
+        _scoreRowBusy = new int[Math.Max(Environment.ProcessorCount, LoomThreadPool.Shared.ThreadCount)];
+        _scores = new PinnedBuffer((long)_scoreRowBusy.Length * maxContext);
     }
 
-    public int MaxBatch { get; }
-    public int Capacity => _cache.Capacity;
+    public int MaxTokens { get; }
+    public int MaxContext { get; }
 
     /// <summary>
-    /// Computes tokens at positions start.. (at most <see cref="MaxBatch"/>, already validated), storing their keys
-    /// and values. Writes logits to <paramref name="logits"/> unless it is null: every position's when
-    /// <paramref name="allPositions"/>, else only the last one's.
+    /// Computes one step: tokens[s.Offset .. s.Offset + s.Count) at positions s.Start.. of each segment's cache
+    /// (already validated: at most <see cref="MaxTokens"/> tokens, room in every cache, one segment per cache),
+    /// storing their keys and values. The logits rows the segments ask for are written consecutively, in segment
+    /// order, to <paramref name="logits"/> (which may be null when none are asked for).
     /// </summary>
-    public void Run(ReadOnlySpan<int> tokens, int start, float* logits, bool allPositions)
+    public void Run(ReadOnlySpan<int> tokens, ForwardSegment[] segments, int segmentCount, float* logits)
     {
         int n = tokens.Length;
         int embedding = _config.EmbeddingLength;
         float* x = _residual.Pointer;
 
         for (int t = 0; t < n; t++)
+            _weights.TokenEmbedding.DequantizeRow(tokens[t], new Span<float>(x + (long)t * embedding, embedding));
+        for (int s = 0; s < segmentCount; s++)
         {
-            var row = new Span<float>(x + (long)t * embedding, embedding);
-            _weights.TokenEmbedding.DequantizeRow(tokens[t], row);
+            var segment = segments[s];
             if (_weights.PositionEmbedding is { } positions)
+                for (int t = 0; t < segment.Count; t++)
+                {
+                    var row = new Span<float>(x + (long)(segment.Offset + t) * embedding, embedding);
+                    var position = new Span<float>(_projection.Pointer, embedding);
+                    positions.DequantizeRow(segment.Start + t, position);
+                    TensorPrimitives.Add(row, position, row);
+                }
+            if (_ropePairs > 0)
             {
-                var position = new Span<float>(_projection.Pointer, embedding);
-                positions.DequantizeRow(start + t, position);
-                TensorPrimitives.Add(row, position, row);
+                long at = (long)segment.Offset * _ropePairs;
+                _rope.Compute(segment.Start, segment.Count, _cos.Pointer + at, _sin.Pointer + at);
             }
         }
-        if (_ropePairs > 0) _rope.Compute(start, n, _cos.Pointer, _sin.Pointer);
 
+        _segments = segments;
+        _segmentCount = segmentCount;
         for (int layer = 0; layer < _weights.Layers.Length; layer++)
-            RunLayer(layer, _weights.Layers[layer], start, n);
+            RunLayer(layer, _weights.Layers[layer], n);
+        _segments = [];
 
-        if (logits == null) return;
         // Only the rows whose logits are wanted go through the (vocabulary-sized) output projection.
-        int rows = allPositions ? n : 1;
-        Normalize(x + (long)(n - rows) * embedding, _normed.Pointer, rows, _weights.OutputNorm);
-        Apply(_weights.Output, _normed.Pointer, logits, rows);
+        int rows = 0;
+        for (int s = 0; s < segmentCount; s++)
+        {
+            var segment = segments[s];
+            if (segment.Logits == LogitRows.None) continue;
+            int count = segment.Logits == LogitRows.All ? segment.Count : 1;
+            int first = segment.Offset + segment.Count - count;
+            Normalize(x + (long)first * embedding, _normed.Pointer + (long)rows * embedding, count, _weights.OutputNorm);
+            rows += count;
+        }
+        if (rows > 0) Apply(_weights.Output, _normed.Pointer, logits, rows);
     }
 
-    private void RunLayer(int layer, LayerWeights w, int start, int n)
+    private void RunLayer(int layer, LayerWeights w, int n)
     {
         var c = _config;
         float* x = _residual.Pointer, normed = _normed.Pointer;
@@ -130,22 +178,31 @@ internal sealed unsafe class ForwardPass : IDisposable
             Rotate(k, n, c.HeadCountKv);
         }
 
-        for (int t = 0; t < n; t++)
-        for (int h = 0; h < c.HeadCountKv; h++)
+        // Each sequence's new keys and values go to its own cache; work per layer ~ tokens × attended positions × head dims.
+        long work = 0;
+        for (int s = 0; s < _segmentCount; s++)
         {
-            Copy(k + (long)t * c.KeyValueDim + h * c.KeyLength, _cache.Keys(layer, h) + (long)(start + t) * c.KeyLength, c.KeyLength);
-            Copy(v + (long)t * c.ValueDim + h * c.ValueLength, _cache.Values(layer, h) + (long)(start + t) * c.ValueLength, c.ValueLength);
+            var segment = _segments[s];
+            var cache = segment.Cache;
+            for (int t = 0; t < segment.Count; t++)
+            {
+                long token = segment.Offset + t, position = segment.Start + t;
+                for (int h = 0; h < c.HeadCountKv; h++)
+                {
+                    Copy(k + token * c.KeyValueDim + h * c.KeyLength, cache.Keys(layer, h) + position * c.KeyLength, c.KeyLength);
+                    Copy(v + token * c.ValueDim + h * c.ValueLength, cache.Values(layer, h) + position * c.ValueLength, c.ValueLength);
+                }
+            }
+            work += (long)segment.Count * (segment.Start + segment.Count);
         }
+        work *= (long)c.HeadCount * (c.KeyLength + c.ValueLength);
 
         _layer = layer;
-        _start = start;
-        _count = n;
-        // Work per layer ~ tokens × attended positions × head dims.
-        long work = (long)n * (start + n) * c.HeadCount * (c.KeyLength + c.ValueLength);
+        int items = _segmentCount * c.HeadCount;
         if (work >= ParallelAttentionWork)
-            _parallel.For(c.HeadCount, _attendHead);
+            LoomThreadPool.Shared.Run(this, items);
         else
-            for (int h = 0; h < c.HeadCount; h++) AttendHead(h);
+            for (int i = 0; i < items; i++) AttendItem(i);
 
         Apply(w.AttentionOutput, _attention.Pointer, _projection.Pointer, n);
         AddInPlace(x, _projection.Pointer, (long)n * c.EmbeddingLength);
@@ -171,20 +228,39 @@ internal sealed unsafe class ForwardPass : IDisposable
         AddInPlace(x, _projection.Pointer, (long)n * c.EmbeddingLength);
     }
 
-    /// <summary>Causal attention of every batch token for one query head (heads run in parallel).</summary>
-    private void AttendHead(int head)
+    /// <summary>Attention work item <paramref name="item"/> = (segment, query head): claims a scratch row and attends.</summary>
+    void IParallelWork.Execute(int item) => AttendItem(item);
+
+    private void AttendItem(int item)
+    {
+        int heads = _config.HeadCount;
+        int row = 0;
+        while (Interlocked.CompareExchange(ref _scoreRowBusy[row], 1, 0) != 0)
+            row = (row + 1) % _scoreRowBusy.Length;
+        try
+        {
+            Attend(_segments[item / heads], item % heads, _scores.Pointer + (long)row * MaxContext);
+        }
+        finally
+        {
+            Volatile.Write(ref _scoreRowBusy[row], 0);
+        }
+    }
+
+    /// <summary>Causal attention of one sequence's new tokens for one query head, against that sequence's cache.</summary>
+    private void Attend(in ForwardSegment segment, int head, float* scores)
     {
         var c = _config;
         int kvHead = head / _headsPerKvHead;
-        float* keys = _cache.Keys(_layer, kvHead);
-        float* values = _cache.Values(_layer, kvHead);
-        float* scores = _scores.Pointer + (long)head * _cache.Capacity;
+        float* keys = segment.Cache.Keys(_layer, kvHead);
+        float* values = segment.Cache.Values(_layer, kvHead);
         int keyLength = c.KeyLength, valueLength = c.ValueLength;
 
-        for (int t = 0; t < _count; t++)
+        for (int t = 0; t < segment.Count; t++)
         {
-            int visible = _start + t + 1;
-            var query = new ReadOnlySpan<float>(_query.Pointer + (long)t * c.QueryDim + head * keyLength, keyLength);
+            long token = segment.Offset + t;
+            int visible = segment.Start + t + 1;
+            var query = new ReadOnlySpan<float>(_query.Pointer + token * c.QueryDim + head * keyLength, keyLength);
             for (int j = 0; j < visible; j++)
                 scores[j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
 
@@ -194,7 +270,7 @@ internal sealed unsafe class ForwardPass : IDisposable
             TensorPrimitives.Exp(weights, weights);
             TensorPrimitives.Multiply(weights, 1f / TensorPrimitives.Sum(weights), weights);
 
-            var output = new Span<float>(_attention.Pointer + (long)t * c.HeadCount * valueLength + head * valueLength, valueLength);
+            var output = new Span<float>(_attention.Pointer + token * c.HeadCount * valueLength + head * valueLength, valueLength);
             output.Clear();
             for (int j = 0; j < visible; j++)
                 TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * valueLength, valueLength), weights[j], output, output);
@@ -319,7 +395,6 @@ internal sealed unsafe class ForwardPass : IDisposable
         TensorPrimitives.Add(target, new ReadOnlySpan<float>(y, target.Length), target);
     }
 
-    public void Dispose() => _parallel.Dispose();
 
     private static void Copy(float* source, float* destination, int count) =>
         new ReadOnlySpan<float>(source, count).CopyTo(new Span<float>(destination, count));

@@ -10,30 +10,26 @@ public sealed unsafe class InferenceSession : IDisposable
     /// <summary>Tokens computed together in one pass; longer inputs are split into batches of this size.</summary>
     public const int MaxBatchSize = 128;
 
+    private readonly KvCache _cache;
     private readonly ForwardPass _forward;
+    private readonly ForwardSegment[] _segment = new ForwardSegment[1];
     private readonly PinnedBuffer _logits;
     private int _position;
     private bool _disposed;
 
     public InferenceSession(TransformerModel model, int contextSize = 0)
     {
-        ArgumentNullException.ThrowIfNull(model);
-        ObjectDisposedException.ThrowIf(model.IsDisposed, model);
-        int limit = model.Config.ContextLength;
-        if (model.Weights.PositionEmbedding is { } positions) limit = Math.Min(limit, positions.Rows);
-        if (contextSize == 0) contextSize = Math.Min(limit, DefaultContextSize);
-        if (contextSize < 1 || contextSize > limit)
-            throw new ArgumentOutOfRangeException(nameof(contextSize), contextSize,
-                $"context size must be between 1 and the model's context length {limit}");
+        contextSize = ResolveContextSize(model, contextSize);
         Model = model;
-        _forward = new ForwardPass(model.Config, model.Weights, contextSize);
+        _cache = new KvCache(model.Config, contextSize);
+        _forward = new ForwardPass(model.Config, model.Weights, Math.Min(MaxBatchSize, contextSize), contextSize);
         _logits = new PinnedBuffer(model.Config.VocabSize);
     }
 
     public TransformerModel Model { get; }
     /// <summary>Number of tokens currently in the KV cache.</summary>
     public int Position => _position;
-    public int ContextSize => _forward.Capacity;
+    public int ContextSize => _cache.Capacity;
 
     /// <summary>Appends tokens (one batched prefill) and returns the logits after the last one (valid until the next call).</summary>
     public ReadOnlySpan<float> Evaluate(ReadOnlySpan<int> tokens)
@@ -62,11 +58,20 @@ public sealed unsafe class InferenceSession : IDisposable
         _position = position;
     }
 
-    public void Dispose()
+    public void Dispose() => _disposed = true;
+
+    /// <summary>The context a model allows: <paramref name="contextSize"/> checked against it, or the default for 0.</summary>
+    internal static int ResolveContextSize(TransformerModel model, int contextSize)
     {
-        if (_disposed) return;
-        _disposed = true;
-        _forward.Dispose();
+        ArgumentNullException.ThrowIfNull(model);
+        ObjectDisposedException.ThrowIf(model.IsDisposed, model);
+        int limit = model.Config.ContextLength;
+        if (model.Weights.PositionEmbedding is { } positions) limit = Math.Min(limit, positions.Rows);
+        if (contextSize == 0) contextSize = Math.Min(limit, DefaultContextSize);
+        if (contextSize < 1 || contextSize > limit)
+            throw new ArgumentOutOfRangeException(nameof(contextSize), contextSize,
+                $"context size must be between 1 and the model's context length {limit}");
+        return contextSize;
     }
 
     private void Append(ReadOnlySpan<int> tokens, float* logits, bool allPositions)
@@ -74,10 +79,11 @@ public sealed unsafe class InferenceSession : IDisposable
         int vocab = Model.Config.VocabSize;
         for (int done = 0; done < tokens.Length;)
         {
-            int count = Math.Min(_forward.MaxBatch, tokens.Length - done);
+            int count = Math.Min(_forward.MaxTokens, tokens.Length - done);
             // Evaluate wants logits from the final batch only; EvaluateAll from every batch, at its offset.
-            float* destination = allPositions ? logits + (long)done * vocab : done + count == tokens.Length ? logits : null;
-            _forward.Run(tokens.Slice(done, count), _position, destination, allPositions);
+            var rows = allPositions ? LogitRows.All : done + count == tokens.Length ? LogitRows.Last : LogitRows.None;
+            _segment[0] = new ForwardSegment(_cache, _position, 0, count, rows);
+            _forward.Run(tokens.Slice(done, count), _segment, 1, allPositions ? logits + (long)done * vocab : logits);
             _position += count;
             done += count;
         }

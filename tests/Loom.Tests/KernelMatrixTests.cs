@@ -212,6 +212,13 @@ public unsafe class KernelMatrixTests
     }
 
     [Fact]
+    public void TheDefaultPathRunsOnThisCpu()
+    {
+        Assert.True(KernelIsaSupport.IsSupported(KernelIsaSupport.Best));
+        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) Assert.NotEqual(KernelIsa.Portable, KernelIsaSupport.Best);
+    }
+
+    [Fact]
     public void DequantizeRowMatchesDequantizerForEveryType()
     {
         foreach (var type in AllTypes)

@@ -28,7 +28,8 @@ public class ModelArchitectureTests(ITestOutputHelper output)
         try
         {
             int[] tokens = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419];
-            var expected = ModelLlamaCppReference.Logits(path, tokens);
+            float[] expected;
+            using (var reference = new LlamaCppReference(path, contextSize: Math.Max(tokens.Length, 32))) expected = reference.EvaluateAll(tokens);
             using var model = TransformerModel.Load(path);
             using var session = new InferenceSession(model);
             var actual = new float[expected.Length];

@@ -138,13 +138,7 @@ public class ModelForwardTests(ITestOutputHelper output)
         Assert.Throws<ObjectDisposedException>(() => new InferenceSession(model));
     }
 
-    private static string EditedStories(Action<ModelGgufWriter> edit)
-    {
-        using var file = GgufFile.Open(StoriesPath);
-        var writer = ModelGgufWriter.CopyOf(file);
-        edit(writer);
-        return writer.WriteTemp();
-    }
+    private static string EditedStories(Action<ModelGgufWriter> edit) => ModelGgufWriter.EditedCopy(StoriesPath, edit);
 
     private static TException LoadFails<TException>(Action<ModelGgufWriter> edit) where TException : Exception
     {

@@ -31,73 +31,34 @@ internal sealed record SyntheticModel
     {
         using var stories = GgufFile.Open(SharedData.PathTo("models/stories260K/stories260K.gguf"));
         const int vocab = 512;
-        var random = new Random(Seed);
-        int e = Embedding, headDim = KeyLength ?? e / Heads, qDim = Heads * headDim, kvDim = KvHeads * headDim, f = FeedForward;
+        var layout = new SyntheticLayout(Architecture, Embedding, Heads, KvHeads, KeyLength ?? Embedding / Heads, FeedForward, Layers,
+            vocab, Context, TiedOutput, NormEpsilon: 1e-5f, RopeBase: FreqBase, RopeFrequencyFactors);
         string a = Architecture;
-        bool gpt2 = a == "gpt2";
-
-        float[] Values(int count, float scale, float offset = 0) =>
-            Enumerable.Range(0, count).Select(_ => offset + scale * (2 * random.NextSingle() - 1)).ToArray();
         var w = new ModelGgufWriter().Set("general.architecture", a).Set("general.name", "synthetic " + a).TokenizerFrom(stories);
-        void Matrix(string name, int cols, int rows) => w.Tensor(name, [cols, rows], Values(cols * rows, 1.5f / MathF.Sqrt(cols)));
-        void Vector(string name, int n, float scale, float offset = 0) => w.Tensor(name, [n], Values(n, scale, offset));
-        void Norm(string name)
-        {
-            Vector(name + ".weight", e, 0.2f, 1f);
-            if (gpt2) Vector(name + ".bias", e, 0.1f);
-        }
-        void Linear(string name, int cols, int rows, bool bias)
-        {
-            Matrix(name + ".weight", cols, rows);
-            if (bias) Vector(name + ".bias", rows, 0.1f);
-        }
-
-        w.Set($"{a}.context_length", (uint)Context)
-            .Set($"{a}.embedding_length", (uint)e)
-            .Set($"{a}.feed_forward_length", (uint)f)
-            .Set($"{a}.block_count", (uint)Layers)
-            .Set($"{a}.attention.head_count", (uint)Heads)
-            .Set($"{a}.attention.head_count_kv", (uint)KvHeads)
-            .Set(gpt2 ? $"{a}.attention.layer_norm_epsilon" : $"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
-        if (KeyLength is int key) w.Set($"{a}.attention.key_length", (uint)key).Set($"{a}.attention.value_length", (uint)key);
-        if (!gpt2)
-        {
-            w.Set($"{a}.rope.freq_base", FreqBase);
-            w.Set($"{a}.rope.dimension_count", (uint)headDim);
-        }
+        layout.WriteHyperParameters((key, value) => w.Set(key, value));
         if (RopeScaling is string scaling)
         {
             w.Set($"{a}.rope.scaling.type", scaling).Set($"{a}.rope.scaling.factor", RopeFactor);
             if (RopeOriginalContext is int original) w.Set($"{a}.rope.scaling.original_context_length", (uint)original);
         }
 
-        w.Tensor("token_embd.weight", [e, vocab], Values(e * vocab, 1f));
-        if (gpt2) w.Tensor("position_embd.weight", [e, Context], Values(e * Context, 0.5f));
-        if (RopeFrequencyFactors) Vector("rope_freqs.weight", headDim / 2, 3.5f, 4.5f);
-        for (int i = 0; i < Layers; i++)
+        // Uniform values drawn in file order from one generator, so a seed fixes the whole model.
+        var random = new Random(Seed);
+        float[] Values(int count, float scale, float offset = 0) =>
+            Enumerable.Range(0, count).Select(_ => offset + scale * (2 * random.NextSingle() - 1)).ToArray();
+        foreach (var (name, role, dims) in layout.Tensors())
         {
-            string p = $"blk.{i}.";
-            Norm(p + "attn_norm");
-            if (gpt2) Linear(p + "attn_qkv", e, qDim + 2 * kvDim, bias: true);
-            else
+            int count = (int)dims.Aggregate(1L, (x, y) => x * y);
+            w.Tensor(name, dims, role switch
             {
-                Linear(p + "attn_q", e, qDim, bias: a == "qwen2");
-                Linear(p + "attn_k", e, kvDim, bias: a == "qwen2");
-                Linear(p + "attn_v", e, kvDim, bias: a == "qwen2");
-            }
-            if (a == "qwen3")
-            {
-                Vector(p + "attn_q_norm.weight", headDim, 0.2f, 1f);
-                Vector(p + "attn_k_norm.weight", headDim, 0.2f, 1f);
-            }
-            Linear(p + "attn_output", qDim, e, bias: gpt2);
-            Norm(p + "ffn_norm");
-            if (!gpt2) Linear(p + "ffn_gate", e, f, bias: false);
-            Linear(p + "ffn_up", e, f, bias: gpt2);
-            Linear(p + "ffn_down", f, e, bias: gpt2);
+                SyntheticRole.TokenEmbedding => Values(count, 1f),
+                SyntheticRole.PositionEmbedding => Values(count, 0.5f),
+                SyntheticRole.RopeFrequencies => Values(count, 3.5f, 4.5f),
+                SyntheticRole.Norm => Values(count, 0.2f, 1f),
+                SyntheticRole.Bias => Values(count, 0.1f),
+                _ => Values(count, 1.5f / MathF.Sqrt(dims[0])),
+            });
         }
-        Norm("output_norm");
-        if (!TiedOutput) Linear("output", e, vocab, bias: false);
         return w;
     }
 }

@@ -9,16 +9,23 @@ namespace Loom.Tests;
 /// </summary>
 public class SamplerLlamaCppTests
 {
-    static SamplerLlamaCppTests() => NativeApi.llama_empty_call();
+    static SamplerLlamaCppTests() => LlamaCppReference.EnsureNativeLibrary();
 
-    private static Dictionary<int, float> LlamaCppCandidates(float[] logits, SamplerOptions o, int[] history)
+    /// <summary>llama.cpp's filters in Loom's order: penalties → top-k → top-p → min-p → temperature (no final draw).</summary>
+    private static SafeLLamaSamplerChainHandle LlamaCppFilterChain(SamplerOptions o)
     {
-        using var chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
+        var chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
         chain.AddPenalties(o.PenaltyLastN, o.RepeatPenalty, o.FrequencyPenalty, o.PresencePenalty);
         chain.AddTopK(o.TopK);
         chain.AddTopP(o.TopP, 1);
         chain.AddMinP(o.MinP, 1);
         chain.AddTemperature(o.Temperature);
+        return chain;
+    }
+
+    private static Dictionary<int, float> LlamaCppCandidates(float[] logits, SamplerOptions o, int[] history)
+    {
+        using var chain = LlamaCppFilterChain(o);
         foreach (int t in history) chain.Accept(t);
 
         var array = LLamaTokenDataArray.Create(logits);
@@ -83,12 +90,7 @@ public class SamplerLlamaCppTests
         foreach (uint seed in new uint[] { 0, 42, 3_000_000_007 })
         {
             var options = settings with { Seed = seed };
-            using var chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
-            chain.AddPenalties(options.PenaltyLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty);
-            chain.AddTopK(options.TopK);
-            chain.AddTopP(options.TopP, 1);
-            chain.AddMinP(options.MinP, 1);
-            chain.AddTemperature(options.Temperature);
+            using var chain = LlamaCppFilterChain(options);
             chain.AddDistributionSampler(seed);
             var sampler = new Sampler(options, 2000);
 

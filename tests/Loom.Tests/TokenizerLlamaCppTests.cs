@@ -1,6 +1,4 @@
 using System.Text;
-using LLama;
-using LLama.Common;
 using LLama.Native;
 using Loom.Models.Gguf;
 using Loom.Models.Tokenizers;
@@ -18,18 +16,6 @@ public class TokenizerLlamaCppTests
         "vocab/llama.cpp/ggml-vocab-gpt-2.gguf", "vocab/llama.cpp/ggml-vocab-gpt-neox.gguf", "vocab/llama.cpp/ggml-vocab-mpt.gguf",
         "vocab/llama.cpp/ggml-vocab-refact.gguf", "vocab/llama.cpp/ggml-vocab-deepseek-coder.gguf", "models/stories260K/stories260K.gguf");
 
-    private static readonly Lazy<bool> QuietNative = new(() =>
-    {
-        NativeLogConfig.llama_log_set((level, message) => { }); // keep llama.cpp's load log out of the test output
-        return true;
-    });
-
-    internal static LLamaWeights LoadNative(string path)
-    {
-        _ = QuietNative.Value;
-        return LLamaWeights.LoadFromFile(new ModelParams(path) { VocabOnly = true, GpuLayerCount = 0 });
-    }
-
     [Theory]
     [MemberData(nameof(Vocabularies))]
     public void SpecialTokensAndPiecesMatch(string relative)
@@ -37,7 +23,7 @@ public class TokenizerLlamaCppTests
         string path = SharedData.PathTo(relative);
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
-        using var native = LoadNative(path);
+        using var native = LlamaCppReference.LoadVocabulary(path);
         var vocab = native.NativeHandle.Vocab;
 
         Assert.Equal(vocab.Count, ours.VocabSize);
@@ -76,7 +62,7 @@ public class TokenizerLlamaCppTests
     [InlineData("bailingmoe")] [InlineData("seed-coder")] [InlineData("smollm")] [InlineData("megrez")] [InlineData("olmo")]
     public void EveryPreTokenizerMatches(string pre)
     {
-        string path = GgufRewriter.WithString(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), "tokenizer.ggml.pre", pre);
+        string path = ModelGgufWriter.EditedCopy(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), w => w.Set("tokenizer.ggml.pre", pre));
         try { CompareEncoding(path, randomStrings: 150); }
         finally { File.Delete(path); }
     }
@@ -84,12 +70,10 @@ public class TokenizerLlamaCppTests
     [Fact]
     public void SentencePieceWithoutSpacePrefixMatches()
     {
-        string path = GgufRewriter.WithValues(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-llama-spm.gguf"), new()
-        {
-            ["tokenizer.ggml.add_space_prefix"] = GgufValue.Of(false),
-            ["tokenizer.ggml.add_bos_token"] = GgufValue.Of(false),
-            ["tokenizer.ggml.add_eos_token"] = GgufValue.Of(true),
-        });
+        string path = ModelGgufWriter.EditedCopy(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-llama-spm.gguf"), w => w
+            .Set("tokenizer.ggml.add_space_prefix", GgufValue.Of(false))
+            .Set("tokenizer.ggml.add_bos_token", GgufValue.Of(false))
+            .Set("tokenizer.ggml.add_eos_token", GgufValue.Of(true)));
         try { CompareEncoding(path, randomStrings: 150); }
         finally { File.Delete(path); }
     }
@@ -98,7 +82,7 @@ public class TokenizerLlamaCppTests
     {
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
-        using var native = LoadNative(path);
+        using var native = LlamaCppReference.LoadVocabulary(path);
         Assert.Equal(native.NativeHandle.Vocab.ShouldAddBOS, ours.AddBos);
         Assert.Equal(native.NativeHandle.Vocab.ShouldAddEOS, ours.AddEos);
 
@@ -125,7 +109,7 @@ public class TokenizerLlamaCppTests
         string path = SharedData.PathTo(relative);
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
-        using var native = LoadNative(path);
+        using var native = LlamaCppReference.LoadVocabulary(path);
         // llama_detokenize and the vocabulary pointer are internal to LLamaSharp, so they are reached by reflection
         const System.Reflection.BindingFlags hidden = System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static;
         object vocab = typeof(SafeLlamaModelHandle.Vocabulary).GetProperty("VocabNative", hidden)!.GetValue(native.NativeHandle.Vocab)!;

@@ -177,7 +177,7 @@ public class TokenizerTests
     public void UnsupportedPreTokenizerIsRejectedClearly()
     {
         // a copy of gpt-2's metadata naming a pre-tokenizer Loom does not implement
-        string path = GgufRewriter.WithString(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), "tokenizer.ggml.pre", "tekken");
+        string path = ModelGgufWriter.EditedCopy(SharedData.PathTo("vocab/llama.cpp/ggml-vocab-gpt-2.gguf"), w => w.Set("tokenizer.ggml.pre", "tekken"));
         try
         {
             using var file = GgufFile.Open(path);

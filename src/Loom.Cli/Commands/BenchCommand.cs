@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using Loom.Core.Threading;
 using Loom.Inference;
 using Loom.Models.Architectures;
 
@@ -39,7 +38,6 @@ internal static class BenchCommand
                 ParseCounts(r.GetValue(sequences)!, "--sequences"),
                 RequirePositive(r.GetValue(repetitions), "--repetitions"));
             EngineSettings.SetKernelThreads(r.GetValue(threads));
-            LoomThreadPool.SetSharedThreadCount(EngineSettings.KernelThreads);
             Run(settings, EngineSettings.KernelThreads, console.Out);
             return 0;
         }));

@@ -19,12 +19,7 @@ internal static class ChatCommand
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
             string modelPath = LoomCli.RequireModelFile(r.GetValue(run.Model));
-            var options = new GenerationOptions
-            {
-                MaxNewTokens = run.MaxNewTokens(r),
-                Sampling = run.Sampling(r),
-                StopStrings = r.GetValue(run.Stop) ?? [],
-            };
+            var options = run.Generation(r);
             int contextSize = run.ContextSize(r);
             EngineSettings.SetKernelThreads(r.GetValue(run.Threads));
 

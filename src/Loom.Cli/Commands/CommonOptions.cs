@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Loom.Inference.Generation;
 using Loom.Inference.Sampling;
 
 namespace Loom.Cli.Commands;
@@ -61,6 +62,14 @@ internal sealed class ModelRunOptions
         }
         return options;
     }
+
+    /// <summary>The generation settings every run command takes: token budget, sampling and stop strings.</summary>
+    public GenerationOptions Generation(ParseResult r) => new()
+    {
+        MaxNewTokens = MaxNewTokens(r),
+        Sampling = Sampling(r),
+        StopStrings = r.GetValue(Stop) ?? [],
+    };
 
     public int ContextSize(ParseResult r)
     {

@@ -35,12 +35,7 @@ internal static class GenerateCommand
         {
             string modelPath = LoomCli.RequireModelFile(r.GetValue(run.Model));
             string[] prompts = ReadPrompts(r.GetValue(promptsFile), r.GetValue(prompt));
-            var options = new GenerationOptions
-            {
-                MaxNewTokens = run.MaxNewTokens(r),
-                Sampling = run.Sampling(r),
-                StopStrings = r.GetValue(run.Stop) ?? [],
-            };
+            var options = run.Generation(r);
             int contextSize = run.ContextSize(r);
             EngineSettings.SetKernelThreads(r.GetValue(run.Threads));
             string? outputPath = r.GetValue(output);

@@ -27,160 +27,216 @@ internal static unsafe class Block32Kernels
         return sum + minSum;
     }
 
+    // The SIMD paths take blocks in groups of eight. Q4_1/Q5_1's eight fp16 mins are gathered and converted at once (their
+    // min·s terms are a separate dot of two 8-vectors). Scales stay scalar in the one-token kernels: their conversion runs
+    // on the integer units while the vector units are the bottleneck (measured faster on Zen 4); the four-token kernels
+    // convert eight scales at once and broadcast each block's from that register. Leftover blocks take one-block steps.
+
+    /// <summary>The fp16 fields at <paramref name="offset"/> of eight consecutive blocks, as floats.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> BlockDot<T>(byte* block, sbyte* xq) where T : unmanaged, IBlock32Format
+    private static Vector256<float> EightHalves<T>(byte* row, int offset) where T : unmanaged, IBlock32Format
     {
-        var w = T.Unpack(block);
-        var xv = Vector256.Load(xq);
-        return T.HasMin ? DotUnsignedSigned(w.AsByte(), xv) : DotSigned(w, xv);
+        var byteOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * T.BlockBytes;
+        var raw = Avx2.GatherVector256((int*)(row + offset), byteOffsets, 1);
+        return HalfToSingle(raw.AsUInt32() & Vector256.Create(0xFFFFu));
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Lane(Vector256<float> v, int k) => Avx2.PermuteVar8x32(v, Vector256.Create(k));
+
+    /// <summary>Integer dot of one block with 32 activation levels: |w|·sign(x, w) for signed levels, w·x for unsigned ones.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> BlockProduct<T>(Vector256<byte> magnitudes, Vector256<sbyte> w, sbyte* xq) where T : unmanaged, IBlock32Format
+    {
+        var xv = Vector256.Load(xq);
+        return Avx.ConvertToVector256Single(DotUnsignedSigned(magnitudes, T.HasMin ? xv : Avx2.Sign(xv, w)));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Magnitudes<T>(Vector256<sbyte> w) where T : unmanaged, IBlock32Format =>
+        T.HasMin ? w.AsByte() : Avx2.Abs(w);
 
     public static float DotAvx2<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format
     {
-        var acc = Vector256<float>.Zero;
-        float minSum = 0;
-        sbyte* xq = x.Qs;
-        float* xd = x.D;
-        for (int b = 0; b < blocks; b++, row += T.BlockBytes, xq += 32)
-        {
-            var p = Avx.ConvertToVector256Single(BlockDot<T>(row, xq));
-            acc = Fma.MultiplyAdd(p, Vector256.Create(T.Scale(row) * xd[b]), acc);
-            if (T.HasMin) minSum += T.Min(row) * x.S[b];
-        }
-        return Sum(acc) + minSum;
-    }
-
-    /// <summary>Two blocks per 512-bit register; an odd last block goes through the AVX2 step.</summary>
-    public static float DotAvx512<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format
-    {
-        var acc = Vector512<float>.Zero;
-        float minSum = 0;
+        // two accumulators so consecutive blocks' FMAs do not wait on each other
+        Vector256<float> acc = default, acc1 = default, minAcc = default;
+        float tail = 0;
         sbyte* xq = x.Qs;
         float* xd = x.D;
         int b = 0;
-        for (; b + 1 < blocks; b += 2, row += 2 * T.BlockBytes, xq += 64)
+        for (; b + 8 <= blocks; b += 8)
         {
-            var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
-            var xv = Vector512.Load(xq);
-            Vector512<short> pairs;
-            if (T.HasMin)
+            if (T.HasMin) minAcc = Fma.MultiplyAdd(EightHalves<T>(row, 2), Vector256.Load(x.S + b), minAcc);
+            for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes, xq += 64)
             {
-                pairs = Avx512BW.MultiplyAddAdjacent(w.AsByte(), xv);
+                var w0 = T.Unpack(row);
+                var w1 = T.Unpack(row + T.BlockBytes);
+                acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w0), w0, xq), Vector256.Create(T.Scale(row) * xd[b + k]), acc);
+                acc1 = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w1), w1, xq + 32), Vector256.Create(T.Scale(row + T.BlockBytes) * xd[b + k + 1]), acc1);
             }
-            else
-            {
-                // AVX-512 has no vpsignb: move w's sign onto x with a select (x is never -128).
-                var signedX = Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), -xv, xv);
-                pairs = Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w), signedX);
-            }
-            var sums = Avx512BW.MultiplyAddAdjacent(pairs, Vector512.Create((short)1));
-            var scale = Vector512.Create(Vector256.Create(T.Scale(row) * xd[b]), Vector256.Create(T.Scale(row + T.BlockBytes) * xd[b + 1]));
-            acc = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sums), scale, acc);
-            if (T.HasMin) minSum += T.Min(row) * x.S[b] + T.Min(row + T.BlockBytes) * x.S[b + 1];
         }
-        var tail = Vector256<float>.Zero;
-        if (b < blocks)
+        acc += acc1;
+        for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
         {
-            var p = Avx.ConvertToVector256Single(BlockDot<T>(row, xq));
-            tail = Vector256.Create(T.Scale(row) * xd[b]) * p;
-            if (T.HasMin) minSum += T.Min(row) * x.S[b];
+            var w = T.Unpack(row);
+            acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w), w, xq), Vector256.Create(T.Scale(row) * xd[b]), acc);
+            if (T.HasMin) tail += T.Min(row) * x.S[b];
         }
-        return Vector512.Sum(acc) + Sum(tail) + minSum;
+        return Sum(acc) + Sum(minAcc) + tail;
+    }
+
+    /// <summary>Two blocks per 512-bit register (same grouping by eight; the leftovers take the AVX2 step).</summary>
+    public static float DotAvx512<T>(byte* row, int blocks, in ActivationRow x) where T : unmanaged, IBlock32Format
+    {
+        var acc = Vector512<float>.Zero;
+        Vector256<float> tailAcc = default, minAcc = default;
+        float tail = 0;
+        sbyte* xq = x.Qs;
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8)
+        {
+            if (T.HasMin) minAcc = Fma.MultiplyAdd(EightHalves<T>(row, 2), Vector256.Load(x.S + b), minAcc);
+            for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes, xq += 64)
+            {
+                var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
+                var pair = Vector512.Create(Vector256.Create(T.Scale(row) * x.D[b + k]), Vector256.Create(T.Scale(row + T.BlockBytes) * x.D[b + k + 1]));
+                acc = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(xq)), pair, acc);
+            }
+        }
+        for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
+        {
+            var w = T.Unpack(row);
+            tailAcc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w), w, xq), Vector256.Create(T.Scale(row) * x.D[b]), tailAcc);
+            if (T.HasMin) tail += T.Min(row) * x.S[b];
+        }
+        return Vector512.Sum(acc) + Sum(tailAcc) + Sum(minAcc) + tail;
+    }
+
+    /// <summary>Integer dots of two blocks at once (sixteen int32 sums as floats). AVX-512 has no vpsignb, so w's sign moves onto x with a select (x is never −128).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> PairProduct<T>(Vector512<sbyte> w, Vector512<sbyte> xv) where T : unmanaged, IBlock32Format
+    {
+        Vector512<short> pairs = T.HasMin
+            ? Avx512BW.MultiplyAddAdjacent(w.AsByte(), xv)
+            : Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w), Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), -xv, xv));
+        return Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(pairs, Vector512.Create((short)1)));
     }
 
     // ---- four tokens per pass: each weight block is unpacked once and dotted with four activation rows ----
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Step<T>(Vector256<byte> magnitudes, Vector256<sbyte> w, sbyte* xq, float scale, Vector256<float> acc)
-        where T : unmanaged, IBlock32Format
-    {
-        var xv = Vector256.Load(xq);
-        var p = DotUnsignedSigned(magnitudes, T.HasMin ? xv : Avx2.Sign(xv, w));
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(p), Vector256.Create(scale), acc);
-    }
-
     public static void Dot4Avx2<T>(byte* row, int blocks, ActivationRow* x, float* result) where T : unmanaged, IBlock32Format
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
-        for (int b = 0; b < blocks; b++, row += T.BlockBytes)
+        Vector256<float> m0 = default, m1 = default, m2 = default, m3 = default;
+        sbyte* q0 = x[0].Qs, q1 = x[1].Qs, q2 = x[2].Qs, q3 = x[3].Qs;
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8)
+        {
+            var weightScales = EightHalves<T>(row, 0);
+            var s0 = weightScales * Vector256.Load(x[0].D + b);
+            var s1 = weightScales * Vector256.Load(x[1].D + b);
+            var s2 = weightScales * Vector256.Load(x[2].D + b);
+            var s3 = weightScales * Vector256.Load(x[3].D + b);
+            if (T.HasMin)
+            {
+                var mins = EightHalves<T>(row, 2);
+                m0 = Fma.MultiplyAdd(mins, Vector256.Load(x[0].S + b), m0);
+                m1 = Fma.MultiplyAdd(mins, Vector256.Load(x[1].S + b), m1);
+                m2 = Fma.MultiplyAdd(mins, Vector256.Load(x[2].S + b), m2);
+                m3 = Fma.MultiplyAdd(mins, Vector256.Load(x[3].S + b), m3);
+            }
+            for (int k = 0; k < 8; k++, row += T.BlockBytes)
+            {
+                var w = T.Unpack(row);
+                var magnitudes = Magnitudes<T>(w);
+                int o = 32 * (b + k);
+                a0 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q0 + o), Lane(s0, k), a0);
+                a1 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q1 + o), Lane(s1, k), a1);
+                a2 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q2 + o), Lane(s2, k), a2);
+                a3 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q3 + o), Lane(s3, k), a3);
+            }
+        }
+        float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (; b < blocks; b++, row += T.BlockBytes)
         {
             var w = T.Unpack(row);
-            var magnitudes = T.HasMin ? w.AsByte() : Avx2.Abs(w);
+            var magnitudes = Magnitudes<T>(w);
             float dw = T.Scale(row);
             int o = 32 * b;
-            a0 = Step<T>(magnitudes, w, x[0].Qs + o, dw * x[0].D[b], a0);
-            a1 = Step<T>(magnitudes, w, x[1].Qs + o, dw * x[1].D[b], a1);
-            a2 = Step<T>(magnitudes, w, x[2].Qs + o, dw * x[2].D[b], a2);
-            a3 = Step<T>(magnitudes, w, x[3].Qs + o, dw * x[3].D[b], a3);
+            a0 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q0 + o), Vector256.Create(dw * x[0].D[b]), a0);
+            a1 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q1 + o), Vector256.Create(dw * x[1].D[b]), a1);
+            a2 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q2 + o), Vector256.Create(dw * x[2].D[b]), a2);
+            a3 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q3 + o), Vector256.Create(dw * x[3].D[b]), a3);
             if (T.HasMin)
             {
                 float mw = T.Min(row);
-                m0 += mw * x[0].S[b];
-                m1 += mw * x[1].S[b];
-                m2 += mw * x[2].S[b];
-                m3 += mw * x[3].S[b];
+                t0 += mw * x[0].S[b];
+                t1 += mw * x[1].S[b];
+                t2 += mw * x[2].S[b];
+                t3 += mw * x[3].S[b];
             }
         }
-        result[0] = Sum(a0) + m0;
-        result[1] = Sum(a1) + m1;
-        result[2] = Sum(a2) + m2;
-        result[3] = Sum(a3) + m3;
+        result[0] = Sum(a0) + Sum(m0) + t0;
+        result[1] = Sum(a1) + Sum(m1) + t1;
+        result[2] = Sum(a2) + Sum(m2) + t2;
+        result[3] = Sum(a3) + Sum(m3) + t3;
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Step512<T>(Vector512<byte> magnitudes, Vector512<sbyte> w, sbyte* xq, Vector512<float> scale, Vector512<float> acc)
-        where T : unmanaged, IBlock32Format
-    {
-        var xv = Vector512.Load(xq);
-        var signedX = T.HasMin ? xv : Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), -xv, xv);
-        var sums = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitudes, signedX), Vector512.Create((short)1));
-        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sums), scale, acc);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> PairScale(float dw0, float dw1, float* xd, int b) =>
-        Vector512.Create(Vector256.Create(dw0 * xd[b]), Vector256.Create(dw1 * xd[b + 1]));
 
     public static void Dot4Avx512<T>(byte* row, int blocks, ActivationRow* x, float* result) where T : unmanaged, IBlock32Format
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        Vector256<float> m0 = default, m1 = default, m2 = default, m3 = default;
+        sbyte* q0 = x[0].Qs, q1 = x[1].Qs, q2 = x[2].Qs, q3 = x[3].Qs;
         int b = 0;
-        for (; b + 1 < blocks; b += 2, row += 2 * T.BlockBytes)
+        for (; b + 8 <= blocks; b += 8)
         {
-            var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
-            var magnitudes = T.HasMin ? w.AsByte() : Avx512BW.Abs(w);
-            float dw0 = T.Scale(row), dw1 = T.Scale(row + T.BlockBytes);
-            int o = 32 * b;
-            a0 = Step512<T>(magnitudes, w, x[0].Qs + o, PairScale(dw0, dw1, x[0].D, b), a0);
-            a1 = Step512<T>(magnitudes, w, x[1].Qs + o, PairScale(dw0, dw1, x[1].D, b), a1);
-            a2 = Step512<T>(magnitudes, w, x[2].Qs + o, PairScale(dw0, dw1, x[2].D, b), a2);
-            a3 = Step512<T>(magnitudes, w, x[3].Qs + o, PairScale(dw0, dw1, x[3].D, b), a3);
+            var weightScales = EightHalves<T>(row, 0);
+            var s0 = weightScales * Vector256.Load(x[0].D + b);
+            var s1 = weightScales * Vector256.Load(x[1].D + b);
+            var s2 = weightScales * Vector256.Load(x[2].D + b);
+            var s3 = weightScales * Vector256.Load(x[3].D + b);
             if (T.HasMin)
             {
-                float mw0 = T.Min(row), mw1 = T.Min(row + T.BlockBytes);
-                m0 += mw0 * x[0].S[b] + mw1 * x[0].S[b + 1];
-                m1 += mw0 * x[1].S[b] + mw1 * x[1].S[b + 1];
-                m2 += mw0 * x[2].S[b] + mw1 * x[2].S[b + 1];
-                m3 += mw0 * x[3].S[b] + mw1 * x[3].S[b + 1];
+                var mins = EightHalves<T>(row, 2);
+                m0 = Fma.MultiplyAdd(mins, Vector256.Load(x[0].S + b), m0);
+                m1 = Fma.MultiplyAdd(mins, Vector256.Load(x[1].S + b), m1);
+                m2 = Fma.MultiplyAdd(mins, Vector256.Load(x[2].S + b), m2);
+                m3 = Fma.MultiplyAdd(mins, Vector256.Load(x[3].S + b), m3);
+            }
+            for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes)
+            {
+                var w = Vector512.Create(T.Unpack(row), T.Unpack(row + T.BlockBytes));
+                int o = 32 * (b + k);
+                a0 = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(q0 + o)), Vector512.Create(Lane(s0, k), Lane(s0, k + 1)), a0);
+                a1 = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(q1 + o)), Vector512.Create(Lane(s1, k), Lane(s1, k + 1)), a1);
+                a2 = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(q2 + o)), Vector512.Create(Lane(s2, k), Lane(s2, k + 1)), a2);
+                a3 = Avx512F.FusedMultiplyAdd(PairProduct<T>(w, Vector512.Load(q3 + o)), Vector512.Create(Lane(s3, k), Lane(s3, k + 1)), a3);
             }
         }
-        result[0] = Vector512.Sum(a0) + m0;
-        result[1] = Vector512.Sum(a1) + m1;
-        result[2] = Vector512.Sum(a2) + m2;
-        result[3] = Vector512.Sum(a3) + m3;
-        if (b < blocks)
+        Vector256<float> r0 = default, r1 = default, r2 = default, r3 = default;
+        float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (; b < blocks; b++, row += T.BlockBytes)
         {
             var w = T.Unpack(row);
-            var magnitudes = T.HasMin ? w.AsByte() : Avx2.Abs(w);
+            var magnitudes = Magnitudes<T>(w);
             float dw = T.Scale(row);
-            float mw = T.HasMin ? T.Min(row) : 0;
-            for (int t = 0; t < 4; t++)
+            int o = 32 * b;
+            r0 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q0 + o), Vector256.Create(dw * x[0].D[b]), r0);
+            r1 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q1 + o), Vector256.Create(dw * x[1].D[b]), r1);
+            r2 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q2 + o), Vector256.Create(dw * x[2].D[b]), r2);
+            r3 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q3 + o), Vector256.Create(dw * x[3].D[b]), r3);
+            if (T.HasMin)
             {
-                result[t] += Sum(Step<T>(magnitudes, w, x[t].Qs + 32 * b, dw * x[t].D[b], Vector256<float>.Zero));
-                if (T.HasMin) result[t] += mw * x[t].S[b];
+                float mw = T.Min(row);
+                t0 += mw * x[0].S[b];
+                t1 += mw * x[1].S[b];
+                t2 += mw * x[2].S[b];
+                t3 += mw * x[3].S[b];
             }
         }
+        result[0] = Vector512.Sum(a0) + Sum(r0) + Sum(m0) + t0;
+        result[1] = Vector512.Sum(a1) + Sum(r1) + Sum(m1) + t1;
+        result[2] = Vector512.Sum(a2) + Sum(r2) + Sum(m2) + t2;
+        result[3] = Vector512.Sum(a3) + Sum(r3) + Sum(m3) + t3;
     }
 }

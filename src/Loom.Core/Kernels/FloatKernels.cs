@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using Loom.Core.Quantization;
+using static Loom.Core.Kernels.SimdHelpers;
 
 namespace Loom.Core.Kernels;
 
@@ -34,32 +35,6 @@ internal static unsafe class FloatKernels
         float sum = 0;
         for (int c = 0; c < cols; c++) sum += Fp.BFloat16ToFloat(bits[c]) * x.X[c];
         return sum;
-    }
-
-    // ---- exact half → float widening with integer ops (.NET exposes no F16C) ----
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> HalfToSingle(Vector256<uint> h)
-    {
-        var sign = (h & Vector256.Create(0x8000u)) << 16;
-        var magnitude = h & Vector256.Create(0x7fffu);
-        var rebased = (magnitude << 13) + Vector256.Create(0x38000000u);                        // exponent 15 → 127
-        rebased += Vector256.GreaterThanOrEqual(magnitude, Vector256.Create(0x7c00u)) & Vector256.Create(0x38000000u); // Inf/NaN: all-ones exponent
-        var subnormal = Vector256.ConvertToSingle(magnitude.AsInt32()) * Vector256.Create(1.0f / 16777216);      // m·2^-24, exact
-        var isSubnormal = Vector256.LessThan(magnitude, Vector256.Create(0x400u));
-        return (Vector256.ConditionalSelect(isSubnormal, subnormal.AsUInt32(), rebased) | sign).AsSingle();
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> HalfToSingle(Vector512<uint> h)
-    {
-        var sign = (h & Vector512.Create(0x8000u)) << 16;
-        var magnitude = h & Vector512.Create(0x7fffu);
-        var rebased = (magnitude << 13) + Vector512.Create(0x38000000u);
-        rebased += Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x7c00u)) & Vector512.Create(0x38000000u);
-        var subnormal = Vector512.ConvertToSingle(magnitude.AsInt32()) * Vector512.Create(1.0f / 16777216);
-        var isSubnormal = Vector512.LessThan(magnitude, Vector512.Create(0x400u));
-        return (Vector512.ConditionalSelect(isSubnormal, subnormal.AsUInt32(), rebased) | sign).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

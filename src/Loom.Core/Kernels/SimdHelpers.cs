@@ -36,11 +36,6 @@ internal static unsafe class SimdHelpers
         return Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
     }
 
-    /// <summary>Same for two signed byte vectors (|a|·sign(b, a), as llama.cpp does; a is never −128 times b = −128 here).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> DotSigned(Vector256<sbyte> a, Vector256<sbyte> b) =>
-        DotUnsignedSigned(Avx2.Abs(a), Avx2.Sign(b, a));
-
     /// <summary>Unsigned×signed pair products (16 int16), each pair then weighted by <paramref name="scales"/> and summed into 8 int32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<int> ScaledDot(Vector256<byte> u, Vector256<sbyte> s, Vector256<short> scales) =>
@@ -53,4 +48,30 @@ internal static unsafe class SimdHelpers
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector256<float> v) => Vector256.Sum(v);
+
+    /// <summary>Exact fp16 → fp32 of eight halves held in the low 16 bits of each lane (.NET exposes no F16C): integer rebasing for normals, Inf and NaN; int→float·2^-24 for subnormals.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> HalfToSingle(Vector256<uint> h)
+    {
+        var sign = (h & Vector256.Create(0x8000u)) << 16;
+        var magnitude = h & Vector256.Create(0x7fffu);
+        var rebased = (magnitude << 13) + Vector256.Create(0x38000000u);                        // exponent 15 → 127
+        rebased += Vector256.GreaterThanOrEqual(magnitude, Vector256.Create(0x7c00u)) & Vector256.Create(0x38000000u); // Inf/NaN: all-ones exponent
+        var subnormal = Vector256.ConvertToSingle(magnitude.AsInt32()) * Vector256.Create(1.0f / 16777216);      // m·2^-24, exact
+        var isSubnormal = Vector256.LessThan(magnitude, Vector256.Create(0x400u));
+        return (Vector256.ConditionalSelect(isSubnormal, subnormal.AsUInt32(), rebased) | sign).AsSingle();
+    }
+
+    /// <summary>The same conversion for sixteen halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> HalfToSingle(Vector512<uint> h)
+    {
+        var sign = (h & Vector512.Create(0x8000u)) << 16;
+        var magnitude = h & Vector512.Create(0x7fffu);
+        var rebased = (magnitude << 13) + Vector512.Create(0x38000000u);
+        rebased += Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x7c00u)) & Vector512.Create(0x38000000u);
+        var subnormal = Vector512.ConvertToSingle(magnitude.AsInt32()) * Vector512.Create(1.0f / 16777216);
+        var isSubnormal = Vector512.LessThan(magnitude, Vector512.Create(0x400u));
+        return (Vector512.ConditionalSelect(isSubnormal, subnormal.AsUInt32(), rebased) | sign).AsSingle();
+    }
 }

@@ -40,7 +40,10 @@ public sealed unsafe class WeightMatrix
     /// <summary>Whether Loom's matrix kernels handle weights of <paramref name="type"/>.</summary>
     public static bool IsSupported(GgmlType type) => DotKernels.IsSupported(type);
 
-    /// <summary>y[t*Rows + r] = Σc W[r,c]·x[t*Cols + c] for each of the <paramref name="tokens"/> input vectors, on the shared pool.</summary>
+    /// <summary>
+    /// y[t*Rows + r] = Σc W[r,c]·x[t*Cols + c] for each of the <paramref name="tokens"/> input vectors, on the shared pool.
+    /// x and y must not overlap. Safe to call from several threads at once (each caller has its own scratch).
+    /// </summary>
     public void Multiply(float* x, float* y, int tokens) => Multiply(x, y, tokens, LoomThreadPool.Shared, KernelIsaSupport.Best);
 
     /// <summary>As <see cref="Multiply(float*, float*, int)"/>, on the given pool.</summary>

@@ -1,0 +1,90 @@
+using System.Numerics.Tensors;
+
+namespace Loom.Training;
+
+/// <summary>
+/// AdamW with decoupled weight decay (Loshchilov &amp; Hutter), in PyTorch's formulation: p ← p·(1 − lr·λ), then
+/// p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε). Weight decay applies only to slots marked as decaying (the
+/// matrices), not to norm gains.
+/// </summary>
+public sealed class AdamW
+{
+    private readonly ParameterLayout _layout;
+
+    public AdamW(ParameterLayout layout, float beta1 = 0.9f, float beta2 = 0.95f, float epsilon = 1e-8f, float weightDecay = 0.1f)
+    {
+        if (!(beta1 >= 0 && beta1 < 1)) throw new ArgumentOutOfRangeException(nameof(beta1), beta1, "must be in [0, 1)");
+        if (!(beta2 >= 0 && beta2 < 1)) throw new ArgumentOutOfRangeException(nameof(beta2), beta2, "must be in [0, 1)");
+        if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), epsilon, "must be positive");
+        if (!(weightDecay >= 0)) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "must not be negative");
+        _layout = layout;
+        Beta1 = beta1;
+        Beta2 = beta2;
+        Epsilon = epsilon;
+        WeightDecay = weightDecay;
+        FirstMoment = new float[layout.Count];
+        SecondMoment = new float[layout.Count];
+    }
+
+    public float Beta1 { get; }
+    public float Beta2 { get; }
+    public float Epsilon { get; }
+    public float WeightDecay { get; }
+    /// <summary>Steps taken so far (the bias corrections use it).</summary>
+    public long Step { get; set; }
+    public float[] FirstMoment { get; }
+    public float[] SecondMoment { get; }
+
+    public void Update(float[] parameters, float[] gradients, float learningRate)
+    {
+        Step++;
+        float correction1 = 1f - MathF.Pow(Beta1, Step);
+        float correction2Root = MathF.Sqrt(1f - MathF.Pow(Beta2, Step));
+        float stepSize = learningRate / correction1;
+        foreach (var slot in _layout.Slots)
+        {
+            var p = slot.Of(parameters);
+            var g = slot.Of(gradients);
+            var m = slot.Of(FirstMoment);
+            var v = slot.Of(SecondMoment);
+            float decay = slot.Decays ? 1f - learningRate * WeightDecay : 1f;
+            for (int i = 0; i < p.Length; i++)
+            {
+                float gi = g[i];
+                float mi = m[i] + (gi - m[i]) * (1f - Beta1);
+                float vi = v[i] * Beta2 + (1f - Beta2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = p[i] * decay - stepSize * mi / (MathF.Sqrt(vi) / correction2Root + Epsilon);
+            }
+        }
+    }
+}
+
+/// <summary>Linear warm-up to the peak rate, then cosine decay to the floor at the last step.</summary>
+public sealed record LearningRateSchedule(float PeakRate, float MinimumRate, int WarmupSteps, int TotalSteps)
+{
+    /// <summary>Rate for the 0-based optimizer step.</summary>
+    public float At(long step)
+    {
+        if (step < WarmupSteps) return PeakRate * (step + 1) / WarmupSteps;
+        if (step >= TotalSteps) return MinimumRate;
+        double progress = (double)(step - WarmupSteps) / Math.Max(1, TotalSteps - WarmupSteps);
+        return (float)(MinimumRate + 0.5 * (PeakRate - MinimumRate) * (1 + Math.Cos(Math.PI * progress)));
+    }
+}
+
+public static class GradientClipping
+{
+    /// <summary>
+    /// Scales gradients so their global L2 norm is at most <paramref name="maxNorm"/> (as torch's clip_grad_norm_:
+    /// factor maxNorm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping.
+    /// </summary>
+    public static float ClipByGlobalNorm(float[] gradients, float maxNorm)
+    {
+        float norm = TensorPrimitives.Norm(gradients);
+        float factor = maxNorm / (norm + 1e-6f);
+        if (factor < 1f) TensorPrimitives.Multiply(gradients, factor, gradients);
+        return norm;
+    }
+}

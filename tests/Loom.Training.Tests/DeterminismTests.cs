@@ -1,0 +1,76 @@
+using Loom.Training;
+using TorchSharp;
+using Xunit.Abstractions;
+
+namespace Loom.Training.Tests;
+
+public sealed class DeterminismTests(ITestOutputHelper output)
+{
+    [Fact]
+    public void DropoutForwardAndBackwardMatchPyTorchWithTheSameMasks()
+    {
+        torch.set_num_threads(2);
+        const int batch = 2, seqLen = 24;
+        const ulong key = 0xD1CE;
+        var model = ReferenceTests.RandomModel(3);
+        model.AttentionDropout = 0.2f;
+        model.ResidualDropout = 0.1f;
+        var (tokens, targets) = ReferenceTests.Batch(new DeterministicRandom(4), batch, seqLen, ReferenceTests.Tiny.VocabSize);
+        using var reference = new TorchReference(model);
+
+        double loss = model.Forward(tokens, targets, batch, seqLen, key);
+        double withoutDropout = new Func<double>(() =>
+        {
+            var plain = ReferenceTests.RandomModel(3);
+            return plain.Forward(tokens, targets, batch, seqLen);
+        })();
+        Assert.NotEqual(withoutDropout, loss);
+        model.ZeroGradients();
+        model.Backward();
+        using var expected = reference.Loss(tokens, targets, batch, seqLen, key, 0.2f, 0.1f);
+        expected.backward();
+
+        double lossError = Math.Abs(loss - expected.item<float>()) / expected.item<float>();
+        output.WriteLine($"loss with dropout {loss:F6} (without {withoutDropout:F6}), relative error {lossError:E2}");
+        Assert.True(lossError < 1e-5);
+        foreach (var slot in model.Layout.Slots)
+        {
+            double error = ReferenceTests.RelativeError(slot.Of(model.Gradients), reference.Gradient(slot));
+            Assert.True(error < 1e-4, $"{slot.Name}: gradient relative error {error:E2}");
+        }
+    }
+
+    [Fact]
+    public void DropoutRateIsRespected()
+    {
+        var mask = DropoutMask.For(123, 0, 1, 0.25f);
+        int dropped = 0;
+        const int count = 100_000;
+        for (int i = 0; i < count; i++)
+        {
+            float factor = mask.Factor(i);
+            if (factor == 0) dropped++;
+            else Assert.Equal(1f / 0.75f, factor);
+        }
+        Assert.InRange(dropped / (double)count, 0.24, 0.26);
+    }
+
+    [Fact]
+    public void GradientsAreBitIdenticalForAnyThreadCount()
+    {
+        var (tokens, targets) = ReferenceTests.Batch(new DeterministicRandom(9), 4, 32, ReferenceTests.Tiny.VocabSize);
+        float[] Run(int threads)
+        {
+            var model = ReferenceTests.RandomModel(5);
+            model.Threads = threads;
+            model.AttentionDropout = 0.1f;
+            model.ResidualDropout = 0.1f;
+            model.Forward(tokens, targets, 4, 32, dropoutKey: 77);
+            model.Backward();
+            return model.Gradients;
+        }
+        var single = Run(1);
+        Assert.Equal(single, Run(2));
+        Assert.Equal(single, Run(3));
+    }
+}
