@@ -1,4 +1,3 @@
-using System.Text;
 using Loom.Core;
 using Loom.Models.Gguf;
 
@@ -7,50 +6,26 @@ namespace Loom.Bench.SideBySide;
 /// <summary>
 /// Writes a random-weight GGUF v3 file with a model's exact tensor shapes: F16 matrices, F32 norms and biases, and a
 /// synthetic byte-level BPE vocabulary of the model's size, so llama.cpp and Loom both load it. Tensors are generated
-/// while they are written, so even a 1B-parameter file needs only one tensor row in memory.
+/// while <see cref="GgufWriter"/> writes them, so even a 1B-parameter file never sits in memory whole.
 /// </summary>
 internal static class SyntheticGguf
 {
-    private const int Alignment = 32;
-
     private sealed record TensorSpec(string Name, long[] Dims, GgmlType Type, float Scale, float Offset)
     {
         public long Elements => Dims.Aggregate(1L, (a, b) => a * b);
-        public long Bytes => Elements * (Type == GgmlType.F16 ? 2 : 4);
     }
 
     public static void Write(ModelShape shape, string path)
     {
-        var metadata = Metadata(shape);
-        var tensors = Tensors(shape);
-        string partial = path + ".partial";
-        using (var stream = new FileStream(partial, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
-        using (var w = new BinaryWriter(stream, Encoding.UTF8))
+        var writer = new GgufWriter();
+        foreach (var (key, value) in Metadata(shape)) writer.AddMetadata(key, value);
+        ulong seed = 1;
+        foreach (var t in Tensors(shape))
         {
-            w.Write(GgufFile.Magic);
-            w.Write(3u);
-            w.Write((ulong)tensors.Count);
-            w.Write((ulong)metadata.Count);
-            foreach (var (key, value) in metadata) WriteValue(w, key, value);
-            long offset = 0;
-            foreach (var t in tensors)
-            {
-                WriteString(w, t.Name);
-                w.Write((uint)t.Dims.Length);
-                foreach (long d in t.Dims) w.Write((ulong)d);
-                w.Write((uint)t.Type);
-                w.Write((ulong)offset);
-                offset = Align(offset + t.Bytes);
-            }
-            Pad(w);
-            ulong seed = 1;
-            foreach (var t in tensors)
-            {
-                WriteData(w, t, seed++);
-                Pad(w);
-            }
+            ulong tensorSeed = seed++;
+            writer.AddTensor(t.Name, t.Type, t.Dims, stream => WriteData(stream, t, tensorSeed));
         }
-        File.Move(partial, path, overwrite: true);
+        writer.WriteTo(path);
     }
 
     private static List<TensorSpec> Tensors(ModelShape s)
@@ -160,7 +135,7 @@ internal static class SyntheticGguf
         return symbols;
     }
 
-    private static void WriteData(BinaryWriter w, TensorSpec t, ulong seed)
+    private static void WriteData(Stream w, TensorSpec t, ulong seed)
     {
         const int chunk = 1 << 16;
         var bytes = new byte[chunk * 4];
@@ -182,47 +157,5 @@ internal static class SyntheticGguf
             w.Write(bytes, 0, count * (t.Type == GgmlType.F16 ? 2 : 4));
             done += count;
         }
-    }
-
-    private static void WriteValue(BinaryWriter w, string key, GgufValue value)
-    {
-        WriteString(w, key);
-        w.Write((uint)value.Type);
-        if (!value.IsArray)
-        {
-            WriteScalar(w, value.Type, value.Value);
-            return;
-        }
-        var array = (Array)value.Value;
-        w.Write((uint)value.ElementType);
-        w.Write((ulong)array.Length);
-        foreach (object element in array) WriteScalar(w, value.ElementType, element);
-    }
-
-    private static void WriteScalar(BinaryWriter w, GgufValueType type, object v)
-    {
-        switch (type)
-        {
-            case GgufValueType.UInt32: w.Write((uint)v); break;
-            case GgufValueType.Int32: w.Write((int)v); break;
-            case GgufValueType.Float32: w.Write((float)v); break;
-            case GgufValueType.String: WriteString(w, (string)v); break;
-            default: throw new ArgumentException($"the synthetic writer does not write {type} values");
-        }
-    }
-
-    private static void WriteString(BinaryWriter w, string s)
-    {
-        var bytes = Encoding.UTF8.GetBytes(s);
-        w.Write((ulong)bytes.Length);
-        w.Write(bytes);
-    }
-
-    private static long Align(long n) => (n + Alignment - 1) / Alignment * Alignment;
-
-    private static void Pad(BinaryWriter w)
-    {
-        w.Flush();
-        while (w.BaseStream.Position % Alignment != 0) w.Write((byte)0);
     }
 }
