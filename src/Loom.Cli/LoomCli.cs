@@ -5,6 +5,7 @@ using Loom.Models.Gguf;
 namespace Loom.Cli;
 
 /// <summary>The `loom` command line: generate, chat, inspect, tokenize, serve.</summary>
+/// <summary>The `loom` command line: generate, chat, inspect, tokenize, train, bench.</summary>
 public static class LoomCli
 {
     public static int Run(string[] args, CliConsole console)
@@ -17,6 +18,7 @@ public static class LoomCli
             TokenizeCommand.Create(console),
             TrainCommand.Create(console),
             ServeCommand.Create(console),
+            BenchCommand.Create(console),
         };
         var parsed = root.Parse(args);
         return parsed.Invoke(new InvocationConfiguration { Output = console.Out, Error = console.Error, EnableDefaultExceptionHandler = false });

@@ -1,0 +1,172 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using BenchmarkDotNet.Attributes;
+using Loom.Core.Threading;
+
+namespace Loom.Bench.Kernels;
+
+/// <summary>
+/// The machine's ceilings, measured with the same harness as the kernels: DRAM read and triad bandwidth, and FP32 FMA
+/// peak with 256-bit (AVX2) and 512-bit (AVX-512) vectors, on 1 and 2 threads of Loom's own thread pool.
+/// </summary>
+public unsafe class CeilingBenchmarks
+{
+    /// <summary>Floats per array: 256 MiB, eight times the L3, so every pass streams from DRAM.</summary>
+    public const long ArrayFloats = 64L << 20;
+    /// <summary>Iterations of each FMA loop chunk; each does <see cref="Accumulators"/> independent vector FMAs.</summary>
+    public const int FmaIterations = 4_000_000;
+    public const int Accumulators = 10;
+    /// <summary>Work items the FMA loop is split into (spread over the threads).</summary>
+    public const int FmaChunks = 8;
+
+    [Params(1, 2)]
+    public int Threads { get; set; }
+
+    private float* _a, _b, _c;
+    private LoomThreadPool? _pool;
+    private ReadWork? _read;
+    private TriadWork? _triad;
+    private FmaWork? _fma256, _fma512;
+
+    /// <summary>Chunks the bandwidth loops are split into: enough to balance, each a long sequential stream.</summary>
+    private const int StreamChunks = 64;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        nuint bytes = (nuint)(ArrayFloats * sizeof(float));
+        _a = (float*)NativeMemory.AlignedAlloc(bytes, 64);
+        _b = (float*)NativeMemory.AlignedAlloc(bytes, 64);
+        _c = (float*)NativeMemory.AlignedAlloc(bytes, 64);
+        new Span<float>(_a, (int)ArrayFloats).Fill(1f);
+        new Span<float>(_b, (int)ArrayFloats).Fill(2f);
+        new Span<float>(_c, (int)ArrayFloats).Fill(3f);
+        _pool = new LoomThreadPool(Threads);
+        _read = new ReadWork(_a);
+        _triad = new TriadWork(_a, _b, _c);
+        _fma256 = new FmaWork(wide: false);
+        _fma512 = new FmaWork(wide: true);
+    }
+
+    /// <summary>Sums one 256 MiB array (bytes read = 256 MiB).</summary>
+    [Benchmark]
+    public float MemoryRead()
+    {
+        _pool!.Run(_read!, StreamChunks);
+        return _read!.Total;
+    }
+
+    /// <summary>a = b + s·c over 256 MiB arrays (bytes moved = 3 × 256 MiB, not counting write-allocate reads).</summary>
+    [Benchmark]
+    public void MemoryTriad() => _pool!.Run(_triad!, StreamChunks);
+
+    /// <summary>FP32 FMAs on 256-bit vectors: 2 × 8 × accumulators × iterations × chunks FLOPs.</summary>
+    [Benchmark]
+    public float FmaAvx2()
+    {
+        if (!Fma.IsSupported) throw new PlatformNotSupportedException("this CPU has no FMA");
+        _pool!.Run(_fma256!, FmaChunks);
+        return _fma256!.Sink;
+    }
+
+    /// <summary>FP32 FMAs on 512-bit vectors: 2 × 16 × accumulators × iterations × chunks FLOPs.</summary>
+    [Benchmark]
+    public float FmaAvx512()
+    {
+        if (!Avx512F.IsSupported) throw new PlatformNotSupportedException("this CPU (or DOTNET_EnableAVX512=0) has no AVX-512");
+        _pool!.Run(_fma512!, FmaChunks);
+        return _fma512!.Sink;
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _pool?.Dispose();
+        NativeMemory.AlignedFree(_a);
+        NativeMemory.AlignedFree(_b);
+        NativeMemory.AlignedFree(_c);
+    }
+
+    private static (long Start, long End) Range(int chunk) =>
+        (ArrayFloats * chunk / StreamChunks, ArrayFloats * (chunk + 1) / StreamChunks);
+
+    private sealed class ReadWork(float* data) : IParallelWork
+    {
+        private float _total;
+        public float Total => _total;
+
+        public void Execute(int chunk)
+        {
+            var (start, end) = Range(chunk);
+            // Four independent accumulators hide the add latency, so the loop is limited by loads alone.
+            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (long i = start; i < end; i += 32)
+            {
+                s0 += Vector256.Load(data + i);
+                s1 += Vector256.Load(data + i + 8);
+                s2 += Vector256.Load(data + i + 16);
+                s3 += Vector256.Load(data + i + 24);
+            }
+            float sum = Vector256.Sum(s0 + s1 + s2 + s3);
+            lock (this) _total += sum;
+        }
+    }
+
+    private sealed class TriadWork(float* a, float* b, float* c) : IParallelWork
+    {
+        public void Execute(int chunk)
+        {
+            var (start, end) = Range(chunk);
+            var s = Vector256.Create(0.5f);
+            for (long i = start; i < end; i += 8)
+                Vector256.Store(Vector256.Load(b + i) + s * Vector256.Load(c + i), a + i);
+        }
+    }
+
+    private sealed class FmaWork(bool wide) : IParallelWork
+    {
+        private float _sink;
+        public float Sink => _sink;
+
+        public void Execute(int chunk)
+        {
+            float result = wide ? Run512() : Run256();
+            lock (this) _sink += result;
+        }
+
+        // Ten independent chains: enough to cover FMA latency (4 cycles) × 2 pipes on Zen 3/4/5 and Intel cores.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static float Run256()
+        {
+            var m = Vector256.Create(0.999999f);
+            var d = Vector256.Create(1e-7f);
+            Vector256<float> a0 = Vector256.Create(1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
+            for (int i = 0; i < FmaIterations; i++)
+            {
+                a0 = Fma.MultiplyAdd(a0, m, d); a1 = Fma.MultiplyAdd(a1, m, d); a2 = Fma.MultiplyAdd(a2, m, d);
+                a3 = Fma.MultiplyAdd(a3, m, d); a4 = Fma.MultiplyAdd(a4, m, d); a5 = Fma.MultiplyAdd(a5, m, d);
+                a6 = Fma.MultiplyAdd(a6, m, d); a7 = Fma.MultiplyAdd(a7, m, d); a8 = Fma.MultiplyAdd(a8, m, d);
+                a9 = Fma.MultiplyAdd(a9, m, d);
+            }
+            return Vector256.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9);
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static float Run512()
+        {
+            var m = Vector512.Create(0.999999f);
+            var d = Vector512.Create(1e-7f);
+            Vector512<float> a0 = Vector512.Create(1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
+            for (int i = 0; i < FmaIterations; i++)
+            {
+                a0 = Avx512F.FusedMultiplyAdd(a0, m, d); a1 = Avx512F.FusedMultiplyAdd(a1, m, d); a2 = Avx512F.FusedMultiplyAdd(a2, m, d);
+                a3 = Avx512F.FusedMultiplyAdd(a3, m, d); a4 = Avx512F.FusedMultiplyAdd(a4, m, d); a5 = Avx512F.FusedMultiplyAdd(a5, m, d);
+                a6 = Avx512F.FusedMultiplyAdd(a6, m, d); a7 = Avx512F.FusedMultiplyAdd(a7, m, d); a8 = Avx512F.FusedMultiplyAdd(a8, m, d);
+                a9 = Avx512F.FusedMultiplyAdd(a9, m, d);
+            }
+            return Vector512.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using LLama;
+using LLama.Native;
+using Loom.Bench.SideBySide;
+
+// Loom and llama.cpp side by side on the same random-weight GGUF files, alternating within one process.
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+Options options;
+try
+{
+    options = Options.Parse(args);
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    Console.Error.WriteLine(Options.Usage);
+    return 2;
+}
+
+if (options.LlamaAvx is { } avx) NativeLibraryConfig.All.WithAvx(avx);
+NativeLogConfig.llama_log_set((_, _) => { });
+NativeApi.llama_empty_call(); // loads the native library now, so its choice of CPU variant is fixed before any timing
+
+Directory.CreateDirectory(options.Directory);
+using var report = new Report(options.OutputPath);
+report.Header(options);
+
+foreach (var shape in options.Shapes)
+{
+    string basePath = Path.Combine(options.Directory, $"{shape.Name}-base-f16.gguf");
+    if (!File.Exists(basePath))
+    {
+        var clock = Stopwatch.StartNew();
+        SyntheticGguf.Write(shape, basePath);
+        Console.Error.WriteLine($"wrote {basePath} in {clock.Elapsed.TotalSeconds:F1} s");
+    }
+    foreach (var type in options.Types)
+    {
+        string path = Path.Combine(options.Directory, $"{shape.Name}-{type.Name}.gguf");
+        if (!File.Exists(path))
+        {
+            var clock = Stopwatch.StartNew();
+            if (!LLamaQuantizer.Quantize(basePath, path, type.Ftype, nthread: Environment.ProcessorCount, allowRequantize: true, quantizeOutputTensor: true))
+                throw new InvalidOperationException($"llama.cpp could not quantize {basePath} to {type.Name}");
+            Console.Error.WriteLine($"quantized {path} in {clock.Elapsed.TotalSeconds:F1} s");
+        }
+        RunFile(shape, type.Name, path, options, report);
+    }
+}
+return 0;
+
+static void RunFile(ModelShape shape, string type, string path, Options o, Report report)
+{
+    int sessionContext = Math.Max(o.PromptTokens.DefaultIfEmpty(0).Max(), o.GenTokens) + 8;
+    int batchContext = o.BatchSteps + 8;
+    // Enough ids for the longest prompt; batched steps index into them cyclically.
+    var tokens = PseudoRandomTokens(sessionContext, shape.Vocab);
+    using var loom = new LoomEngine(path, sessionContext, batchContext);
+    using var llama = new LlamaCppEngine(path, sessionContext, batchContext);
+
+    var tests = new List<(string Name, Func<IEngine, int, double> Run)>();
+    foreach (int p in o.PromptTokens) tests.Add(($"prefill {p}", (e, t) => e.Prefill(tokens, p, t)));
+    if (o.GenTokens > 0) tests.Add(($"decode {o.GenTokens}", (e, t) => e.Decode(tokens, o.GenTokens, t)));
+    foreach (int n in o.Sequences) tests.Add(($"{n} seq × {o.BatchSteps}", (e, t) => e.Batched(tokens, n, o.BatchSteps, t)));
+
+    foreach (int threads in o.Threads)
+        foreach (var (name, run) in tests)
+        {
+            string load = LoadAverage();
+            // Warm up both engines, and configure llama.cpp at its best: try flash attention off and on, keep the faster.
+            run(loom, threads);
+            var flashRates = new Dictionary<bool, double>();
+            foreach (bool flash in new[] { false, true })
+            {
+                llama.FlashAttention = flash;
+                run(llama, threads);
+                flashRates[flash] = run(llama, threads);
+            }
+            llama.FlashAttention = flashRates[true] > flashRates[false];
+
+            var loomRates = new double[o.Repetitions];
+            var llamaRates = new double[o.Repetitions];
+            for (int r = 0; r < o.Repetitions; r++)
+            {
+                // Alternate which engine goes first, so slow drifts in machine load hit both alike.
+                if (r % 2 == 0)
+                {
+                    loomRates[r] = Settled(() => run(loom, threads));
+                    llamaRates[r] = Settled(() => run(llama, threads));
+                }
+                else
+                {
+                    llamaRates[r] = Settled(() => run(llama, threads));
+                    loomRates[r] = Settled(() => run(loom, threads));
+                }
+            }
+            report.Row(shape.Name, type, threads, name, loomRates, llamaRates, llama.FlashAttention, $"{load} → {LoadAverage()}");
+        }
+}
+
+// A short pause first lets the other engine's spinning worker threads go to sleep.
+static double Settled(Func<double> run)
+{
+    Thread.Sleep(100);
+    return run();
+}
+
+static int[] PseudoRandomTokens(int count, int vocab)
+{
+    var ids = new int[count];
+    ulong state = 0x9E3779B97F4A7C15UL;
+    for (int i = 0; i < count; i++)
+    {
+        state = state * 6364136223846793005UL + 1442695040888963407UL;
+        ids[i] = (int)((state >> 33) % (ulong)(vocab - 1)); // never the end-of-text control token
+    }
+    return ids;
+}
+
+static string LoadAverage() =>
+    File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "?";
+
+internal sealed record QuantType(string Name, LLamaFtype Ftype)
+{
+    public static readonly QuantType[] All =
+    [
+        new("F16", LLamaFtype.MOSTLY_F16), new("Q8_0", LLamaFtype.MOSTLY_Q8_0),
+        new("Q4_0", LLamaFtype.MOSTLY_Q4_0), new("Q4_K_M", LLamaFtype.MOSTLY_Q4_K_M),
+    ];
+
+    public static QuantType Parse(string name) =>
+        All.FirstOrDefault(t => t.Name.Equals(name, StringComparison.OrdinalIgnoreCase))
+        ?? throw new ArgumentException($"unknown type '{name}'; known: {string.Join(", ", All.Select(t => t.Name))}");
+}
+
+internal sealed record Options
+{
+    public ModelShape[] Shapes { get; init; } = [ModelShape.SmolLM2];
+    public QuantType[] Types { get; init; } = QuantType.All;
+    public int[] Threads { get; init; } = [1, 2];
+    public int[] PromptTokens { get; init; } = [128, 512];
+    public int GenTokens { get; init; } = 128;
+    public int[] Sequences { get; init; } = [8, 32];
+    public int BatchSteps { get; init; } = 128;
+    public int Repetitions { get; init; } = 3;
+    public string Directory { get; init; } = Path.Combine(Path.GetTempPath(), "loom-bench");
+    public string? OutputPath { get; init; }
+    public AvxLevel? LlamaAvx { get; init; }
+
+    public const string Usage = """
+        usage: Loom.Bench.SideBySide [--shapes smollm2-135m,qwen2.5-0.5b,llama3.2-1b] [--types F16,Q8_0,Q4_0,Q4_K_M]
+                                     [--threads 1,2] [--prompt 128,512] [--gen 128] [--sequences 8,32] [--batch-steps 128]
+                                     [--reps 3] [--dir DIR] [--out FILE.md] [--llama-avx avx2|avx512]
+          (an empty list, e.g. --sequences "", skips those tests; files are written once into DIR and reused)
+        """;
+
+    public static Options Parse(string[] args)
+    {
+        var o = new Options();
+        for (int i = 0; i < args.Length; i++)
+        {
+            string key = args[i];
+            if (i + 1 >= args.Length) throw new ArgumentException($"{key} needs a value");
+            string value = args[++i];
+            o = key switch
+            {
+                "--shapes" => o with { Shapes = List(value).Select(ModelShape.Parse).ToArray() },
+                "--types" => o with { Types = List(value).Select(QuantType.Parse).ToArray() },
+                "--threads" => o with { Threads = Counts(key, value) },
+                "--prompt" => o with { PromptTokens = Counts(key, value) },
+                "--gen" => o with { GenTokens = Count(key, value, allowZero: true) },
+                "--sequences" => o with { Sequences = Counts(key, value) },
+                "--batch-steps" => o with { BatchSteps = Count(key, value, allowZero: false) },
+                "--reps" => o with { Repetitions = Count(key, value, allowZero: false) },
+                "--dir" => o with { Directory = value },
+                "--out" => o with { OutputPath = value },
+                "--llama-avx" => o with
+                {
+                    LlamaAvx = value.ToLowerInvariant() switch
+                    {
+                        "avx2" => AvxLevel.Avx2,
+                        "avx512" => AvxLevel.Avx512,
+                        _ => throw new ArgumentException($"--llama-avx takes avx2 or avx512 (got '{value}')"),
+                    },
+                },
+                _ => throw new ArgumentException($"unknown option {key}"),
+            };
+        }
+        return o;
+    }
+
+    private static string[] List(string value) => value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    private static int[] Counts(string key, string value) => List(value).Select(v => Count(key, v, allowZero: false)).ToArray();
+
+    private static int Count(string key, string value, bool allowZero) =>
+        int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && (n > 0 || allowZero && n == 0) && n <= 1 << 16
+            ? n : throw new ArgumentException($"{key} takes whole numbers{(allowZero ? "" : " ≥ 1")} (got '{value}')");
+}
+
+/// <summary>Writes results as a Markdown table, to the console and optionally to a file, one row as soon as it is measured.</summary>
+internal sealed class Report : IDisposable
+{
+    private readonly StreamWriter? _file;
+
+    public Report(string? path) => _file = path is null ? null : new StreamWriter(path, append: false) { AutoFlush = true };
+
+    public void Header(Options o)
+    {
+        string cpu = File.Exists("/proc/cpuinfo")
+            ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "?"
+            : "?";
+        Line($"cpu: {cpu}, {Environment.ProcessorCount} logical cores; started {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        Line($"Loom kernels: {(Avx512F.IsSupported && Avx512BW.IsSupported ? "AVX-512" : Avx2.IsSupported && Fma.IsSupported ? "AVX2" : "portable")} " +
+             $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}); llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
+        Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
+        Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens; batches of {string.Join("/", o.Sequences)} sequences × {o.BatchSteps} steps");
+        Line("");
+        Line("| shape | type | threads | test | Loom tok/s median (min–max) | llama.cpp tok/s median (min–max) | FA | Loom ÷ llama.cpp median (min–max) | load avg (start → end) |");
+        Line("|---|---|---:|---|---:|---:|---|---:|---|");
+    }
+
+    public void Row(string shape, string type, int threads, string test, double[] loom, double[] llama, bool flash, string load)
+    {
+        var ratios = loom.Zip(llama, (a, b) => a / b).ToArray();
+        Line($"| {shape} | {type} | {threads} | {test} | {Stat(loom, "F1")} | {Stat(llama, "F1")} | {(flash ? "on" : "off")} | {Stat(ratios, "F2")} | {load} |");
+    }
+
+    /// <summary>Which build of a native library the process mapped (LLamaSharp picks a CPU variant at run time).</summary>
+    private static string LoadedLibrary(string fileName) =>
+        File.Exists("/proc/self/maps")
+            ? File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries).LastOrDefault() ?? "")
+                .FirstOrDefault(path => path.EndsWith("/" + fileName, StringComparison.Ordinal)) ?? "not mapped"
+            : "unknown";
+
+    private static string Stat(double[] values, string format)
+    {
+        var sorted = values.Order().ToArray();
+        int mid = sorted.Length / 2;
+        double median = sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+        return $"{median.ToString(format)} ({sorted[0].ToString(format)}–{sorted[^1].ToString(format)})";
+    }
+
+    private void Line(string text)
+    {
+        Console.WriteLine(text);
+        _file?.WriteLine(text);
+    }
+
+    public void Dispose() => _file?.Dispose();
+}
