@@ -70,6 +70,9 @@ public sealed class ServerMetrics
             _timeToFirstToken.Write(w, "loom_time_to_first_token_seconds", "Time from queueing a sequence to its first generated token.");
             _interToken.Write(w, "loom_inter_token_latency_seconds", "Time between consecutive generated tokens of a sequence.");
         }
+        // Process-wide memory, so that leaks (per request, per cancelled stream) show up from outside the process.
+        Metric(w, "process_resident_memory_bytes", "gauge", "Resident memory of the server process.", Environment.WorkingSet);
+        Metric(w, "dotnet_gc_heap_bytes", "gauge", "Bytes allocated on the managed heap, garbage not yet collected included.", GC.GetTotalMemory(false));
         return w.ToString();
     }
 
