@@ -106,21 +106,25 @@ internal static unsafe class Block32Kernels
     private static float DotAvx2<T>(byte* row, int blocks, in ActivationRow x, bool exactScales) where T : unmanaged, IBlock32Format
     {
         byte* start = row;
-        Vector256<float> acc = default, minAcc = default;
+        Vector256<float> acc = default, odd = default, minAcc = default; // even and odd blocks: two independent FMA chains
         int specials = 0;
         sbyte* xq = x.Qs;
         int b = 0;
         for (; b + 8 <= blocks; b += 8)
         {
             if (StoredMin<T>()) minAcc = Fma.MultiplyAdd(EightHalves<T>(row, 2), Vector256.Load(x.S + b), minAcc);
-            for (int k = 0; k < 8; k++, row += T.BlockBytes, xq += 32)
+            for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes, xq += 64)
             {
-                var w = Levels<T>(row);
-                float d = exactScales ? T.Scale(row) : FiniteHalf(row, ref specials);
-                acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w), w, xq), Vector256.Create(d * x.D[b + k]), acc);
+                var w0 = Levels<T>(row);
+                var w1 = Levels<T>(row + T.BlockBytes);
+                float d0 = exactScales ? T.Scale(row) : FiniteHalf(row, ref specials);
+                float d1 = exactScales ? T.Scale(row + T.BlockBytes) : FiniteHalf(row + T.BlockBytes, ref specials);
+                acc = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w0), w0, xq), Vector256.Create(d0 * x.D[b + k]), acc);
+                odd = Fma.MultiplyAdd(BlockProduct<T>(Magnitudes<T>(w1), w1, xq + 32), Vector256.Create(d1 * x.D[b + k + 1]), odd);
             }
         }
         if (!exactScales && (specials & 0x8000) != 0) return DotAvx2ExactScales<T>(start, blocks, x);
+        acc += odd;
         float tail = 0;
         for (; b < blocks; b++, row += T.BlockBytes, xq += 32)
         {
@@ -316,7 +320,8 @@ internal static unsafe class Block32Kernels
 
     public static void Dot4Avx2<T>(byte* row, int blocks, ActivationRow* x, float* result) where T : unmanaged, IBlock32Format
     {
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default; // even blocks of a group, then the sums
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default; // odd blocks
         Vector256<float> m0 = default, m1 = default, m2 = default, m3 = default;
         sbyte* q0 = x[0].Qs, q1 = x[1].Qs, q2 = x[2].Qs, q3 = x[3].Qs;
         int b = 0;
@@ -335,7 +340,7 @@ internal static unsafe class Block32Kernels
                 m2 = Fma.MultiplyAdd(mins, Vector256.Load(x[2].S + b), m2);
                 m3 = Fma.MultiplyAdd(mins, Vector256.Load(x[3].S + b), m3);
             }
-            for (int k = 0; k < 8; k++, row += T.BlockBytes)
+            for (int k = 0; k < 8; k += 2, row += 2 * T.BlockBytes)
             {
                 var w = Levels<T>(row);
                 var magnitudes = Magnitudes<T>(w);
@@ -344,8 +349,19 @@ internal static unsafe class Block32Kernels
                 a1 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q1 + o), Lane(s1, k), a1);
                 a2 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q2 + o), Lane(s2, k), a2);
                 a3 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q3 + o), Lane(s3, k), a3);
+                w = Levels<T>(row + T.BlockBytes);
+                magnitudes = Magnitudes<T>(w);
+                o += 32;
+                c0 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q0 + o), Lane(s0, k + 1), c0);
+                c1 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q1 + o), Lane(s1, k + 1), c1);
+                c2 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q2 + o), Lane(s2, k + 1), c2);
+                c3 = Fma.MultiplyAdd(BlockProduct<T>(magnitudes, w, q3 + o), Lane(s3, k + 1), c3);
             }
         }
+        a0 += c0;
+        a1 += c1;
+        a2 += c2;
+        a3 += c3;
         float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
         for (; b < blocks; b++, row += T.BlockBytes)
         {
