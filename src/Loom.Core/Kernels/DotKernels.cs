@@ -55,9 +55,11 @@ internal static unsafe class DotKernels
             GgmlType.F32 => isa == KernelIsa.Avx512 ? &FloatKernels.DotF32Avx512 : &FloatKernels.DotF32Avx2,
             GgmlType.F16 => isa == KernelIsa.Avx512 ? &FloatKernels.DotF16Avx512 : &FloatKernels.DotF16Avx2,
             GgmlType.BF16 => isa == KernelIsa.Avx512 ? &FloatKernels.DotBF16Avx512 : &FloatKernels.DotBF16Avx2,
-            // one-token Q4_0 is bound by its scale handling, which the AVX2 kernel vectorizes: 1.5x the 512-bit one on Zen 4
+            // Each one-token kernel is exactly one column of the same path's four-token kernel (batch invariance).
+            // One-token Q4_0 is bound by its scale handling, which its 256-bit kernel vectorizes (1.5x the 512-bit one on
+            // Zen 4); its four-token kernel is 256-bit too, to match.
             GgmlType.Q4_0 => &Block32Kernels.DotQ4_0Avx2,
-            GgmlType.Q4_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q4_1Format> : &Block32Kernels.DotNibblePairsAvx2<Q4_1Format>,
+            GgmlType.Q4_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q4_1Format> : &Block32Kernels.DotAvx2<Q4_1Format>,
             GgmlType.Q5_0 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q5_0Format> : &Block32Kernels.DotAvx2<Q5_0Format>,
             GgmlType.Q5_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q5_1Format> : &Block32Kernels.DotAvx2<Q5_1Format>,
             GgmlType.Q8_0 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q8_0Format> : &Block32Kernels.DotAvx2<Q8_0Format>,
@@ -75,7 +77,8 @@ internal static unsafe class DotKernels
 
     /// <summary>
     /// The kernel computing one row against four input vectors at once (the weights are unpacked once for all four),
-    /// or null where the type has none on this path and the single-vector kernel runs four times.
+    /// or null where the type has none on this path and the single-vector kernel runs four times. Each of its columns
+    /// computes bit for bit what <see cref="Select"/>'s kernel computes for that input alone.
     /// </summary>
     public static delegate*<byte*, int, ActivationRow*, float*, void> SelectFour(GgmlType type, KernelIsa isa)
     {
@@ -83,10 +86,10 @@ internal static unsafe class DotKernels
         bool wide = isa == KernelIsa.Avx512;
         return type switch
         {
-            GgmlType.F32 => &FloatKernels.Dot4F32Avx2,
-            GgmlType.F16 => &FloatKernels.Dot4F16Avx2,
-            GgmlType.BF16 => &FloatKernels.Dot4BF16Avx2,
-            GgmlType.Q4_0 => wide ? &Block32Kernels.Dot4Avx512<Q4_0Format> : &Block32Kernels.Dot4Avx2<Q4_0Format>,
+            GgmlType.F32 => wide ? &FloatKernels.Dot4F32Avx512 : &FloatKernels.Dot4F32Avx2,
+            GgmlType.F16 => wide ? &FloatKernels.Dot4F16Avx512 : &FloatKernels.Dot4F16Avx2,
+            GgmlType.BF16 => wide ? &FloatKernels.Dot4BF16Avx512 : &FloatKernels.Dot4BF16Avx2,
+            GgmlType.Q4_0 => &Block32Kernels.Dot4Q4_0Avx2,
             GgmlType.Q4_1 => wide ? &Block32Kernels.Dot4Avx512<Q4_1Format> : &Block32Kernels.Dot4Avx2<Q4_1Format>,
             GgmlType.Q5_0 => wide ? &Block32Kernels.Dot4Avx512<Q5_0Format> : &Block32Kernels.Dot4Avx2<Q5_0Format>,
             GgmlType.Q5_1 => wide ? &Block32Kernels.Dot4Avx512<Q5_1Format> : &Block32Kernels.Dot4Avx2<Q5_1Format>,

@@ -279,6 +279,83 @@ internal static unsafe class FloatKernels
     }
 
     /// <summary>Eight weights as floats; F16 also feeds the Inf/NaN check (see <see cref="DotF16Avx2"/>).</summary>
+    // The 512-bit four-token kernels keep each column's arithmetic exactly that of the one-token 512-bit kernels (even
+    // and odd 16-column accumulators, 16-column tail steps into the even one, then the scalar tail), so batching never
+    // changes a token's result.
+
+    public static void Dot4F32Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 0);
+
+    public static void Dot4F16Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 1);
+
+    public static void Dot4BF16Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 2);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4Avx512(byte* row, int cols, ActivationRow* x, float* result, int format)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
+        Vector512<uint> magnitudes = default;
+        int c = 0;
+        for (; c + 32 <= cols; c += 32)
+        {
+            var w = Weights16(row, c, format, ref magnitudes);
+            var v = Weights16(row, c + 16, format, ref magnitudes);
+            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
+            b0 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x0 + c + 16), b0);
+            b1 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x1 + c + 16), b1);
+            b2 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x2 + c + 16), b2);
+            b3 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x3 + c + 16), b3);
+        }
+        for (; c + 16 <= cols; c += 16)
+        {
+            var w = Weights16(row, c, format, ref magnitudes);
+            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
+        }
+        if (format == 1 && Vector512.GreaterThanOrEqualAny(magnitudes, Vector512.Create(HalfInfOrNanShifted)))
+        {
+            for (int k = 0; k < 4; k++) result[k] = DotF16WithSpecialsAvx2((ushort*)row, cols, x[k].X);
+            return;
+        }
+        float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
+        for (; c < cols; c++)
+        {
+            float w = format switch
+            {
+                0 => ((float*)row)[c],
+                1 => Fp.HalfToFloat(((ushort*)row)[c]),
+                _ => Fp.BFloat16ToFloat(((ushort*)row)[c]),
+            };
+            s0 += w * x0[c];
+            s1 += w * x1[c];
+            s2 += w * x2[c];
+            s3 += w * x3[c];
+        }
+        result[0] = s0;
+        result[1] = s1;
+        result[2] = s2;
+        result[3] = s3;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Weights16(byte* row, int c, int format, ref Vector512<uint> magnitudes)
+    {
+        if (format == 0) return Vector512.Load((float*)row + c);
+        if (format == 1)
+        {
+            var h = WidenSigned512((ushort*)row + c);
+            magnitudes = TrackMagnitude(h, magnitudes);
+            return FiniteHalfToSingle(h);
+        }
+        return (Widen512((ushort*)row + c) << 16).AsSingle();
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Weights8(byte* row, int c, int format, ref Vector256<uint> magnitudes)
     {

@@ -1,0 +1,62 @@
+using Loom.Core;
+using Loom.Core.Kernels;
+using Loom.Core.Threading;
+
+namespace Loom.Tests;
+
+/// <summary>
+/// Batch invariance: a token's output row is bit-identical whatever number of tokens shares the Multiply call, whatever
+/// its position among them (four-token kernel, one-token kernel, tail), and whatever the thread count.
+/// </summary>
+public unsafe class KernelBatchInvarianceTests
+{
+    private const int Rows = 37; // two full row tiles and a ragged one
+
+    public static TheoryData<GgmlType, string> Cases()
+    {
+        var data = new TheoryData<GgmlType, string>();
+        foreach (var type in KernelMatrixTests.AllTypes)
+            foreach (var isa in Enum.GetNames<KernelIsa>())
+                data.Add(type, isa);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void EachTokenMatchesItsOneTokenCallBitForBit(GgmlType type, string isaName)
+    {
+        var isa = Enum.Parse<KernelIsa>(isaName);
+        if (!KernelIsaSupport.IsSupported(isa)) return; // runs where the CPU has it (AVX-512 on CI's Zen 5)
+        int cols = KernelMatrixTests.ColsFor(type);
+        var rng = new Random(4321 + (int)type);
+        var weights = KernelMatrixTests.RandomWeights(type, Rows, cols, rng);
+        const int MaxTokens = 9;
+        var x = KernelMatrixTests.RandomInputs(MaxTokens * cols, rng);
+        var alone = new float[MaxTokens * Rows];
+        using var single = new LoomThreadPool(1);
+        using var three = new LoomThreadPool(3);
+        fixed (byte* w = weights)
+        fixed (float* xp = x)
+        fixed (float* ap = alone)
+        {
+            var matrix = new WeightMatrix(type, w, Rows, cols);
+            for (int t = 0; t < MaxTokens; t++)
+                matrix.Multiply(xp + t * cols, ap + t * Rows, 1, single, isa);
+            foreach (int tokens in new[] { 1, 2, 3, 4, 5, 7, 9 })
+                foreach (var pool in new[] { single, three })
+                {
+                    var y = new float[tokens * Rows];
+                    fixed (float* yp = y)
+                        matrix.Multiply(xp, yp, tokens, pool, isa);
+                    for (int t = 0; t < tokens; t++)
+                        for (int r = 0; r < Rows; r++)
+                        {
+                            int expected = BitConverter.SingleToInt32Bits(alone[t * Rows + r]);
+                            int got = BitConverter.SingleToInt32Bits(y[t * Rows + r]);
+                            Assert.True(expected == got,
+                                $"{type}/{isa} tokens={tokens} threads={pool.ThreadCount} token {t} row {r}: {y[t * Rows + r]:R} batched, {alone[t * Rows + r]:R} alone");
+                        }
+                }
+        }
+    }
+}
