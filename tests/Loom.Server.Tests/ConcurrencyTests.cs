@@ -86,7 +86,10 @@ public sealed class ConcurrencyTests
         // Every slot and cached position comes back; the server keeps serving.
         Assert.True(await server.WaitForMetricAsync("loom_running_sequences", 0, TimeSpan.FromSeconds(10)));
         Assert.True(await server.WaitForMetricAsync("loom_kv_cache_tokens", 0, TimeSpan.FromSeconds(10)));
-        Assert.True(RunningServer.Metric(await server.Http.GetStringAsync("/metrics"), "loom_requests_cancelled_total") >= 1);
+        // Each hung-up client asked for 480 tokens and read 3 events, so the server must have seen nearly all of them go
+        // (one may still finish its story before the disconnect is noticed on a loaded machine).
+        double? cancelled = RunningServer.Metric(await server.Http.GetStringAsync("/metrics"), "loom_requests_cancelled_total");
+        Assert.True(cancelled >= clients / 2 - 1, $"the server saw {cancelled} of {clients / 2} hung-up clients go");
         Assert.Equal(alone[0], Text((await server.StreamAsync("/v1/completions", Request(0, tokens))).Events));
     }
 
