@@ -42,7 +42,6 @@ public static class LoomCli
     {
         CliException or GgufFormatException or IOException or UnauthorizedAccessException or ArgumentException
             or InvalidOperationException or FormatException or InvalidDataException => e.Message,
-        NotImplementedException => "this part of the engine is not available in this build",
         // Anything else is a bug; name the exception type so it can be reported, but still keep it to one line.
         _ => $"{e.GetType().Name}: {e.Message}",
     };
