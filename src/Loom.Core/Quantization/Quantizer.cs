@@ -9,10 +9,8 @@ namespace Loom.Core.Quantization;
 /// </summary>
 public static unsafe partial class Quantizer
 {
-    public static bool IsSupported(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
-        or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
-        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
-        or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
+    /// <summary>Every type Loom decodes it can also encode.</summary>
+    public static bool IsSupported(GgmlType type) => Dequantizer.IsSupported(type);
 
     /// <summary>Encodes <paramref name="source"/> (a whole number of blocks) into <paramref name="destination"/>; returns the bytes written.</summary>
     public static int Quantize(GgmlType type, ReadOnlySpan<float> source, Span<byte> destination)
