@@ -1,3 +1,4 @@
+using Loom.Core.IO;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
@@ -21,19 +22,16 @@ public static class Checkpoint
         string temporary = full + ".tmp";
         try
         {
-            using (var file = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+            AtomicFile.Write(full, temporary, file =>
             {
                 using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
                 using (var writer = new BinaryWriter(new HashingStream(file, hash), Encoding.UTF8, leaveOpen: true))
                     Write(writer, trainer);
                 file.Write(hash.GetHashAndReset());
-                file.Flush(flushToDisk: true);
-            }
-            File.Move(temporary, full, overwrite: true);
+            });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            TryDelete(temporary);
             throw new IOException($"could not write checkpoint '{path}' ({e.Message}); the previous checkpoint, if any, is unchanged", e);
         }
     }
@@ -137,20 +135,6 @@ public static class Checkpoint
     {
         var bytes = MemoryMarshal.AsBytes(target.AsSpan());
         if (reader.Read(bytes) != bytes.Length) throw new InvalidDataException("checkpoint ends early");
-    }
-
-    private static void TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-        }
-        catch (IOException)
-        {
-        }
-        catch (UnauthorizedAccessException)
-        {
-        }
     }
 
     /// <summary>Passes writes through to a stream while feeding them to a hash.</summary>

@@ -1,3 +1,4 @@
+using Loom.Core.IO;
 using System.Runtime.InteropServices;
 using System.Text;
 using Loom.Core;
@@ -112,20 +113,7 @@ public sealed class GgufWriter
         var folder = Path.GetDirectoryName(fullPath)!;
         Directory.CreateDirectory(folder);
         var temp = Path.Combine(folder, $".{Path.GetFileName(fullPath)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                WriteTo(file);
-                file.Flush(flushToDisk: true);
-            }
-            File.Move(temp, fullPath, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+        AtomicFile.Write(fullPath, temp, file => WriteTo(file));
     }
 
     /// <summary>Writes the whole file to a stream positioned at the file's start.</summary>
