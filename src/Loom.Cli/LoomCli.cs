@@ -4,8 +4,7 @@ using Loom.Models.Gguf;
 
 namespace Loom.Cli;
 
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize, serve.</summary>
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize, train, bench.</summary>
+/// <summary>The `loom` command line: generate, chat, inspect, tokenize, tokenizer, train, serve, bench.</summary>
 public static class LoomCli
 {
     public static int Run(string[] args, CliConsole console)
@@ -16,6 +15,7 @@ public static class LoomCli
             ChatCommand.Create(console),
             InspectCommand.Create(console),
             TokenizeCommand.Create(console),
+            TokenizerCommand.Create(console),
             TrainCommand.Create(console),
             ServeCommand.Create(console),
             BenchCommand.Create(console),

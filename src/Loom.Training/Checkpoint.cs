@@ -66,6 +66,23 @@ public static class Checkpoint
         trainer.RestoreState(state);
     }
 
+    /// <summary>
+    /// The model saved in a checkpoint, without optimizer or data state: the start of a new run on other data (continued
+    /// pretraining, fine-tuning), which gets a fresh optimizer and learning-rate schedule.
+    /// </summary>
+    public static Decoder LoadModel(string path)
+    {
+        using var reader = new BinaryReader(new MemoryStream(ReadVerified(path)));
+        var model = new Decoder(ReadHeader(reader, path));
+        // Step, optimizer step, sampler (epoch, position, seed), dropout key, best loss, evaluations without improvement.
+        reader.BaseStream.Seek(8 + 8 + 4 + 4 + 8 + 8 + 8 + 4, SeekOrigin.Current);
+        int count = reader.ReadInt32();
+        if (count != model.Parameters.Length)
+            throw new InvalidDataException($"checkpoint '{path}' holds {count} parameters, its shape needs {model.Parameters.Length}");
+        ReadFloats(reader, model.Parameters);
+        return model;
+    }
+
     /// <summary>Builds the model and trainer from a checkpoint and restores it.</summary>
     public static Trainer Resume(string path, TokenDataset data, TrainingOptions options)
     {

@@ -122,21 +122,27 @@ public sealed class ByteTokenEncoder : ITokenEncoder
     }
 }
 
-/// <summary>The tokenizer of an existing GGUF model; documents start with BOS when that model expects it.</summary>
+/// <summary>
+/// The tokenizer of an existing GGUF model (or a tokenizer-only GGUF); documents start with BOS when that model expects
+/// it. With <c>parseSpecial</c>, control-token texts in the documents (such as ChatML's &lt;|im_start|&gt;) become those
+/// tokens, so chat-formatted training text teaches the model its template.
+/// </summary>
 public sealed class GgufTokenEncoder : ITokenEncoder
 {
     private readonly Tokenizer _tokenizer;
+    private readonly bool _parseSpecial;
     private readonly List<KeyValuePair<string, GgufValue>> _metadata;
 
-    public GgufTokenEncoder(GgufFile file)
+    public GgufTokenEncoder(GgufFile file, bool parseSpecial = false)
     {
         _tokenizer = Tokenizer.FromGguf(file);
+        _parseSpecial = parseSpecial;
         _metadata = file.MetadataKeys.Where(k => k.StartsWith("tokenizer.", StringComparison.Ordinal))
             .Select(k => new KeyValuePair<string, GgufValue>(k, file.Metadata[k])).ToList();
     }
 
     public int VocabSize => _tokenizer.VocabSize;
-    public int[] EncodeDocument(string text) => _tokenizer.Encode(text, addSpecial: true, parseSpecial: false);
+    public int[] EncodeDocument(string text) => _tokenizer.Encode(text, addSpecial: true, parseSpecial: _parseSpecial);
 
     /// <summary>Copies the source model's tokenizer.* metadata unchanged.</summary>
     public void DescribeInGguf(GgufWriter writer)

@@ -12,7 +12,9 @@ internal static class TrainCommand
     {
         var data = new Option<string?>("--data") { Description = "training text: a file, a folder of files, or JSONL with a \"text\" field", HelpName = "PATH" };
         var output = new Option<string?>("--out") { Description = "folder for checkpoint.bin and model.gguf", HelpName = "DIR" };
-        var tokenizerFrom = new Option<string?>("--tokenizer-from") { Description = "use this GGUF model's tokenizer (default: one token per byte)", HelpName = "MODEL.gguf" };
+        var tokenizerFrom = new Option<string?>("--tokenizer-from") { Description = "use this GGUF's tokenizer, a model's or one from `loom tokenizer train` (default: one token per byte)", HelpName = "FILE.gguf" };
+        var parseSpecial = new Option<bool>("--parse-special") { Description = "special-token text in the data (e.g. ChatML's <|im_start|>) becomes that token" };
+        var initFrom = new Option<string?>("--init-from") { Description = "start from this checkpoint's weights (and shape) with a fresh optimizer and schedule", HelpName = "CHECKPOINT" };
         var dim = new Option<int>("--dim") { Description = "embedding width", DefaultValueFactory = _ => 256 };
         var layers = new Option<int>("--layers") { Description = "transformer blocks", DefaultValueFactory = _ => 4 };
         var heads = new Option<int>("--heads") { Description = "attention heads", DefaultValueFactory = _ => 8 };
@@ -38,7 +40,7 @@ internal static class TrainCommand
 
         var command = new Command("train", "Train a Llama-style model on text and export it as GGUF")
         {
-            data, output, tokenizerFrom, dim, layers, heads, kvHeads, hidden, context, batch, accumulate, steps, rate, minRate,
+            data, output, tokenizerFrom, parseSpecial, initFrom, dim, layers, heads, kvHeads, hidden, context, batch, accumulate, steps, rate, minRate,
             warmup, weightDecay, clip, dropout, validation, evalEvery, patience, seed, threads, resume, precision,
         };
         command.SetAction(r => LoomCli.Guard(console, () =>
@@ -57,7 +59,8 @@ internal static class TrainCommand
             GgufFile? tokenizerFile = r.GetValue(tokenizerFrom) is { } source ? GgufFile.Open(LoomCli.RequireModelFile(source)) : null;
             try
             {
-                ITokenEncoder encoder = tokenizerFile is null ? new ByteTokenEncoder() : new GgufTokenEncoder(tokenizerFile);
+                if (tokenizerFile is null && r.GetValue(parseSpecial)) throw new CliException("--parse-special needs --tokenizer-from: the byte tokenizer has no special tokens");
+                ITokenEncoder encoder = tokenizerFile is null ? new ByteTokenEncoder() : new GgufTokenEncoder(tokenizerFile, r.GetValue(parseSpecial));
                 var documents = TextCorpus.Load(dataPath);
                 var dataset = TokenDataset.Create(documents, encoder, r.GetValue(validation));
                 console.Error.WriteLine($"data: {documents.Count} documents, {dataset.Train.Length:N0} training and {dataset.Validation.Length:N0} validation tokens (vocabulary {encoder.VocabSize})");
@@ -78,6 +81,14 @@ internal static class TrainCommand
                     if (!File.Exists(checkpointPath)) throw new CliException($"--resume: no checkpoint at {checkpointPath}");
                     trainer = Checkpoint.Resume(checkpointPath, dataset, options);
                     console.Error.WriteLine($"resumed at step {trainer.Step}");
+                }
+                else if (r.GetValue(initFrom) is { } initial)
+                {
+                    var model = Checkpoint.LoadModel(LoomCli.RequireInputFile(initial, "--init-from checkpoint"));
+                    if (model.Shape.VocabSize != encoder.VocabSize)
+                        throw new CliException($"--init-from: the checkpoint's vocabulary ({model.Shape.VocabSize}) differs from the tokenizer's ({encoder.VocabSize})");
+                    trainer = new Trainer(model, dataset, options);
+                    console.Error.WriteLine($"initialized from {initial}");
                 }
                 else
                 {
