@@ -56,6 +56,21 @@ public static class LoomCli
         return path;
     }
 
+    /// <summary>
+    /// The small model trained by scripts/default-model/train.sh, copied beside the executable at build time: what the
+    /// model-running commands use when no -m is given.
+    /// </summary>
+    public static string DefaultModelPath => Path.Combine(AppContext.BaseDirectory, "models", "loom-primer.gguf");
+
+    /// <summary>The model to run: the -m path (checked), or the default model when none is given.</summary>
+    internal static string ModelOrDefault(string? path)
+    {
+        if (!string.IsNullOrWhiteSpace(path)) return RequireModelFile(path);
+        if (!File.Exists(DefaultModelPath))
+            throw new CliException($"no -m/--model given and the default model is missing ({DefaultModelPath}); pass -m PATH.gguf");
+        return DefaultModelPath;
+    }
+
     internal static string RequireInputFile(string path, string what)
     {
         if (!File.Exists(path)) throw new CliException($"{what} '{path}' does not exist");

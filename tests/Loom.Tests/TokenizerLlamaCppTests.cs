@@ -18,9 +18,11 @@ public class TokenizerLlamaCppTests
 
     [Theory]
     [MemberData(nameof(Vocabularies))]
-    public void SpecialTokensAndPiecesMatch(string relative)
+    public void SpecialTokensAndPiecesMatch(string relative) => CompareVocabulary(SharedData.PathTo(relative));
+
+    /// <summary>Vocabulary size, special ids, add-BOS/EOS flags, and every token's attributes and pieces.</summary>
+    internal static void CompareVocabulary(string path)
     {
-        string path = SharedData.PathTo(relative);
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);
         using var native = LlamaCppReference.LoadVocabulary(path);
@@ -78,7 +80,7 @@ public class TokenizerLlamaCppTests
         finally { File.Delete(path); }
     }
 
-    private static void CompareEncoding(string path, int randomStrings)
+    internal static void CompareEncoding(string path, int randomStrings)
     {
         using var file = GgufFile.Open(path);
         var ours = Tokenizer.FromGguf(file);

@@ -17,7 +17,7 @@ internal static class BenchCommand
 {
     public static Command Create(CliConsole console)
     {
-        var model = new Option<string?>("--model", "-m") { Description = "GGUF model file", HelpName = "PATH" };
+        var model = new Option<string?>("--model", "-m") { Description = "GGUF model file (default: the built-in models/loom-primer.gguf)", HelpName = "PATH" };
         var threads = new Option<int?>("--threads", "-t") { Description = "compute threads (default: all cores)" };
         var promptTokens = new Option<string>("--prompt-tokens", "-p")
         { Description = "prompt lengths to prefill, comma-separated", DefaultValueFactory = _ => "128,512", HelpName = "N,N" };
@@ -32,7 +32,7 @@ internal static class BenchCommand
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
             var settings = new BenchSettings(
-                LoomCli.RequireModelFile(r.GetValue(model)),
+                LoomCli.ModelOrDefault(r.GetValue(model)),
                 ParseCounts(r.GetValue(promptTokens)!, "--prompt-tokens"),
                 RequirePositive(r.GetValue(genTokens), "--gen-tokens"),
                 ParseCounts(r.GetValue(sequences)!, "--sequences"),

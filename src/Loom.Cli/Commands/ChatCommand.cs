@@ -18,7 +18,7 @@ internal static class ChatCommand
         command.Add(system);
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
-            string modelPath = LoomCli.RequireModelFile(r.GetValue(run.Model));
+            string modelPath = LoomCli.ModelOrDefault(r.GetValue(run.Model));
             var options = run.Generation(r);
             int contextSize = run.ContextSize(r);
             EngineSettings.SetKernelThreads(r.GetValue(run.Threads));

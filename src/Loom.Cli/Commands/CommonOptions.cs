@@ -9,7 +9,7 @@ internal sealed class ModelRunOptions
 {
     private static readonly SamplerOptions Defaults = new();
 
-    public Option<string?> Model { get; } = new("--model", "-m") { Description = "GGUF model file", HelpName = "PATH" };
+    public Option<string?> Model { get; } = new("--model", "-m") { Description = "GGUF model file (default: Loom's small built-in model, models/loom-primer.gguf)", HelpName = "PATH" };
     public Option<int> MaxTokens { get; }
     public Option<float> Temperature { get; } = new("--temperature", "--temp") { Description = "sampling temperature; 0 = greedy", DefaultValueFactory = _ => Defaults.Temperature };
     public Option<int> TopK { get; } = new("--top-k") { Description = "keep the k most likely tokens (0 = off)", DefaultValueFactory = _ => Defaults.TopK };

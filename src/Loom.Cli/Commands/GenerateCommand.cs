@@ -33,7 +33,7 @@ internal static class GenerateCommand
         command.Add(output);
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
-            string modelPath = LoomCli.RequireModelFile(r.GetValue(run.Model));
+            string modelPath = LoomCli.ModelOrDefault(r.GetValue(run.Model));
             string[] prompts = ReadPrompts(r.GetValue(promptsFile), r.GetValue(prompt));
             var options = run.Generation(r);
             int contextSize = run.ContextSize(r);

@@ -10,7 +10,7 @@ internal static class ServeCommand
 {
     public static Command Create(CliConsole console)
     {
-        var model = new Option<string?>("--model", "-m") { Description = "GGUF model file", HelpName = "PATH" };
+        var model = new Option<string?>("--model", "-m") { Description = "GGUF model file (default: the built-in models/loom-primer.gguf)", HelpName = "PATH" };
         var host = new Option<string>("--host") { Description = "address to listen on (an IP address or localhost)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0 = any free port)", DefaultValueFactory = _ => 8080 };
         var apiKey = new Option<string?>("--api-key") { Description = "require 'Authorization: Bearer KEY' on /v1 requests", HelpName = "KEY" };
@@ -21,7 +21,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API") { model, host, port, apiKey, parallel, context, queue, threads };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
-            string path = LoomCli.RequireModelFile(r.GetValue(model));
+            string path = LoomCli.ModelOrDefault(r.GetValue(model));
             EngineSettings.SetKernelThreads(r.GetValue(threads));
             var engineOptions = new EngineOptions
             {
