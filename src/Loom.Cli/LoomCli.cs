@@ -4,8 +4,7 @@ using Loom.Models.Gguf;
 
 namespace Loom.Cli;
 
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize, serve.</summary>
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize, train, bench.</summary>
+/// <summary>The `loom` command line: generate, chat, inspect, tokenize, train, perplexity, bench.</summary>
 public static class LoomCli
 {
     public static int Run(string[] args, CliConsole console)
@@ -17,6 +16,7 @@ public static class LoomCli
             InspectCommand.Create(console),
             TokenizeCommand.Create(console),
             TrainCommand.Create(console),
+            PerplexityCommand.Create(console),
             ServeCommand.Create(console),
             BenchCommand.Create(console),
         };
