@@ -70,7 +70,7 @@ public static class GgufExport
     /// The type a tensor is stored in: vectors (norm gains) stay F32; a matrix whose rows cannot be cut into whole
     /// Q8_0 blocks falls back to F16, as llama.cpp's converter does.
     /// </summary>
-    public static GgmlType TensorType(TensorSlot slot, ExportPrecision precision) => precision switch
+    private static GgmlType TensorType(TensorSlot slot, ExportPrecision precision) => precision switch
     {
         _ when slot.Rows == 1 => GgmlType.F32,
         ExportPrecision.Q8_0 when slot.Cols % GgmlTypeInfo.BlockSize(GgmlType.Q8_0) == 0 => GgmlType.Q8_0,
