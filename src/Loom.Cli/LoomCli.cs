@@ -4,7 +4,7 @@ using Loom.Models.Gguf;
 
 namespace Loom.Cli;
 
-/// <summary>The `loom` command line: generate, chat, inspect, tokenize, tokenizer, train, serve, bench.</summary>
+/// <summary>The `loom` command line: generate, chat, inspect, tokenize, tokenizer, train, perplexity, serve, bench.</summary>
 public static class LoomCli
 {
     public static int Run(string[] args, CliConsole console)
@@ -17,6 +17,7 @@ public static class LoomCli
             TokenizeCommand.Create(console),
             TokenizerCommand.Create(console),
             TrainCommand.Create(console),
+            PerplexityCommand.Create(console),
             ServeCommand.Create(console),
             BenchCommand.Create(console),
         };

@@ -11,7 +11,7 @@ internal static class TrainCommand
     public static Command Create(CliConsole console)
     {
         var data = new Option<string?>("--data") { Description = "training text: a file, a folder of files, or JSONL with a \"text\" field", HelpName = "PATH" };
-        var output = new Option<string?>("--out") { Description = "folder for checkpoint.bin and model.gguf", HelpName = "DIR" };
+        var output = new Option<string?>("--out") { Description = "folder for checkpoint.bin, model.gguf and the loss history (loss.csv, loss.png)", HelpName = "DIR" };
         var tokenizerFrom = new Option<string?>("--tokenizer-from") { Description = "use this GGUF's tokenizer, a model's or one from `loom tokenizer train` (default: one token per byte)", HelpName = "FILE.gguf" };
         var parseSpecial = new Option<bool>("--parse-special") { Description = "special-token text in the data (e.g. ChatML's <|im_start|>) becomes that token" };
         var initFrom = new Option<string?>("--init-from") { Description = "start from this checkpoint's weights (and shape) with a fresh optimizer and schedule", HelpName = "CHECKPOINT" };
@@ -36,7 +36,7 @@ internal static class TrainCommand
         var seed = new Option<long>("--seed", "-s") { Description = "seed for initialization, shuffling and dropout", DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads", "-t") { Description = "compute threads", DefaultValueFactory = _ => Math.Min(2, Environment.ProcessorCount) };
         var resume = new Option<bool>("--resume") { Description = "continue from DIR/checkpoint.bin" };
-        var precision = new Option<string>("--export") { Description = "GGUF precision: f32 or f16", DefaultValueFactory = _ => "f32" };
+        var precision = new Option<string>("--export") { Description = "GGUF precision: f32, f16 or q8_0", DefaultValueFactory = _ => "f32" };
 
         var command = new Command("train", "Train a Llama-style model on text and export it as GGUF")
         {
@@ -51,7 +51,8 @@ internal static class TrainCommand
             {
                 "f32" => ExportPrecision.F32,
                 "f16" => ExportPrecision.F16,
-                var other => throw new CliException($"--export must be f32 or f16, not '{other}'"),
+                "q8_0" => ExportPrecision.Q8_0,
+                var other => throw new CliException($"--export must be f32, f16 or q8_0, not '{other}'"),
             };
             Directory.CreateDirectory(outDir);
             string checkpointPath = Path.Combine(outDir, "checkpoint.bin");
@@ -76,11 +77,18 @@ internal static class TrainCommand
                     Patience = r.GetValue(patience), Seed = (ulong)r.GetValue(seed), Threads = r.GetValue(threads), CheckpointPath = checkpointPath,
                 };
                 Trainer trainer;
+                var history = new LossHistory();
+                string historyPath = Path.Combine(outDir, "loss.csv");
                 if (r.GetValue(resume))
                 {
                     if (!File.Exists(checkpointPath)) throw new CliException($"--resume: no checkpoint at {checkpointPath}");
                     trainer = Checkpoint.Resume(checkpointPath, dataset, options);
                     console.Error.WriteLine($"resumed at step {trainer.Step}");
+                    if (File.Exists(historyPath))
+                    {
+                        history = LossHistory.ReadCsv(historyPath);
+                        history.DropAfter(trainer.Step);
+                    }
                 }
                 else if (r.GetValue(initFrom) is { } initial)
                 {
@@ -102,7 +110,15 @@ internal static class TrainCommand
                     trainer = new Trainer(model, dataset, options);
                 }
                 console.Error.WriteLine($"model: {trainer.Model.Parameters.Length:N0} parameters ({trainer.Model.Shape})");
-                Train(trainer, options, console.Error);
+                string chartPath = Path.Combine(outDir, "loss.png");
+                void SaveHistory()
+                {
+                    history.WriteCsv(historyPath);
+                    LossCurve.Render(history).Save(chartPath);
+                }
+                Train(trainer, options, console.Error, history, SaveHistory);
+                SaveHistory();
+                console.Error.WriteLine($"wrote {historyPath} and {chartPath}");
 
                 string modelPath = Path.Combine(outDir, "model.gguf");
                 GgufExport.Write(modelPath, trainer.Model, encoder, exportPrecision);
@@ -117,7 +133,8 @@ internal static class TrainCommand
         return command;
     }
 
-    private static void Train(Trainer trainer, TrainingOptions options, TextWriter log)
+    /// <summary>Runs the trainer, logging progress and recording every loss; the history is saved at each validation.</summary>
+    private static void Train(Trainer trainer, TrainingOptions options, TextWriter log, LossHistory history, Action saveHistory)
     {
         var clock = Stopwatch.StartNew();
         long firstStep = trainer.Step;
@@ -126,6 +143,7 @@ internal static class TrainCommand
         trainer.Run(step =>
         {
             tokens += step.Tokens;
+            history.AddStep(step.Step, step.Loss, step.LearningRate);
             double seconds = clock.Elapsed.TotalSeconds;
             double perSecond = tokens / Math.Max(seconds, 1e-9);
             double eta = (options.Steps - step.Step) * seconds / Math.Max(1, step.Step - firstStep);
@@ -134,6 +152,8 @@ internal static class TrainCommand
         }, evaluation =>
         {
             lastValidation = evaluation.ValidationLoss;
+            history.AddValidation(evaluation.Step, evaluation.ValidationLoss);
+            saveHistory();
             log.WriteLine($"validation at step {evaluation.Step}: loss {evaluation.ValidationLoss:F4}, perplexity {evaluation.Perplexity:F2}" +
                           (evaluation.Improved ? " (best)" : "") + (evaluation.StopEarly ? "; stopping early" : ""));
         });
