@@ -39,3 +39,11 @@ shape=(--dim 256 --layers 6 --heads 8 --kv-heads 4 --ctx 256)
 mkdir -p "$repo/models"
 cp "$work/stage2/model.gguf" "$repo/models/loom-primer.gguf"
 ls -l "$repo/models/loom-primer.gguf"
+
+# Held-out perplexity (llama-perplexity's method: 256-token chunks, the second half of each scored), after each stage.
+for stage in stage1 stage2; do
+  for part in brown primer; do
+    echo "$stage, held-out $part:"
+    "$loom" perplexity -m "$work/$stage/model.gguf" --data "$work/text/heldout/$part" --ctx 256 --threads $threads 2>/dev/null
+  done
+done

@@ -14,7 +14,7 @@ internal static class PerplexityCommand
 
     public static Command Create(CliConsole console)
     {
-        var model = new Option<string?>("--model", "-m") { Description = "GGUF model file", HelpName = "PATH" };
+        var model = new Option<string?>("--model", "-m") { Description = "GGUF model file (default: the built-in models/loom-primer.gguf)", HelpName = "PATH" };
         var data = new Option<string?>("--data", "-f") { Description = "text to score: a file, a folder of files, or JSONL with a \"text\" field", HelpName = "PATH" };
         var context = new Option<int>("--ctx", "-c") { Description = $"tokens per chunk (0 = {DefaultContext}, or the model's context if shorter)", DefaultValueFactory = _ => 0 };
         var chunks = new Option<int>("--chunks") { Description = "score at most this many chunks (0 = all)", DefaultValueFactory = _ => 0 };
@@ -25,7 +25,7 @@ internal static class PerplexityCommand
         };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
-            string modelPath = LoomCli.RequireModelFile(r.GetValue(model));
+            string modelPath = LoomCli.ModelOrDefault(r.GetValue(model));
             string dataPath = r.GetValue(data) ?? throw new CliException("--data PATH is required");
             int ctx = r.GetValue(context);
             if (ctx < 0) throw new CliException($"--ctx must not be negative (got {ctx})");
