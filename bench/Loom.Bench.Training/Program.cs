@@ -7,12 +7,19 @@ using TorchSharp;
 // Training throughput, Loom against PyTorch (TorchSharp, libtorch CPU), in one process: the same ~11M-parameter
 // Llama-style decoder, batch, context and thread count; repetitions alternate Loom and PyTorch so that the load of a
 // shared machine falls on both alike. Each timed step is forward + backward + gradient clipping + AdamW.
-//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2]
+//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--profile]
+// --profile times each kernel of a Loom step alone instead.
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 int reps = Option("--reps", 5), steps = Option("--steps", 3), threads = Option("--threads", 2);
 const int batch = 8;
 var shape = new ModelShape { VocabSize = 4096, Dim = 384, Layers = 6, Heads = 6, KvHeads = 2, Hidden = 1024, Context = 256 };
 int seqLen = shape.Context, tokensPerStep = batch * seqLen;
+
+if (args.Contains("--profile"))
+{
+    KernelProfile.Run(shape, batch, threads);
+    return;
+}
 
 var model = new Decoder(shape) { Threads = threads };
 model.Initialize(1);
