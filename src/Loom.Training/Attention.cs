@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace Loom.Training;
 
@@ -46,13 +48,7 @@ internal sealed class Attention(ModelShape shape)
                 for (int t = 0; t < T; t++)
                 {
                     var row = p.Slice(t * T, T);
-                    var visible = row[..(t + 1)];
-                    float max = TensorPrimitives.Max(visible);
-                    // exp(scale·(s − max)), then normalized.
-                    TensorPrimitives.Subtract(visible, max, visible);
-                    TensorPrimitives.Multiply(visible, _scale, visible);
-                    TensorPrimitives.Exp(visible, visible);
-                    TensorPrimitives.Multiply(visible, 1f / TensorPrimitives.Sum(visible), visible);
+                    Softmax(row[..(t + 1)], _scale);
                     row[(t + 1)..].Clear();
                 }
                 var weights = p;
@@ -128,6 +124,48 @@ internal sealed class Attention(ModelShape shape)
                 MatMul.Multiply(dScores, 1, T, query, dim, 1, dKeys, kvDim, T, hd, T, accumulate: !first, threads: 1);
             }
         });
+    }
+
+    /// <summary>
+    /// row ← softmax(scale·row) in one fused pass per step (max, exponentials and their sum, normalization): rows are
+    /// short, so separate library calls per step would cost more than the arithmetic.
+    /// </summary>
+    internal static void Softmax(Span<float> row, float scale)
+    {
+        ref float start = ref MemoryMarshal.GetReference(row);
+        int length = row.Length, i = 0;
+        float max = float.NegativeInfinity;
+        if (Vector256.IsHardwareAccelerated && length >= 8)
+        {
+            var vmax = Vector256.Create(float.NegativeInfinity);
+            for (; i + 8 <= length; i += 8) vmax = Vector256.Max(vmax, Vector256.LoadUnsafe(ref start, (nuint)i));
+            max = Vector256.Max(vmax, Vector256.Create(max)).ToScalar();
+            for (int lane = 1; lane < 8; lane++) max = MathF.Max(max, vmax.GetElement(lane));
+        }
+        for (; i < length; i++) max = MathF.Max(max, row[i]);
+
+        float sum = 0;
+        i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vsum = Vector256<float>.Zero;
+            var vmax = Vector256.Create(max);
+            var vscale = Vector256.Create(scale);
+            for (; i + 8 <= length; i += 8)
+            {
+                var e = Vector256.Exp((Vector256.LoadUnsafe(ref start, (nuint)i) - vmax) * vscale);
+                e.StoreUnsafe(ref start, (nuint)i);
+                vsum += e;
+            }
+            sum = Vector256.Sum(vsum);
+        }
+        for (; i < length; i++)
+        {
+            float e = MathF.Exp((row[i] - max) * scale);
+            row[i] = e;
+            sum += e;
+        }
+        TensorPrimitives.Multiply(row, 1f / sum, row);
     }
 
     /// <summary>This thread's scratch of at least first + second floats (reused across calls).</summary>

@@ -111,7 +111,7 @@ public sealed class Decoder
             Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), a.Norm2, a.InverseRms2, n, s.NormEpsilon);
             MatMul.Forward(a.Norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads);
             MatMul.Forward(a.Norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads);
-            Layers.SwiGluForward(a.Gate.AsSpan(0, n * s.Hidden), a.Up, a.Hidden.AsSpan(0, n * s.Hidden));
+            Layers.SwiGluForward(a.Gate, a.Up, a.Hidden, n * s.Hidden, Threads);
             MatMul.Forward(a.Hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads);
             Mask(l, 2, ResidualDropout).Apply(projection);
             AddTo(a.Middle, projection, w.Residual[l + 1]);
@@ -120,7 +120,7 @@ public sealed class Decoder
         Layers.RmsNormForward(w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalNorm, w.FinalInverseRms, n, s.NormEpsilon);
         MatMul.Forward(w.FinalNorm, embedding, w.Logits, n, s.Dim, s.VocabSize, Threads);
         if (!_hasTargets) return double.NaN;
-        return Layers.CrossEntropy(w.Logits, targets, s.VocabSize, gradientScale: null);
+        return Layers.CrossEntropy(w.Logits, targets, s.VocabSize, gradientScale: null, Threads);
     }
 
     /// <summary>Logits [batch·seqLen, vocab] of the last <see cref="Forward"/> (overwritten by <see cref="Backward"/>).</summary>
@@ -141,8 +141,8 @@ public sealed class Decoder
         int seqLen = _seqLen;
 
         // Head: dlogits, then into the (tied) embedding and the final norm.
+        Layers.CrossEntropy(w.Logits, w.Targets.AsSpan(0, n), s.VocabSize, lossScale, Threads);
         var dLogits = w.Logits.AsSpan(0, n * s.VocabSize);
-        Layers.CrossEntropy(dLogits, w.Targets.AsSpan(0, n), s.VocabSize, lossScale);
         MatMul.BackwardWeight(dLogits, w.FinalNorm, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads);
         MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads);
         var dResidual = w.DResidual.AsSpan(0, n * s.Dim);
@@ -160,7 +160,7 @@ public sealed class Decoder
             Mask(l, 2, ResidualDropout).Apply(dProjection);
             MatMul.BackwardWeight(dProjection, a.Hidden, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads);
             MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads);
-            Layers.SwiGluBackward(w.DHidden.AsSpan(0, n * s.Hidden), a.Gate, a.Up, w.DGate, w.DUp);
+            Layers.SwiGluBackward(w.DHidden, a.Gate, a.Up, w.DGate, w.DUp, n * s.Hidden, Threads);
             MatMul.BackwardWeight(w.DGate, a.Norm2, slots.Gate.Of(g), n, s.Dim, s.Hidden, Threads);
             MatMul.BackwardWeight(w.DUp, a.Norm2, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads);
             MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads);

@@ -235,6 +235,13 @@ public static unsafe class MatMul
             for (int i0 = 0; i0 < mc; i0 += height)
             {
                 float* panel = packed + (long)i0 * kc;
+                if (aRow == 1 && i0 + height <= mc)
+                {
+                    // A read transposed (the weight gradient's dyᵀ): each k holds the panel's rows side by side.
+                    float* source = a + m0 + i0 + (long)k0 * aCol;
+                    for (int k = 0; k < kc; k++) Buffer.MemoryCopy(source + (long)k * aCol, panel + k * height, height * sizeof(float), height * sizeof(float));
+                    continue;
+                }
                 for (int r = 0; r < height; r++)
                 {
                     if (i0 + r >= mc)
