@@ -25,7 +25,8 @@ internal sealed class Attention(ModelShape shape)
     /// q: [B·T, Heads·hd], k/v: [B·T, KvHeads·hd] (already rotated); writes the softmax probabilities (before dropout)
     /// to probs [B, Heads, T, T] and the head outputs to output [B·T, Heads·hd].
     /// </summary>
-    public void Forward(float[] q, float[] k, float[] v, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads)
+    public void Forward(float[] q, float[] k, float[] v, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32)
     {
         WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
         {
@@ -43,7 +44,7 @@ internal sealed class Attention(ModelShape shape)
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(query[(r0 * dim)..], dim, 1, keys, 1, kvDim, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1);
+                    MatMul.Multiply(query[(r0 * dim)..], dim, 1, keys, 1, kvDim, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
                 }
                 for (int t = 0; t < T; t++)
                 {
@@ -61,7 +62,7 @@ internal sealed class Attention(ModelShape shape)
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(weights[(r0 * T)..], T, 1, values, kvDim, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1);
+                    MatMul.Multiply(weights[(r0 * T)..], T, 1, values, kvDim, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
                 }
             }
         });
@@ -69,7 +70,7 @@ internal sealed class Attention(ModelShape shape)
 
     /// <summary>From dOutput, writes dq and dk/dv (overwriting them), for pre-rotation-backward q/k.</summary>
     public void Backward(float[] dOutput, float[] q, float[] k, float[] v, float[] probs, float[] dq, float[] dk, float[] dv,
-        int batch, int seqLen, DropoutMask mask, int threads)
+        int batch, int seqLen, DropoutMask mask, int threads, TrainingPrecision precision = TrainingPrecision.Fp32)
     {
         WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
         {
@@ -95,11 +96,11 @@ internal sealed class Attention(ModelShape shape)
                     for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
                 }
                 // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
-                MatMul.Multiply(weights, 1, T, d, dim, 1, dValues, kvDim, T, hd, T, accumulate: !first, threads: 1);
+                MatMul.Multiply(weights, 1, T, d, dim, 1, dValues, kvDim, T, hd, T, accumulate: !first, threads: 1, precision);
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(d[(r0 * dim)..], dim, 1, values, 1, kvDim, dScores[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1);
+                    MatMul.Multiply(d[(r0 * dim)..], dim, 1, values, 1, kvDim, dScores[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
                 }
                 // Through the softmax: ds_j = p_j (dp_j − Σ p·dp) · scale, zero above the diagonal.
                 for (int t = 0; t < T; t++)
@@ -119,9 +120,9 @@ internal sealed class Attention(ModelShape shape)
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, kvDim, 1, dQuery[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1);
+                    MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, kvDim, 1, dQuery[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
                 }
-                MatMul.Multiply(dScores, 1, T, query, dim, 1, dKeys, kvDim, T, hd, T, accumulate: !first, threads: 1);
+                MatMul.Multiply(dScores, 1, T, query, dim, 1, dKeys, kvDim, T, hd, T, accumulate: !first, threads: 1, precision);
             }
         });
     }

@@ -4,6 +4,13 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Loom.Training;
 
+/// <summary>Arithmetic of the matrix products: fp32, or bf16 inputs with fp32 accumulation (autocast's mixed precision).</summary>
+public enum TrainingPrecision
+{
+    Fp32,
+    Bf16,
+}
+
 /// <summary>Instruction-set paths of the training kernels.</summary>
 internal enum TrainingIsa
 {
@@ -52,27 +59,31 @@ public static unsafe class MatMul
     }
 
     /// <summary>Forward of a linear layer: y[n, o] = Σ_i x[n, i]·w[o, i].</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int tokens, int inputs, int outputs, int threads) =>
-        Multiply(x, inputs, 1, w, 1, inputs, y, outputs, tokens, outputs, inputs, accumulate: false, threads);
+    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int tokens, int inputs, int outputs, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(x, inputs, 1, w, 1, inputs, y, outputs, tokens, outputs, inputs, accumulate: false, threads, precision);
 
     /// <summary>Input gradient of a linear layer: dx[n, i] (+)= Σ_o dy[n, o]·w[o, i].</summary>
-    public static void BackwardInput(ReadOnlySpan<float> dy, ReadOnlySpan<float> w, Span<float> dx, int tokens, int inputs, int outputs, bool accumulate, int threads) =>
-        Multiply(dy, outputs, 1, w, inputs, 1, dx, inputs, tokens, inputs, outputs, accumulate, threads);
+    public static void BackwardInput(ReadOnlySpan<float> dy, ReadOnlySpan<float> w, Span<float> dx, int tokens, int inputs, int outputs, bool accumulate, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(dy, outputs, 1, w, inputs, 1, dx, inputs, tokens, inputs, outputs, accumulate, threads, precision);
 
     /// <summary>Weight gradient of a linear layer: dw[o, i] += Σ_n dy[n, o]·x[n, i].</summary>
-    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dw, int tokens, int inputs, int outputs, int threads) =>
-        Multiply(dy, 1, outputs, x, inputs, 1, dw, inputs, outputs, inputs, tokens, accumulate: true, threads);
+    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dw, int tokens, int inputs, int outputs, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(dy, 1, outputs, x, inputs, 1, dw, inputs, outputs, inputs, tokens, accumulate: true, threads, precision);
 
     /// <summary>
     /// c[m·cRow + n] (+)= Σ_k A(m, k)·B(k, n) for m &lt; rows, n &lt; cols, k &lt; depth, with A(m, k) = a[m·aRow + k·aCol]
-    /// and B(k, n) = b[k·bRow + n·bCol].
+    /// and B(k, n) = b[k·bRow + n·bCol]. With <see cref="TrainingPrecision.Bf16"/> every A and B element is first rounded
+    /// to bfloat16 (to nearest, ties to even) and the products are accumulated in fp32, as PyTorch's autocast does.
     /// </summary>
     public static void Multiply(ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
-        int rows, int cols, int depth, bool accumulate, int threads) =>
-        Multiply(Isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads);
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(Isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision);
 
     internal static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
-        int rows, int cols, int depth, bool accumulate, int threads)
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32)
     {
         if (rows < 0 || cols < 0 || depth < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"dimensions {rows}×{cols}×{depth} must not be negative");
         if (rows == 0 || cols == 0) return;
@@ -89,7 +100,7 @@ public static unsafe class MatMul
         }
         fixed (float* pa = a, pb = b, pc = c)
         {
-            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate);
+            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate, precision == TrainingPrecision.Bf16);
             if (isa == TrainingIsa.Portable)
             {
                 job.RunPortable();
@@ -129,8 +140,44 @@ public static unsafe class MatMul
         return buffer;
     }
 
+    /// <summary>x rounded to the nearest bfloat16 (ties to even), kept in a float: its low 16 bits are zero. NaN stays NaN.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float RoundToBf16(float x)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(x);
+        if (float.IsNaN(x)) return BitConverter.UInt32BitsToSingle(bits | 0x0040_0000);
+        return BitConverter.UInt32BitsToSingle((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000);
+    }
+
+    /// <summary>Copies count floats, rounded to bfloat16 when asked; the vector part rounds exactly as <see cref="RoundToBf16"/>.</summary>
+    private static void Copy(float* source, float* target, int count, bool bf16)
+    {
+        if (!bf16)
+        {
+            Buffer.MemoryCopy(source, target, count * sizeof(float), count * sizeof(float));
+            return;
+        }
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var half = Vector256.Create(0x7FFFu);
+            var one = Vector256.Create(1u);
+            var high = Vector256.Create(0xFFFF_0000u);
+            var quiet = Vector256.Create(0x0040_0000u);
+            for (; i + 8 <= count; i += 8)
+            {
+                var x = Vector256.Load(source + i);
+                var bits = x.AsUInt32();
+                var rounded = (bits + half + ((bits >> 16) & one)) & high;
+                var nan = Vector256.Equals(x, x).AsUInt32();
+                Vector256.ConditionalSelect(nan, rounded, bits | quiet).AsSingle().Store(target + i);
+            }
+        }
+        for (; i < count; i++) target[i] = RoundToBf16(source[i]);
+    }
+
     private readonly struct Job(TrainingIsa isa, float* a, int aRow, int aCol, float* b, int bRow, int bCol, float* c, int cRow,
-        int rows, int cols, int depth, bool accumulate)
+        int rows, int cols, int depth, bool accumulate, bool bf16)
     {
         public int TileRows => isa == TrainingIsa.Avx512 ? 8 : 6;
         private int TileCols => isa == TrainingIsa.Avx512 ? 32 : 16;
@@ -144,10 +191,13 @@ public static unsafe class MatMul
             {
                 float* target = c + (long)m * cRow + n;
                 float sum = accumulate ? *target : 0f;
-                for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(a[(long)m * aRow + (long)k * aCol], b[(long)k * bRow + (long)n * bCol], sum);
+                for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(Load(a + (long)m * aRow + (long)k * aCol), Load(b + (long)k * bRow + (long)n * bCol), sum);
                 *target = sum;
             }
         }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private float Load(float* element) => bf16 ? RoundToBf16(*element) : *element;
 
         /// <summary>
         /// B into depth blocks, each a run of column panels: panel p of the block starting at k0 holds
@@ -166,7 +216,7 @@ public static unsafe class MatMul
                     int valid = Math.Min(width, cols - n0);
                     if (bCol == 1 && valid == width)
                         for (int k = 0; k < kc; k++)
-                            Buffer.MemoryCopy(b + (long)(k0 + k) * bRow + n0, panel + k * width, width * sizeof(float), width * sizeof(float));
+                            Copy(b + (long)(k0 + k) * bRow + n0, panel + k * width, width, bf16);
                     else
                     {
                         // Column by column: when B is read transposed each column is a contiguous run.
@@ -178,7 +228,7 @@ public static unsafe class MatMul
                                 continue;
                             }
                             float* source = b + (long)k0 * bRow + (long)(n0 + j) * bCol;
-                            for (int k = 0; k < kc; k++) panel[k * width + j] = source[(long)k * bRow];
+                            for (int k = 0; k < kc; k++) panel[k * width + j] = Load(source + (long)k * bRow);
                         }
                     }
                 }
@@ -239,7 +289,7 @@ public static unsafe class MatMul
                 {
                     // A read transposed (the weight gradient's dyᵀ): each k holds the panel's rows side by side.
                     float* source = a + m0 + i0 + (long)k0 * aCol;
-                    for (int k = 0; k < kc; k++) Buffer.MemoryCopy(source + (long)k * aCol, panel + k * height, height * sizeof(float), height * sizeof(float));
+                    for (int k = 0; k < kc; k++) Copy(source + (long)k * aCol, panel + k * height, height, bf16);
                     continue;
                 }
                 for (int r = 0; r < height; r++)
@@ -250,10 +300,7 @@ public static unsafe class MatMul
                         continue;
                     }
                     float* source = a + (long)(m0 + i0 + r) * aRow + (long)k0 * aCol;
-                    if (aCol == 1)
-                        for (int k = 0; k < kc; k++) panel[k * height + r] = source[k];
-                    else
-                        for (int k = 0; k < kc; k++) panel[k * height + r] = source[(long)k * aCol];
+                    for (int k = 0; k < kc; k++) panel[k * height + r] = Load(source + (long)k * aCol);
                 }
             }
         }
