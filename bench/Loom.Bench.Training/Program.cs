@@ -7,7 +7,8 @@ using TorchSharp;
 // Training throughput, Loom against PyTorch (TorchSharp, libtorch CPU), in one process: the same ~11M-parameter
 // Llama-style decoder, batch, context and thread count; repetitions alternate Loom and PyTorch so that the load of a
 // shared machine falls on both alike. Each timed step is forward + backward + gradient clipping + AdamW.
-//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--profile]
+//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--bf16] [--profile]
+// --bf16 adds Loom with bf16 products as a third contestant.
 // --profile times each kernel of a Loom step alone instead.
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 int reps = Option("--reps", 5), steps = Option("--steps", 3), threads = Option("--threads", 2);
@@ -65,11 +66,20 @@ double TorchStep() => reference.Step(torchTokens, torchTargets, batch, seqLen, 1
 NextBatch();
 Console.WriteLine($"first-step loss: Loom {LoomStep():F4}, PyTorch {TorchStep():F4}");
 
-var loomRates = new List<double>();
-var torchRates = new List<double>();
+// Contestants: Loom fp32, Loom bf16 with --bf16 (TorchSharp has no autocast, so PyTorch runs fp32 only), PyTorch.
+var contestants = new List<(string Name, Func<double> Step)> { ("Loom fp32", () => LoomStepIn(TrainingPrecision.Fp32)) };
+if (args.Contains("--bf16")) contestants.Add(("Loom bf16", () => LoomStepIn(TrainingPrecision.Bf16)));
+contestants.Add(("PyTorch fp32", TorchStep));
+var rates = contestants.ToDictionary(c => c.Name, _ => new List<double>());
 var peaks = new List<double>();
+double LoomStepIn(TrainingPrecision precision)
+{
+    model.Precision = precision;
+    return LoomStep();
+}
 (double Rate, double Loss) Time(Func<double> step)
 {
+    step(); // one untimed step: the other side's run has just had the caches
     double loss = 0;
     var clock = Stopwatch.StartNew();
     for (int s = 0; s < steps; s++)
@@ -81,32 +91,35 @@ var peaks = new List<double>();
 }
 for (int r = 0; r < reps; r++)
 {
-    // Alternate which side goes first, so neither always follows the other's cache and allocator state.
-    var (first, second) = r % 2 == 0 ? ("Loom", "PyTorch") : ("PyTorch", "Loom");
-    var a = Time(first == "Loom" ? LoomStep : TorchStep);
-    var b = Time(second == "Loom" ? LoomStep : TorchStep);
-    var (loom, torchRun) = first == "Loom" ? (a, b) : (b, a);
-    loomRates.Add(loom.Rate);
-    torchRates.Add(torchRun.Rate);
+    // Rotate the order, so no side always follows the same other side's cache and allocator state.
+    var line = new List<string>();
+    for (int i = 0; i < contestants.Count; i++)
+    {
+        var (name, step) = contestants[(i + r) % contestants.Count];
+        var (rate, loss) = Time(step);
+        rates[name].Add(rate);
+        line.Add($"{name} {rate:F0} tok/s (loss {loss:F4})");
+    }
     peaks.Add(FmaPeak.Measure(threads));
-    Console.WriteLine($"rep {r + 1}: Loom {loom.Rate,7:F0} tok/s (loss {loom.Loss:F4}), PyTorch {torchRun.Rate,7:F0} tok/s (loss {torchRun.Loss:F4}), " +
-                      $"ratio {loom.Rate / torchRun.Rate:F2}, FMA peak {peaks[^1] / 1e9:F0} GFLOP/s, load {LoadAverage()}");
+    Console.WriteLine($"rep {r + 1}: {string.Join(", ", line)}; FMA peak {peaks[^1] / 1e9:F0} GFLOP/s; load {LoadAverage()}");
 }
 
 // MFU against the highest peak measured (what the cores can do when this process has them) and against the median
 // one (what the shared machine gave during the run).
 double peak = peaks.Max(), typicalPeak = Median(peaks);
+var torchRates = rates["PyTorch fp32"];
 Console.WriteLine();
-Console.WriteLine("| engine | median tok/s | min | max | GFLOP/s (median) | MFU vs best peak | MFU vs median peak |");
-Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
-foreach (var (name, rates) in new[] { ("Loom", loomRates), ("PyTorch (TorchSharp)", torchRates) })
+Console.WriteLine("| engine | median tok/s | min | max | GFLOP/s (median) | MFU vs best peak | MFU vs median peak | ÷ PyTorch (median of reps) |");
+Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+foreach (var (name, _) in contestants)
 {
-    double median = Median(rates), flops = median * flopsPerToken;
-    Console.WriteLine($"| {name} | {median:F0} | {rates.Min():F0} | {rates.Max():F0} | {flops / 1e9:F1} | {flops / peak:P0} | {flops / typicalPeak:P0} |");
+    var list = rates[name];
+    double median = Median(list), flops = median * flopsPerToken;
+    var ratios = list.Zip(torchRates, (l, t) => l / t).ToList();
+    Console.WriteLine($"| {name} | {median:F0} | {list.Min():F0} | {list.Max():F0} | {flops / 1e9:F1} | {flops / peak:P0} | {flops / typicalPeak:P0} | " +
+                      $"{Median(ratios):F2} ({string.Join(", ", ratios.Select(x => x.ToString("F2")))}) |");
 }
-var ratios = loomRates.Zip(torchRates, (l, t) => l / t).ToList();
-Console.WriteLine($"Loom ÷ PyTorch: median {Median(ratios):F2} (per repetition {string.Join(", ", ratios.Select(x => x.ToString("F2")))}); " +
-                  $"FMA peak max {peak / 1e9:F0} GFLOP/s, median {typicalPeak / 1e9:F0}, min {peaks.Min() / 1e9:F0}; load average {LoadAverage()}");
+Console.WriteLine($"FMA peak max {peak / 1e9:F0} GFLOP/s, median {typicalPeak / 1e9:F0}, min {peaks.Min() / 1e9:F0}; load average {LoadAverage()}");
 
 int Option(string name, int fallback)
 {
