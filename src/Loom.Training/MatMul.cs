@@ -110,10 +110,11 @@ public static unsafe class MatMul
             fixed (float* pb2 = packedB)
             {
                 job.PackB(pb2);
-                // Row parts aligned to the tile height; each part is one thread's, so the split never depends on timing.
+                // Row parts aligned to the tile height, a few per thread so that a delayed thread can be made up for, but
+                // each at least a row block tall: every part streams all of packed B. The split never changes the result.
                 int tiles = (rows + job.TileRows - 1) / job.TileRows;
                 long work = (long)rows * cols * depth;
-                int parts = threads <= 1 || work < 1 << 16 ? 1 : Math.Min(tiles, threads);
+                int parts = threads <= 1 || work < 1 << 16 ? 1 : Math.Clamp(rows / RowBlock, Math.Min(tiles, threads), 3 * threads);
                 if (parts == 1) job.Run(pb2, 0, rows);
                 else
                 {

@@ -1,10 +1,10 @@
 namespace Loom.Training;
 
 /// <summary>
-/// Dedicated worker threads for the training kernels (one pool per thread count, shared by the process). Work item i
-/// always runs on worker i mod threads, so the split is fixed; the kernels are written so that results do not depend
-/// on it anyway. Dedicated threads keep the kernels off the .NET thread pool that the rest of the process shares, and a
-/// call allocates nothing but its delegate.
+/// Dedicated worker threads for the training kernels (one pool per thread count, shared by the process). Threads take
+/// the next work item as they become free, so a thread the OS delays (a shared machine) holds up only its own item; the
+/// kernels are written so that results never depend on which thread ran which item. Dedicated threads keep the kernels
+/// off the .NET thread pool that the rest of the process shares, and a call allocates nothing but its delegate.
 /// </summary>
 internal sealed class WorkerPool
 {
@@ -15,6 +15,7 @@ internal sealed class WorkerPool
     private readonly CountdownEvent _done;
     private Action<int>? _body;
     private int _count;
+    private int _next;
     private Exception? _failure;
 
     private WorkerPool(int threads)
@@ -55,12 +56,13 @@ internal sealed class WorkerPool
         {
             _body = body;
             _count = count;
+            _next = -1;
             _failure = null;
             _done.Reset(Threads - 1);
             foreach (var start in _start) start.Release();
             try
             {
-                RunShare(0);
+                RunShare();
             }
             finally
             {
@@ -71,9 +73,9 @@ internal sealed class WorkerPool
         }
     }
 
-    private void RunShare(int worker)
+    private void RunShare()
     {
-        for (int i = worker; i < _count; i += Threads) _body!(i);
+        for (int i = Interlocked.Increment(ref _next); i < _count; i = Interlocked.Increment(ref _next)) _body!(i);
     }
 
     private void WorkerLoop(int worker)
@@ -83,7 +85,7 @@ internal sealed class WorkerPool
             _start[worker - 1].Wait();
             try
             {
-                RunShare(worker);
+                RunShare();
             }
             catch (Exception e)
             {
