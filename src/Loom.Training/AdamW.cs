@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace Loom.Training;
 
@@ -48,15 +49,48 @@ public sealed class AdamW
             var m = slot.Of(FirstMoment);
             var v = slot.Of(SecondMoment);
             float decay = slot.Decays ? 1f - learningRate * WeightDecay : 1f;
-            for (int i = 0; i < p.Length; i++)
+            UpdateSlot(p, g, m, v, decay, stepSize, correction2Root);
+        }
+    }
+
+    /// <summary>
+    /// One slot's update, in vectors and then a scalar tail that performs the very same operations in the same order,
+    /// so every element gets the same bits whichever part handles it.
+    /// </summary>
+    private void UpdateSlot(Span<float> p, Span<float> g, Span<float> m, Span<float> v, float decay, float stepSize, float correction2Root)
+    {
+        float keep1 = 1f - Beta1, keep2 = 1f - Beta2;
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vKeep1 = Vector256.Create(keep1);
+            var vBeta2 = Vector256.Create(Beta2);
+            var vKeep2 = Vector256.Create(keep2);
+            var vDecay = Vector256.Create(decay);
+            var vStep = Vector256.Create(stepSize);
+            var vRoot = Vector256.Create(correction2Root);
+            var vEpsilon = Vector256.Create(Epsilon);
+            for (; i + 8 <= p.Length; i += 8)
             {
-                float gi = g[i];
-                float mi = m[i] + (gi - m[i]) * (1f - Beta1);
-                float vi = v[i] * Beta2 + (1f - Beta2) * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                p[i] = p[i] * decay - stepSize * mi / (MathF.Sqrt(vi) / correction2Root + Epsilon);
+                var gi = Vector256.Create<float>(g[i..]);
+                var mi = Vector256.Create<float>(m[i..]);
+                var vi = Vector256.Create<float>(v[i..]);
+                mi += (gi - mi) * vKeep1;
+                vi = vi * vBeta2 + vKeep2 * gi * gi;
+                mi.CopyTo(m[i..]);
+                vi.CopyTo(v[i..]);
+                var pi = Vector256.Create<float>(p[i..]);
+                (pi * vDecay - vStep * mi / (Vector256.Sqrt(vi) / vRoot + vEpsilon)).CopyTo(p[i..]);
             }
+        }
+        for (; i < p.Length; i++)
+        {
+            float gi = g[i];
+            float mi = m[i] + (gi - m[i]) * keep1;
+            float vi = v[i] * Beta2 + keep2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * decay - stepSize * mi / (MathF.Sqrt(vi) / correction2Root + Epsilon);
         }
     }
 }

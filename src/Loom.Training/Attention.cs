@@ -1,14 +1,23 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace Loom.Training;
 
 /// <summary>
-/// Causal grouped-query attention over a batch of sequences, forward and backward. Work is split by
+/// Causal grouped-query attention over a batch of sequences, forward and backward, as matrix products per head
+/// (scores Q·Kᵀ, output P·V; backward dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q). Work is split by
 /// (sequence, key/value head): each task owns the query heads sharing that key/value head, so gradients of a shared
-/// key/value head are summed by one thread in a fixed order.
+/// key/value head are summed by one thread in a fixed order. Products over query rows are done in row blocks that
+/// stop at the causal diagonal's edge, so little of the masked upper triangle is computed.
 /// </summary>
 internal sealed class Attention(ModelShape shape)
 {
+    // Query rows per causal block: block r only needs keys 0..(r+1)·RowBlock.
+    private const int RowBlock = 64;
+
+    [ThreadStatic] private static float[]? _scratch;
+
     private readonly int _groupSize = shape.Heads / shape.KvHeads;
     private readonly float _scale = 1f / MathF.Sqrt(shape.HeadDim);
 
@@ -16,36 +25,44 @@ internal sealed class Attention(ModelShape shape)
     /// q: [B·T, Heads·hd], k/v: [B·T, KvHeads·hd] (already rotated); writes the softmax probabilities (before dropout)
     /// to probs [B, Heads, T, T] and the head outputs to output [B·T, Heads·hd].
     /// </summary>
-    public void Forward(float[] q, float[] k, float[] v, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads)
+    public void Forward(float[] q, float[] k, float[] v, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32)
     {
-        int tasks = batch * shape.KvHeads;
-        WorkerPool.Get(threads).For(tasks, task =>
+        WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
         {
             int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
-            int hd = shape.HeadDim, qStride = shape.Dim, kvStride = shape.KvDim;
+            int hd = shape.HeadDim, dim = shape.Dim, kvDim = shape.KvDim, T = seqLen;
+            var keys = k.AsSpan(b * T * kvDim + kvHead * hd);
+            var values = v.AsSpan(b * T * kvDim + kvHead * hd);
+            var dropped = mask.Active ? Scratch(T * T, 0) : null;
             for (int head = kvHead * _groupSize; head < (kvHead + 1) * _groupSize; head++)
             {
-                long probBase = ((long)b * shape.Heads + head) * seqLen * seqLen;
-                for (int t = 0; t < seqLen; t++)
+                int probBase = (b * shape.Heads + head) * T * T;
+                var p = probs.AsSpan(probBase, T * T);
+                var query = q.AsSpan(b * T * dim + head * hd);
+                // Scores: query rows of a block against the keys up to the block's end.
+                for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
-                    var query = q.AsSpan((b * seqLen + t) * qStride + head * hd, hd);
-                    var p = probs.AsSpan((int)(probBase + (long)t * seqLen), seqLen);
-                    for (int j = 0; j <= t; j++)
-                        p[j] = TensorPrimitives.Dot(query, k.AsSpan((b * seqLen + j) * kvStride + kvHead * hd, hd)) * _scale;
-                    var visible = p[..(t + 1)];
-                    float max = TensorPrimitives.Max(visible);
-                    TensorPrimitives.Subtract(visible, max, visible);
-                    TensorPrimitives.Exp(visible, visible);
-                    TensorPrimitives.Multiply(visible, 1f / TensorPrimitives.Sum(visible), visible);
-                    p[(t + 1)..].Clear();
-
-                    var o = output.AsSpan((b * seqLen + t) * qStride + head * hd, hd);
-                    o.Clear();
-                    for (int j = 0; j <= t; j++)
-                    {
-                        float weight = mask.Active ? p[j] * mask.Factor(probBase + (long)t * seqLen + j) : p[j];
-                        TensorPrimitives.MultiplyAdd(v.AsSpan((b * seqLen + j) * kvStride + kvHead * hd, hd), weight, o, o);
-                    }
+                    int r1 = Math.Min(T, r0 + RowBlock);
+                    MatMul.Multiply(query[(r0 * dim)..], dim, 1, keys, 1, kvDim, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
+                }
+                for (int t = 0; t < T; t++)
+                {
+                    var row = p.Slice(t * T, T);
+                    Softmax(row[..(t + 1)], _scale);
+                    row[(t + 1)..].Clear();
+                }
+                var weights = p;
+                if (dropped is not null)
+                {
+                    weights = dropped.AsSpan(0, T * T);
+                    for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
+                }
+                var o = output.AsSpan(b * T * dim + head * hd);
+                for (int r0 = 0; r0 < T; r0 += RowBlock)
+                {
+                    int r1 = Math.Min(T, r0 + RowBlock);
+                    MatMul.Multiply(weights[(r0 * T)..], T, 1, values, kvDim, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
                 }
             }
         });
@@ -53,50 +70,110 @@ internal sealed class Attention(ModelShape shape)
 
     /// <summary>From dOutput, writes dq and dk/dv (overwriting them), for pre-rotation-backward q/k.</summary>
     public void Backward(float[] dOutput, float[] q, float[] k, float[] v, float[] probs, float[] dq, float[] dk, float[] dv,
-        int batch, int seqLen, DropoutMask mask, int threads)
+        int batch, int seqLen, DropoutMask mask, int threads, TrainingPrecision precision = TrainingPrecision.Fp32)
     {
-        int tasks = batch * shape.KvHeads;
-        WorkerPool.Get(threads).For(tasks, task =>
+        WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
         {
-            var dp = new float[seqLen];
             int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
-            int hd = shape.HeadDim, qStride = shape.Dim, kvStride = shape.KvDim;
-            for (int j = 0; j < seqLen; j++)
-            {
-                dk.AsSpan((b * seqLen + j) * kvStride + kvHead * hd, hd).Clear();
-                dv.AsSpan((b * seqLen + j) * kvStride + kvHead * hd, hd).Clear();
-            }
+            int hd = shape.HeadDim, dim = shape.Dim, kvDim = shape.KvDim, T = seqLen;
+            var keys = k.AsSpan(b * T * kvDim + kvHead * hd);
+            var values = v.AsSpan(b * T * kvDim + kvHead * hd);
+            var dKeys = dk.AsSpan(b * T * kvDim + kvHead * hd);
+            var dValues = dv.AsSpan(b * T * kvDim + kvHead * hd);
+            var scratch = Scratch(T * T, mask.Active ? T * T : 0);
+            var dScores = scratch.AsSpan(0, T * T);
             for (int head = kvHead * _groupSize; head < (kvHead + 1) * _groupSize; head++)
             {
-                long probBase = ((long)b * shape.Heads + head) * seqLen * seqLen;
-                for (int t = 0; t < seqLen; t++)
+                bool first = head == kvHead * _groupSize;
+                int probBase = (b * shape.Heads + head) * T * T;
+                var p = probs.AsSpan(probBase, T * T);
+                var query = q.AsSpan(b * T * dim + head * hd);
+                var d = dOutput.AsSpan(b * T * dim + head * hd);
+                var weights = p;
+                if (mask.Active)
                 {
-                    var d = dOutput.AsSpan((b * seqLen + t) * qStride + head * hd, hd);
-                    var p = probs.AsSpan((int)(probBase + (long)t * seqLen), t + 1);
-                    // Through out = Σ_j dropout(p_j)·v_j: gradient of p and of every visible value.
-                    for (int j = 0; j <= t; j++)
-                    {
-                        float factor = mask.Active ? mask.Factor(probBase + (long)t * seqLen + j) : 1f;
-                        int kv = (b * seqLen + j) * kvStride + kvHead * hd;
-                        dp[j] = TensorPrimitives.Dot(d, v.AsSpan(kv, hd)) * factor;
-                        var dvj = dv.AsSpan(kv, hd);
-                        TensorPrimitives.MultiplyAdd(d, p[j] * factor, dvj, dvj);
-                    }
-                    // Through the softmax: ds_j = p_j (dp_j − Σ p·dp), then through the scaled dot products.
-                    float mean = TensorPrimitives.Dot(p, dp.AsSpan(0, t + 1));
-                    var query = q.AsSpan((b * seqLen + t) * qStride + head * hd, hd);
-                    var dqt = dq.AsSpan((b * seqLen + t) * qStride + head * hd, hd);
-                    dqt.Clear();
-                    for (int j = 0; j <= t; j++)
-                    {
-                        float ds = p[j] * (dp[j] - mean) * _scale;
-                        int kv = (b * seqLen + j) * kvStride + kvHead * hd;
-                        TensorPrimitives.MultiplyAdd(k.AsSpan(kv, hd), ds, dqt, dqt);
-                        var dkj = dk.AsSpan(kv, hd);
-                        TensorPrimitives.MultiplyAdd(query, ds, dkj, dkj);
-                    }
+                    weights = scratch.AsSpan(T * T, T * T);
+                    for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
                 }
+                // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
+                MatMul.Multiply(weights, 1, T, d, dim, 1, dValues, kvDim, T, hd, T, accumulate: !first, threads: 1, precision);
+                for (int r0 = 0; r0 < T; r0 += RowBlock)
+                {
+                    int r1 = Math.Min(T, r0 + RowBlock);
+                    MatMul.Multiply(d[(r0 * dim)..], dim, 1, values, 1, kvDim, dScores[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
+                }
+                // Through the softmax: ds_j = p_j (dp_j − Σ p·dp) · scale, zero above the diagonal.
+                for (int t = 0; t < T; t++)
+                {
+                    var row = dScores.Slice(t * T, T);
+                    var visible = row[..(t + 1)];
+                    if (mask.Active)
+                        for (int j = 0; j <= t; j++) visible[j] *= mask.Factor(probBase + (long)t * T + j);
+                    var pt = p.Slice(t * T, t + 1);
+                    float mean = TensorPrimitives.Dot(pt, visible);
+                    TensorPrimitives.Subtract(visible, mean, visible);
+                    TensorPrimitives.Multiply(visible, pt, visible);
+                    TensorPrimitives.Multiply(visible, _scale, visible);
+                    row[(t + 1)..].Clear();
+                }
+                var dQuery = dq.AsSpan(b * T * dim + head * hd);
+                for (int r0 = 0; r0 < T; r0 += RowBlock)
+                {
+                    int r1 = Math.Min(T, r0 + RowBlock);
+                    MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, kvDim, 1, dQuery[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
+                }
+                MatMul.Multiply(dScores, 1, T, query, dim, 1, dKeys, kvDim, T, hd, T, accumulate: !first, threads: 1, precision);
             }
         });
+    }
+
+    /// <summary>
+    /// row ← softmax(scale·row) in one fused pass per step (max, exponentials and their sum, normalization): rows are
+    /// short, so separate library calls per step would cost more than the arithmetic.
+    /// </summary>
+    internal static void Softmax(Span<float> row, float scale)
+    {
+        ref float start = ref MemoryMarshal.GetReference(row);
+        int length = row.Length, i = 0;
+        float max = float.NegativeInfinity;
+        if (Vector256.IsHardwareAccelerated && length >= 8)
+        {
+            var vmax = Vector256.Create(float.NegativeInfinity);
+            for (; i + 8 <= length; i += 8) vmax = Vector256.Max(vmax, Vector256.LoadUnsafe(ref start, (nuint)i));
+            max = Vector256.Max(vmax, Vector256.Create(max)).ToScalar();
+            for (int lane = 1; lane < 8; lane++) max = MathF.Max(max, vmax.GetElement(lane));
+        }
+        for (; i < length; i++) max = MathF.Max(max, row[i]);
+
+        float sum = 0;
+        i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vsum = Vector256<float>.Zero;
+            var vmax = Vector256.Create(max);
+            var vscale = Vector256.Create(scale);
+            for (; i + 8 <= length; i += 8)
+            {
+                var e = Vector256.Exp((Vector256.LoadUnsafe(ref start, (nuint)i) - vmax) * vscale);
+                e.StoreUnsafe(ref start, (nuint)i);
+                vsum += e;
+            }
+            sum = Vector256.Sum(vsum);
+        }
+        for (; i < length; i++)
+        {
+            float e = MathF.Exp((row[i] - max) * scale);
+            row[i] = e;
+            sum += e;
+        }
+        TensorPrimitives.Multiply(row, 1f / sum, row);
+    }
+
+    /// <summary>This thread's scratch of at least first + second floats (reused across calls).</summary>
+    private static float[] Scratch(int first, int second)
+    {
+        int length = first + second;
+        if (_scratch is null || _scratch.Length < length) _scratch = new float[length];
+        return _scratch;
     }
 }

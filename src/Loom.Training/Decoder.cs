@@ -35,6 +35,11 @@ public sealed class Decoder
     public float[] Gradients { get; }
     /// <summary>Threads used by the matrix products and attention (results do not depend on it).</summary>
     public int Threads { get; set; } = 2;
+    /// <summary>
+    /// Arithmetic of the matrix products (linear layers, attention, output head): fp32, or bf16 inputs with fp32
+    /// accumulation. Weights, gradients and everything outside the products stay fp32 either way.
+    /// </summary>
+    public TrainingPrecision Precision { get; set; } = TrainingPrecision.Fp32;
     /// <summary>Dropout on the attention probabilities (training passes only).</summary>
     public float AttentionDropout { get; set; }
     /// <summary>Dropout on each block's output before it is added to the residual stream (training passes only).</summary>
@@ -96,31 +101,31 @@ public sealed class Decoder
             var a = w.Layer[l];
             var input = w.Residual[l];
             Layers.RmsNormForward(input, slots.AttentionNorm.Of(p), a.Norm1, a.InverseRms1, n, s.NormEpsilon);
-            MatMul.Forward(a.Norm1, slots.Query.Of(p), a.Q, n, s.Dim, s.Dim, Threads);
-            MatMul.Forward(a.Norm1, slots.Key.Of(p), a.K, n, s.Dim, s.KvDim, Threads);
-            MatMul.Forward(a.Norm1, slots.Value.Of(p), a.V, n, s.Dim, s.KvDim, Threads);
+            MatMul.Forward(a.Norm1, slots.Query.Of(p), a.Q, n, s.Dim, s.Dim, Threads, Precision);
+            MatMul.Forward(a.Norm1, slots.Key.Of(p), a.K, n, s.Dim, s.KvDim, Threads, Precision);
+            MatMul.Forward(a.Norm1, slots.Value.Of(p), a.V, n, s.Dim, s.KvDim, Threads, Precision);
             Layers.Rope(a.Q, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: false);
             Layers.Rope(a.K, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: false);
-            _attention.Forward(a.Q, a.K, a.V, a.Probs, a.AttentionOut, batch, seqLen, Mask(l, 0, AttentionDropout), Threads);
+            _attention.Forward(a.Q, a.K, a.V, a.Probs, a.AttentionOut, batch, seqLen, Mask(l, 0, AttentionDropout), Threads, Precision);
 
             var projection = w.Projection.AsSpan(0, n * s.Dim);
-            MatMul.Forward(a.AttentionOut, slots.Output.Of(p), projection, n, s.Dim, s.Dim, Threads);
+            MatMul.Forward(a.AttentionOut, slots.Output.Of(p), projection, n, s.Dim, s.Dim, Threads, Precision);
             Mask(l, 1, ResidualDropout).Apply(projection);
             AddTo(input, projection, a.Middle);
 
             Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), a.Norm2, a.InverseRms2, n, s.NormEpsilon);
-            MatMul.Forward(a.Norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads);
-            MatMul.Forward(a.Norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads);
-            Layers.SwiGluForward(a.Gate.AsSpan(0, n * s.Hidden), a.Up, a.Hidden.AsSpan(0, n * s.Hidden));
-            MatMul.Forward(a.Hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads);
+            MatMul.Forward(a.Norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads, Precision);
+            MatMul.Forward(a.Norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads, Precision);
+            Layers.SwiGluForward(a.Gate, a.Up, a.Hidden, n * s.Hidden, Threads);
+            MatMul.Forward(a.Hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads, Precision);
             Mask(l, 2, ResidualDropout).Apply(projection);
             AddTo(a.Middle, projection, w.Residual[l + 1]);
         }
 
         Layers.RmsNormForward(w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalNorm, w.FinalInverseRms, n, s.NormEpsilon);
-        MatMul.Forward(w.FinalNorm, embedding, w.Logits, n, s.Dim, s.VocabSize, Threads);
+        MatMul.Forward(w.FinalNorm, embedding, w.Logits, n, s.Dim, s.VocabSize, Threads, Precision);
         if (!_hasTargets) return double.NaN;
-        return Layers.CrossEntropy(w.Logits, targets, s.VocabSize, gradientScale: null);
+        return Layers.CrossEntropy(w.Logits, targets, s.VocabSize, gradientScale: null, Threads);
     }
 
     /// <summary>Logits [batch·seqLen, vocab] of the last <see cref="Forward"/> (overwritten by <see cref="Backward"/>).</summary>
@@ -141,10 +146,10 @@ public sealed class Decoder
         int seqLen = _seqLen;
 
         // Head: dlogits, then into the (tied) embedding and the final norm.
+        Layers.CrossEntropy(w.Logits, w.Targets.AsSpan(0, n), s.VocabSize, lossScale, Threads);
         var dLogits = w.Logits.AsSpan(0, n * s.VocabSize);
-        Layers.CrossEntropy(dLogits, w.Targets.AsSpan(0, n), s.VocabSize, lossScale);
-        MatMul.BackwardWeight(dLogits, w.FinalNorm, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads);
-        MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads);
+        MatMul.BackwardWeight(dLogits, w.FinalNorm, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads, Precision);
+        MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads, Precision);
         var dResidual = w.DResidual.AsSpan(0, n * s.Dim);
         dResidual.Clear();
         Layers.RmsNormBackward(w.DNorm, w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalInverseRms, dResidual, Layout.OutputNorm.Of(g), w.Scratch, n);
@@ -158,29 +163,29 @@ public sealed class Decoder
             // Feed-forward block: residual[l+1] = middle + dropout(down(swiglu(norm2(middle)))).
             dResidual.CopyTo(dProjection);
             Mask(l, 2, ResidualDropout).Apply(dProjection);
-            MatMul.BackwardWeight(dProjection, a.Hidden, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads);
-            MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads);
-            Layers.SwiGluBackward(w.DHidden.AsSpan(0, n * s.Hidden), a.Gate, a.Up, w.DGate, w.DUp);
-            MatMul.BackwardWeight(w.DGate, a.Norm2, slots.Gate.Of(g), n, s.Dim, s.Hidden, Threads);
-            MatMul.BackwardWeight(w.DUp, a.Norm2, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads);
-            MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads);
-            MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: true, Threads);
+            MatMul.BackwardWeight(dProjection, a.Hidden, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads, Precision);
+            MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads, Precision);
+            Layers.SwiGluBackward(w.DHidden, a.Gate, a.Up, w.DGate, w.DUp, n * s.Hidden, Threads);
+            MatMul.BackwardWeight(w.DGate, a.Norm2, slots.Gate.Of(g), n, s.Dim, s.Hidden, Threads, Precision);
+            MatMul.BackwardWeight(w.DUp, a.Norm2, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads, Precision);
+            MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads, Precision);
+            MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: true, Threads, Precision);
             Layers.RmsNormBackward(w.DNorm, a.Middle, slots.FeedForwardNorm.Of(p), a.InverseRms2, dResidual, slots.FeedForwardNorm.Of(g), w.Scratch, n);
 
             // Attention block: middle = residual[l] + dropout(wo(attention(rope(q), rope(k), v))).
             dResidual.CopyTo(dProjection);
             Mask(l, 1, ResidualDropout).Apply(dProjection);
-            MatMul.BackwardWeight(dProjection, a.AttentionOut, slots.Output.Of(g), n, s.Dim, s.Dim, Threads);
-            MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads);
-            _attention.Backward(w.DAttention, a.Q, a.K, a.V, a.Probs, w.DQ, w.DK, w.DV, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads);
+            MatMul.BackwardWeight(dProjection, a.AttentionOut, slots.Output.Of(g), n, s.Dim, s.Dim, Threads, Precision);
+            MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads, Precision);
+            _attention.Backward(w.DAttention, a.Q, a.K, a.V, a.Probs, w.DQ, w.DK, w.DV, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads, Precision);
             Layers.Rope(w.DQ, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: true);
             Layers.Rope(w.DK, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: true);
-            MatMul.BackwardWeight(w.DQ, a.Norm1, slots.Query.Of(g), n, s.Dim, s.Dim, Threads);
-            MatMul.BackwardWeight(w.DK, a.Norm1, slots.Key.Of(g), n, s.Dim, s.KvDim, Threads);
-            MatMul.BackwardWeight(w.DV, a.Norm1, slots.Value.Of(g), n, s.Dim, s.KvDim, Threads);
-            MatMul.BackwardInput(w.DQ, slots.Query.Of(p), w.DNorm, n, s.Dim, s.Dim, accumulate: false, Threads);
-            MatMul.BackwardInput(w.DK, slots.Key.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads);
-            MatMul.BackwardInput(w.DV, slots.Value.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads);
+            MatMul.BackwardWeight(w.DQ, a.Norm1, slots.Query.Of(g), n, s.Dim, s.Dim, Threads, Precision);
+            MatMul.BackwardWeight(w.DK, a.Norm1, slots.Key.Of(g), n, s.Dim, s.KvDim, Threads, Precision);
+            MatMul.BackwardWeight(w.DV, a.Norm1, slots.Value.Of(g), n, s.Dim, s.KvDim, Threads, Precision);
+            MatMul.BackwardInput(w.DQ, slots.Query.Of(p), w.DNorm, n, s.Dim, s.Dim, accumulate: false, Threads, Precision);
+            MatMul.BackwardInput(w.DK, slots.Key.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads, Precision);
+            MatMul.BackwardInput(w.DV, slots.Value.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads, Precision);
             Layers.RmsNormBackward(w.DNorm, w.Residual[l], slots.AttentionNorm.Of(p), a.InverseRms1, dResidual, slots.AttentionNorm.Of(g), w.Scratch, n);
         }
 

@@ -35,13 +35,13 @@ internal static class Layers
             var xr = x.Slice(r * dim, dim);
             var dxr = dx.Slice(r * dim, dim);
             float s = inverseRms[r];
+            // dw first, through the scratch, which then holds dy⊙w.
+            TensorPrimitives.Multiply(dyr, xr, weighted);
+            TensorPrimitives.MultiplyAdd(weighted, s, dWeight, dWeight);
             TensorPrimitives.Multiply(dyr, weight, weighted);
             float projection = TensorPrimitives.Dot(weighted, xr) * s * s * s / dim;
-            for (int i = 0; i < dim; i++)
-            {
-                dxr[i] += s * weighted[i] - projection * xr[i];
-                dWeight[i] += dyr[i] * xr[i] * s;
-            }
+            TensorPrimitives.MultiplyAdd(weighted, s, dxr, dxr);
+            TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
         }
     }
 
@@ -91,53 +91,92 @@ internal static class Layers
         }
     }
 
-    /// <summary>h = silu(g)·u.</summary>
-    public static void SwiGluForward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> h)
+    // Elements per chunk of the element-wise work: a few L1-sized pieces, handed to threads in a fixed split.
+    private const int Chunk = 4096;
+    // Rows of the cross-entropy per partial loss sum; fixed, so the loss does not depend on the thread count.
+    private const int LossRows = 32;
+
+    [ThreadStatic] private static float[]? _scratch;
+
+    private static Span<float> Scratch(int length)
     {
-        for (int i = 0; i < h.Length; i++)
-        {
-            float g = gate[i];
-            h[i] = g / (1f + MathF.Exp(-g)) * up[i];
-        }
+        if (_scratch is null || _scratch.Length < length) _scratch = new float[Math.Max(length, 2 * Chunk)];
+        return _scratch.AsSpan(0, length);
     }
 
-    /// <summary>dg = dh·u·σ(g)(1 + g(1 − σ(g))), du = dh·silu(g).</summary>
-    public static void SwiGluBackward(ReadOnlySpan<float> dh, ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dGate, Span<float> dUp)
+    /// <summary>h = silu(g)·u.</summary>
+    public static void SwiGluForward(float[] gate, float[] up, float[] h, int count, int threads)
     {
-        for (int i = 0; i < dh.Length; i++)
+        WorkerPool.Get(threads).For((count + Chunk - 1) / Chunk, chunk =>
         {
-            float g = gate[i];
-            float sigmoid = 1f / (1f + MathF.Exp(-g));
-            dUp[i] = dh[i] * g * sigmoid;
-            dGate[i] = dh[i] * up[i] * sigmoid * (1f + g * (1f - sigmoid));
-        }
+            int start = chunk * Chunk, length = Math.Min(Chunk, count - start);
+            var g = gate.AsSpan(start, length);
+            var output = h.AsSpan(start, length);
+            TensorPrimitives.Sigmoid(g, output);
+            TensorPrimitives.Multiply(output, g, output);
+            TensorPrimitives.Multiply(output, up.AsSpan(start, length), output);
+        });
+    }
+
+    /// <summary>dg = dh·u·σ(g)(1 + g − silu(g)), du = dh·silu(g).</summary>
+    public static void SwiGluBackward(float[] dh, float[] gate, float[] up, float[] dGate, float[] dUp, int count, int threads)
+    {
+        WorkerPool.Get(threads).For((count + Chunk - 1) / Chunk, chunk =>
+        {
+            int start = chunk * Chunk, length = Math.Min(Chunk, count - start);
+            var g = gate.AsSpan(start, length);
+            var d = dh.AsSpan(start, length);
+            var scratch = Scratch(2 * length);
+            Span<float> sigmoid = scratch[..length], silu = scratch[length..];
+            TensorPrimitives.Sigmoid(g, sigmoid);
+            TensorPrimitives.Multiply(g, sigmoid, silu);
+            TensorPrimitives.Multiply(d, silu, dUp.AsSpan(start, length));
+            var dg = dGate.AsSpan(start, length);
+            TensorPrimitives.Subtract(g, silu, dg);
+            TensorPrimitives.Add(dg, 1f, dg);
+            TensorPrimitives.Multiply(dg, sigmoid, dg);
+            TensorPrimitives.Multiply(dg, up.AsSpan(start, length), dg);
+            TensorPrimitives.Multiply(dg, d, dg);
+        });
     }
 
     /// <summary>
     /// Mean cross-entropy over rows; turns <paramref name="logits"/> into its gradient dlogits = (softmax − onehot)·scale/rows
-    /// in place when <paramref name="gradientScale"/> is not null.
+    /// in place when <paramref name="gradientScale"/> is not null. Rows are split across threads; the per-row losses
+    /// are summed in fixed groups and order, so the result does not depend on the thread count.
     /// </summary>
-    public static double CrossEntropy(Span<float> logits, ReadOnlySpan<int> targets, int vocab, float? gradientScale)
+    public static double CrossEntropy(float[] logits, ReadOnlySpan<int> targets, int vocab, float? gradientScale, int threads)
     {
         int rows = targets.Length;
-        double total = 0;
-        for (int r = 0; r < rows; r++)
-        {
-            var row = logits.Slice(r * vocab, vocab);
-            int target = targets[r];
+        foreach (int target in targets)
             if ((uint)target >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(targets), target, $"target token outside the vocabulary of {vocab}");
-            float max = TensorPrimitives.Max(row);
-            double sum = 0;
-            foreach (float v in row) sum += Math.Exp(v - max);
-            double logSum = Math.Log(sum) + max;
-            total += logSum - row[target];
-            if (gradientScale is float scale)
+        var targetArray = targets.ToArray();
+        var partial = new double[(rows + LossRows - 1) / LossRows];
+        WorkerPool.Get(threads).For(partial.Length, group =>
+        {
+            double total = 0;
+            for (int r = group * LossRows; r < Math.Min(rows, (group + 1) * LossRows); r++)
             {
-                float factor = scale / rows;
-                for (int i = 0; i < vocab; i++) row[i] = (float)Math.Exp(row[i] - logSum) * factor;
-                row[target] -= factor;
+                var row = logits.AsSpan(r * vocab, vocab);
+                int target = targetArray[r];
+                float max = TensorPrimitives.Max(row), targetLogit = row[target];
+                // exp(x − max) in place for the gradient, else into scratch so the logits stay readable.
+                var exps = gradientScale is null ? Scratch(vocab) : row;
+                TensorPrimitives.Subtract(row, max, exps);
+                TensorPrimitives.Exp(exps, exps);
+                double sum = TensorPrimitives.Sum(exps);
+                total += Math.Log(sum) + max - targetLogit;
+                if (gradientScale is float scale)
+                {
+                    float factor = scale / rows;
+                    TensorPrimitives.Multiply(row, (float)(factor / sum), row);
+                    row[target] -= factor;
+                }
             }
-        }
-        return total / rows;
+            partial[group] = total;
+        });
+        double loss = 0;
+        foreach (double part in partial) loss += part;
+        return loss / rows;
     }
 }

@@ -1,226 +1,387 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Loom.Training;
 
+/// <summary>Arithmetic of the matrix products: fp32, or bf16 inputs with fp32 accumulation (autocast's mixed precision).</summary>
+public enum TrainingPrecision
+{
+    Fp32,
+    Bf16,
+}
+
+/// <summary>Instruction-set paths of the training kernels.</summary>
+internal enum TrainingIsa
+{
+    /// <summary>Plain C#: runs anywhere.</summary>
+    Portable,
+    /// <summary>256-bit vectors with FMA: a 6 × 16 register tile.</summary>
+    Avx2,
+    /// <summary>512-bit vectors: an 8 × 32 register tile.</summary>
+    Avx512,
+}
+
 /// <summary>
-/// The matrix products of training in two register-tiled kernels: C (+)= A·Bᵀ (the forward pass; each output is a dot
-/// product: 8 lanes of fused multiply-adds along k, then a fixed horizontal sum) and C (+)= A·B with A optionally read
-/// transposed (both backward products; each output is one fused multiply-add chain along k). Every output element is
-/// computed in a fixed order by one thread, so results do not depend on how rows are split across threads: training
-/// is bit-reproducible for a given seed.
+/// The matrix products of training, all through one packed, cache-blocked product C (+)= A·B where A and B are read
+/// through arbitrary strides (so either may be transposed). B is packed once per call into panels as wide as the
+/// register tile, A per thread into panels as tall as it; a register tile then runs fused multiply-adds along k.
+/// Every output element is one chain of fused multiply-adds over k in order, starting from 0 (or from C's old value
+/// when accumulating), whatever the ISA, tile or thread split: results are bit-identical across thread counts and
+/// across the portable, AVX2 and AVX-512 paths.
 /// </summary>
 public static unsafe class MatMul
 {
-    // Tile of 3 A rows × 4 B rows: 12 accumulators + 3 A vectors + 1 B vector fill the 16 AVX2 registers.
-    private const int TileRows = 3, TileCols = 4;
-    // Plain products: 4 rows × 16 columns (two vectors) of C per tile, 8 accumulators.
-    private const int PlainRows = 4, PlainCols = 16;
-    // Floats of B kept hot per block: half of a 512 KiB L2.
-    private const int L2Floats = 64 * 1024;
+    // Depth of one packed block: a 32-column B panel of this depth (32 KiB) stays in L2, a 16-column one in L1.
+    private const int DepthBlock = 256;
+    // Rows of A packed at a time per thread (a multiple of both tile heights).
+    private const int RowBlock = 96;
+
+    [ThreadStatic] private static float[]? _packedB;
+    [ThreadStatic] private static float[]? _packedA;
+
+    /// <summary>The path the products take: the widest this CPU runs, or LOOM_KERNEL_ISA (portable, avx2, avx512) when supported.</summary>
+    internal static TrainingIsa Isa { get; } = ChooseIsa();
+
+    internal static bool IsSupported(TrainingIsa isa) => isa switch
+    {
+        TrainingIsa.Portable => true,
+        TrainingIsa.Avx2 => Fma.IsSupported && Avx2.IsSupported,
+        TrainingIsa.Avx512 => Fma.IsSupported && Avx512F.IsSupported,
+        _ => false,
+    };
+
+    private static TrainingIsa ChooseIsa()
+    {
+        var requested = Environment.GetEnvironmentVariable("LOOM_KERNEL_ISA");
+        if (Enum.TryParse<TrainingIsa>(requested, ignoreCase: true, out var isa) && Enum.IsDefined(isa) && IsSupported(isa)) return isa;
+        return IsSupported(TrainingIsa.Avx512) ? TrainingIsa.Avx512 : IsSupported(TrainingIsa.Avx2) ? TrainingIsa.Avx2 : TrainingIsa.Portable;
+    }
 
     /// <summary>Forward of a linear layer: y[n, o] = Σ_i x[n, i]·w[o, i].</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int tokens, int inputs, int outputs, int threads) =>
-        MultiplyTransposed(x, w, y, tokens, outputs, inputs, accumulate: false, threads);
+    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int tokens, int inputs, int outputs, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(x, inputs, 1, w, 1, inputs, y, outputs, tokens, outputs, inputs, accumulate: false, threads, precision);
 
     /// <summary>Input gradient of a linear layer: dx[n, i] (+)= Σ_o dy[n, o]·w[o, i].</summary>
-    public static void BackwardInput(ReadOnlySpan<float> dy, ReadOnlySpan<float> w, Span<float> dx, int tokens, int inputs, int outputs, bool accumulate, int threads) =>
-        MultiplyPlain(dy, rowStride: outputs, depthStride: 1, w, dx, tokens, inputs, outputs, accumulate, threads);
+    public static void BackwardInput(ReadOnlySpan<float> dy, ReadOnlySpan<float> w, Span<float> dx, int tokens, int inputs, int outputs, bool accumulate, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(dy, outputs, 1, w, inputs, 1, dx, inputs, tokens, inputs, outputs, accumulate, threads, precision);
 
     /// <summary>Weight gradient of a linear layer: dw[o, i] += Σ_n dy[n, o]·x[n, i].</summary>
-    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dw, int tokens, int inputs, int outputs, int threads) =>
-        MultiplyPlain(dy, rowStride: 1, depthStride: outputs, x, dw, outputs, inputs, tokens, accumulate: true, threads);
+    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dw, int tokens, int inputs, int outputs, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(dy, 1, outputs, x, inputs, 1, dw, inputs, outputs, inputs, tokens, accumulate: true, threads, precision);
 
     /// <summary>
-    /// c[m, n] (+)= Σ_k A(m, k)·b[k, n] with A(m, k) = a[m·rowStride + k·depthStride] (so A may be read transposed) and b
-    /// row-major depth×cols. Each output is one chain of fused multiply-adds over k in order, identical in a vector
-    /// lane and in the scalar edge path.
+    /// c[m·cRow + n] (+)= Σ_k A(m, k)·B(k, n) for m &lt; rows, n &lt; cols, k &lt; depth, with A(m, k) = a[m·aRow + k·aCol]
+    /// and B(k, n) = b[k·bRow + n·bCol]. With <see cref="TrainingPrecision.Bf16"/> every A and B element is first rounded
+    /// to bfloat16 (to nearest, ties to even) and the products are accumulated in fp32, as PyTorch's autocast does.
     /// </summary>
-    public static void MultiplyPlain(ReadOnlySpan<float> a, int rowStride, int depthStride, ReadOnlySpan<float> b, Span<float> c,
-        int rows, int cols, int depth, bool accumulate, int threads)
+    public static void Multiply(ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(Isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision);
+
+    internal static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32)
     {
-        Check(a.Length, (long)(rows - 1) * rowStride + (long)(depth - 1) * depthStride + 1, nameof(a));
-        Check(b.Length, (long)depth * cols, nameof(b));
-        Check(c.Length, (long)rows * cols, nameof(c));
+        if (rows < 0 || cols < 0 || depth < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"dimensions {rows}×{cols}×{depth} must not be negative");
+        if (rows == 0 || cols == 0) return;
+        if (!IsSupported(isa)) throw new PlatformNotSupportedException($"this CPU does not run the {isa} path");
+        Check(a.Length, Last(rows, aRow, depth, aCol), nameof(a));
+        Check(b.Length, Last(depth, bRow, cols, bCol), nameof(b));
+        Check(c.Length, Last(rows, cRow, cols, 1), nameof(c));
+        if (depth == 0)
+        {
+            // An empty sum: zero, or C unchanged when accumulating.
+            if (!accumulate)
+                for (int m = 0; m < rows; m++) c.Slice(m * cRow, cols).Clear();
+            return;
+        }
         fixed (float* pa = a, pb = b, pc = c)
         {
-            var job = new PlainJob(pa, rowStride, depthStride, pb, pc, rows, cols, depth, accumulate);
-            int rowTiles = (rows + PlainRows - 1) / PlainRows;
-            long work = (long)rows * cols * depth;
-            int parts = threads <= 1 || work < 1 << 15 ? 1 : Math.Min(rowTiles, threads * 4);
-            if (parts == 1) job.Run(0, rowTiles);
-            else WorkerPool.Get(threads).For(parts, p => job.Run((int)((long)rowTiles * p / parts), (int)((long)rowTiles * (p + 1) / parts)));
+            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate, precision == TrainingPrecision.Bf16);
+            if (isa == TrainingIsa.Portable)
+            {
+                job.RunPortable();
+                return;
+            }
+            float[] packedB = Grow(ref _packedB, (long)depth * job.PaddedCols);
+            fixed (float* pb2 = packedB)
+            {
+                job.PackB(pb2);
+                // Row parts aligned to the tile height, a few per thread so that a delayed thread can be made up for, but
+                // each at least a row block tall: every part streams all of packed B. The split never changes the result.
+                int tiles = (rows + job.TileRows - 1) / job.TileRows;
+                long work = (long)rows * cols * depth;
+                int parts = threads <= 1 || work < 1 << 16 ? 1 : Math.Clamp(rows / RowBlock, Math.Min(tiles, threads), 3 * threads);
+                if (parts == 1) job.Run(pb2, 0, rows);
+                else
+                {
+                    float* shared = pb2;
+                    WorkerPool.Get(threads).For(parts, p =>
+                        job.Run(shared, (int)((long)tiles * p / parts) * job.TileRows, Math.Min(rows, (int)((long)tiles * (p + 1) / parts) * job.TileRows)));
+                }
+            }
         }
     }
 
-    /// <summary>c[m, n] (+)= Σ_k a[m, k]·b[n, k] for a: rows×depth, b: cols×depth, c: rows×cols.</summary>
-    public static void MultiplyTransposed(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c, int rows, int cols, int depth, bool accumulate, int threads)
-    {
-        Check(a.Length, (long)rows * depth, nameof(a));
-        Check(b.Length, (long)cols * depth, nameof(b));
-        Check(c.Length, (long)rows * cols, nameof(c));
-        fixed (float* pa = a, pb = b, pc = c)
-        {
-            var job = new Job(pa, pb, pc, rows, cols, depth, accumulate);
-            int rowTiles = (rows + TileRows - 1) / TileRows;
-            long work = (long)rows * cols * depth;
-            // Small products stay on the calling thread: handing them out costs more than they do.
-            int parts = threads <= 1 || work < 1 << 15 ? 1 : Math.Min(rowTiles, threads * 4);
-            if (parts == 1) job.Run(0, rowTiles);
-            else
-                WorkerPool.Get(threads).For(parts, p => job.Run((int)((long)rowTiles * p / parts), (int)((long)rowTiles * (p + 1) / parts)));
-        }
-    }
+    private static long Last(int count, int stride, int count2, int stride2) =>
+        count == 0 || count2 == 0 ? 0 : (long)(count - 1) * stride + (long)(count2 - 1) * stride2 + 1;
 
     private static void Check(int length, long needed, string name)
     {
         if (length < needed) throw new ArgumentException($"{name} holds {length} floats, {needed} needed", name);
     }
 
-    private readonly struct Job(float* a, float* b, float* c, int rows, int cols, int depth, bool accumulate)
+    private static float[] Grow(ref float[]? buffer, long length)
     {
-        public void Run(int firstTile, int endTile)
+        if (length > Array.MaxLength) throw new ArgumentException($"a packed operand of {length} floats is too large");
+        if (buffer is null || buffer.Length < length) buffer = GC.AllocateUninitializedArray<float>((int)length, pinned: true);
+        return buffer;
+    }
+
+    /// <summary>x rounded to the nearest bfloat16 (ties to even), kept in a float: its low 16 bits are zero. NaN stays NaN.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float RoundToBf16(float x)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(x);
+        if (float.IsNaN(x)) return BitConverter.UInt32BitsToSingle(bits | 0x0040_0000);
+        return BitConverter.UInt32BitsToSingle((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000);
+    }
+
+    /// <summary>Copies count floats, rounded to bfloat16 when asked; the vector part rounds exactly as <see cref="RoundToBf16"/>.</summary>
+    private static void Copy(float* source, float* target, int count, bool bf16)
+    {
+        if (!bf16)
         {
-            // B is walked in blocks of rows small enough to stay in L2 while every A tile of this range passes over them.
-            int block = Math.Max(TileCols, (int)Math.Min(cols, (long)L2Floats / Math.Max(1, depth)) / TileCols * TileCols);
-            for (int n0 = 0; n0 < cols; n0 += block)
+            Buffer.MemoryCopy(source, target, count * sizeof(float), count * sizeof(float));
+            return;
+        }
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var half = Vector256.Create(0x7FFFu);
+            var one = Vector256.Create(1u);
+            var high = Vector256.Create(0xFFFF_0000u);
+            var quiet = Vector256.Create(0x0040_0000u);
+            for (; i + 8 <= count; i += 8)
             {
-                int n1 = Math.Min(cols, n0 + block);
-                for (int tile = firstTile; tile < endTile; tile++)
+                var x = Vector256.Load(source + i);
+                var bits = x.AsUInt32();
+                var rounded = (bits + half + ((bits >> 16) & one)) & high;
+                var nan = Vector256.Equals(x, x).AsUInt32();
+                Vector256.ConditionalSelect(nan, rounded, bits | quiet).AsSingle().Store(target + i);
+            }
+        }
+        for (; i < count; i++) target[i] = RoundToBf16(source[i]);
+    }
+
+    private readonly struct Job(TrainingIsa isa, float* a, int aRow, int aCol, float* b, int bRow, int bCol, float* c, int cRow,
+        int rows, int cols, int depth, bool accumulate, bool bf16)
+    {
+        public int TileRows => isa == TrainingIsa.Avx512 ? 8 : 6;
+        private int TileCols => isa == TrainingIsa.Avx512 ? 32 : 16;
+        public int PaddedCols => (cols + TileCols - 1) / TileCols * TileCols;
+
+        /// <summary>Each element's chain of FMAs in k order: the reference every vector path reproduces exactly.</summary>
+        public void RunPortable()
+        {
+            for (int m = 0; m < rows; m++)
+            for (int n = 0; n < cols; n++)
+            {
+                float* target = c + (long)m * cRow + n;
+                float sum = accumulate ? *target : 0f;
+                for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(Load(a + (long)m * aRow + (long)k * aCol), Load(b + (long)k * bRow + (long)n * bCol), sum);
+                *target = sum;
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private float Load(float* element) => bf16 ? RoundToBf16(*element) : *element;
+
+        /// <summary>
+        /// B into depth blocks, each a run of column panels: panel p of the block starting at k0 holds
+        /// B(k0..k1, p·w..p·w+w) row by row, w = tile width, zero beyond the last column.
+        /// </summary>
+        public void PackB(float* packed)
+        {
+            int width = TileCols, padded = PaddedCols;
+            for (int k0 = 0; k0 < depth; k0 += DepthBlock)
+            {
+                int kc = Math.Min(DepthBlock, depth - k0);
+                float* block = packed + (long)k0 * padded;
+                for (int n0 = 0; n0 < padded; n0 += width)
                 {
-                    int m = tile * TileRows;
-                    int mCount = Math.Min(TileRows, rows - m);
-                    int n = n0;
-                    if (mCount == TileRows && Vector256.IsHardwareAccelerated)
-                        for (; n + TileCols <= n1; n += TileCols) Tile(m, n);
-                    for (; n < n1; n++)
-                        for (int i = m; i < m + mCount; i++) Store(i, n, Dot(a + (long)i * depth, b + (long)n * depth));
+                    float* panel = block + (long)n0 * kc;
+                    int valid = Math.Min(width, cols - n0);
+                    if (bCol == 1 && valid == width)
+                        for (int k = 0; k < kc; k++)
+                            Copy(b + (long)(k0 + k) * bRow + n0, panel + k * width, width, bf16);
+                    else
+                    {
+                        // Column by column: when B is read transposed each column is a contiguous run.
+                        for (int j = 0; j < width; j++)
+                        {
+                            if (j >= valid)
+                            {
+                                for (int k = 0; k < kc; k++) panel[k * width + j] = 0f;
+                                continue;
+                            }
+                            float* source = b + (long)k0 * bRow + (long)(n0 + j) * bCol;
+                            for (int k = 0; k < kc; k++) panel[k * width + j] = Load(source + (long)k * bRow);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// <summary>Rows [first, end) of C: A packed a row block and depth block at a time, then tile by tile.</summary>
+        public void Run(float* packedB, int first, int end)
+        {
+            int height = TileRows, width = TileCols, padded = PaddedCols;
+            float[] packedA = Grow(ref _packedA, (long)RowBlock * DepthBlock);
+            float* tile = stackalloc float[8 * 32];
+            fixed (float* pa = packedA)
+            {
+                for (int m0 = first; m0 < end; m0 += RowBlock)
+                {
+                    int mc = Math.Min(RowBlock, end - m0);
+                    for (int k0 = 0; k0 < depth; k0 += DepthBlock)
+                    {
+                        int kc = Math.Min(DepthBlock, depth - k0);
+                        bool load = accumulate || k0 > 0;
+                        PackA(pa, m0, mc, k0, kc);
+                        float* block = packedB + (long)k0 * padded;
+                        for (int n0 = 0; n0 < cols; n0 += width)
+                        {
+                            float* panel = block + (long)n0 * kc;
+                            int nValid = Math.Min(width, cols - n0);
+                            for (int i = 0; i < mc; i += height)
+                            {
+                                int mValid = Math.Min(height, mc - i);
+                                float* target = c + (long)(m0 + i) * cRow + n0;
+                                float* aPanel = pa + (long)i * kc;
+                                if (mValid == height && nValid == width) Kernel(aPanel, panel, kc, target, cRow, load);
+                                else
+                                {
+                                    // Edge tile: through a full-size scratch tile; only its valid part is read and written back.
+                                    for (int r = 0; r < mValid; r++)
+                                    for (int j = 0; j < nValid; j++) tile[r * width + j] = load ? target[(long)r * cRow + j] : 0f;
+                                    Kernel(aPanel, panel, kc, tile, width, load: true);
+                                    for (int r = 0; r < mValid; r++)
+                                    for (int j = 0; j < nValid; j++) target[(long)r * cRow + j] = tile[r * width + j];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        /// <summary>A(m0..m0+mc, k0..k0+kc) as panels of tile height, k-major inside a panel, zero beyond the last row.</summary>
+        private void PackA(float* packed, int m0, int mc, int k0, int kc)
+        {
+            int height = TileRows;
+            for (int i0 = 0; i0 < mc; i0 += height)
+            {
+                float* panel = packed + (long)i0 * kc;
+                if (aRow == 1 && i0 + height <= mc)
+                {
+                    // A read transposed (the weight gradient's dyᵀ): each k holds the panel's rows side by side.
+                    float* source = a + m0 + i0 + (long)k0 * aCol;
+                    for (int k = 0; k < kc; k++) Copy(source + (long)k * aCol, panel + k * height, height, bf16);
+                    continue;
+                }
+                for (int r = 0; r < height; r++)
+                {
+                    if (i0 + r >= mc)
+                    {
+                        for (int k = 0; k < kc; k++) panel[k * height + r] = 0f;
+                        continue;
+                    }
+                    float* source = a + (long)(m0 + i0 + r) * aRow + (long)k0 * aCol;
+                    for (int k = 0; k < kc; k++) panel[k * height + r] = Load(source + (long)k * aCol);
                 }
             }
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private void Store(int i, int n, float value)
+        private void Kernel(float* aPanel, float* bPanel, int kc, float* target, int stride, bool load)
         {
-            float* target = c + (long)i * cols + n;
-            *target = accumulate ? *target + value : value;
-        }
-
-        private void Tile(int m, int n)
-        {
-            float* a0 = a + (long)m * depth, a1 = a0 + depth, a2 = a1 + depth;
-            float* b0 = b + (long)n * depth, b1 = b0 + depth, b2 = b1 + depth, b3 = b2 + depth;
-            Vector256<float> c00 = default, c01 = default, c02 = default, c03 = default;
-            Vector256<float> c10 = default, c11 = default, c12 = default, c13 = default;
-            Vector256<float> c20 = default, c21 = default, c22 = default, c23 = default;
-            int k = 0;
-            for (; k + 8 <= depth; k += 8)
-            {
-                var x0 = Vector256.Load(a0 + k);
-                var x1 = Vector256.Load(a1 + k);
-                var x2 = Vector256.Load(a2 + k);
-                var y = Vector256.Load(b0 + k);
-                c00 = Vector256.FusedMultiplyAdd(x0, y, c00); c10 = Vector256.FusedMultiplyAdd(x1, y, c10); c20 = Vector256.FusedMultiplyAdd(x2, y, c20);
-                y = Vector256.Load(b1 + k);
-                c01 = Vector256.FusedMultiplyAdd(x0, y, c01); c11 = Vector256.FusedMultiplyAdd(x1, y, c11); c21 = Vector256.FusedMultiplyAdd(x2, y, c21);
-                y = Vector256.Load(b2 + k);
-                c02 = Vector256.FusedMultiplyAdd(x0, y, c02); c12 = Vector256.FusedMultiplyAdd(x1, y, c12); c22 = Vector256.FusedMultiplyAdd(x2, y, c22);
-                y = Vector256.Load(b3 + k);
-                c03 = Vector256.FusedMultiplyAdd(x0, y, c03); c13 = Vector256.FusedMultiplyAdd(x1, y, c13); c23 = Vector256.FusedMultiplyAdd(x2, y, c23);
-            }
-            Store(m, n, Finish(c00, a0, b0, k)); Store(m, n + 1, Finish(c01, a0, b1, k)); Store(m, n + 2, Finish(c02, a0, b2, k)); Store(m, n + 3, Finish(c03, a0, b3, k));
-            Store(m + 1, n, Finish(c10, a1, b0, k)); Store(m + 1, n + 1, Finish(c11, a1, b1, k)); Store(m + 1, n + 2, Finish(c12, a1, b2, k)); Store(m + 1, n + 3, Finish(c13, a1, b3, k));
-            Store(m + 2, n, Finish(c20, a2, b0, k)); Store(m + 2, n + 1, Finish(c21, a2, b1, k)); Store(m + 2, n + 2, Finish(c22, a2, b2, k)); Store(m + 2, n + 3, Finish(c23, a2, b3, k));
-        }
-
-        /// <summary>One dot product with the same lane structure and summation order as a tile element.</summary>
-        private float Dot(float* x, float* y)
-        {
-            if (!Vector256.IsHardwareAccelerated) return ScalarDot(x, y, depth);
-            Vector256<float> sum = default;
-            int k = 0;
-            for (; k + 8 <= depth; k += 8) sum = Vector256.FusedMultiplyAdd(Vector256.Load(x + k), Vector256.Load(y + k), sum);
-            return Finish(sum, x, y, k);
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private float Finish(Vector256<float> lanes, float* x, float* y, int k)
-        {
-            float sum = Vector256.Sum(lanes);
-            for (; k < depth; k++) sum = MathF.FusedMultiplyAdd(x[k], y[k], sum);
-            return sum;
-        }
-
-        private static float ScalarDot(float* x, float* y, int depth)
-        {
-            float sum = 0;
-            for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(x[k], y[k], sum);
-            return sum;
+            if (isa == TrainingIsa.Avx512) Kernel8x32(aPanel, bPanel, kc, target, stride, load);
+            else Kernel6x16(aPanel, bPanel, kc, target, stride, load);
         }
     }
 
-    private readonly struct PlainJob(float* a, int rowStride, int depthStride, float* b, float* c, int rows, int cols, int depth, bool accumulate)
+    /// <summary>C[6×16] (+)= A panel · B panel: 12 accumulators, 2 B vectors and a broadcast fill the 16 AVX2 registers.</summary>
+    private static void Kernel6x16(float* a, float* b, int kc, float* c, int stride, bool load)
     {
-        public void Run(int firstTile, int endTile)
+        float* c0 = c, c1 = c0 + stride, c2 = c1 + stride, c3 = c2 + stride, c4 = c3 + stride, c5 = c4 + stride;
+        Vector256<float> s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51;
+        if (load)
         {
-            // Columns outer: the depth×16 panel of b stays in cache while every row tile of this range uses it.
-            for (int n = 0; n < cols; n += PlainCols)
-            {
-                int width = Math.Min(PlainCols, cols - n);
-                for (int tile = firstTile; tile < endTile; tile++)
-                {
-                    int m = tile * PlainRows;
-                    if (width == PlainCols && m + PlainRows <= rows && Vector256.IsHardwareAccelerated) Tile(m, n);
-                    else
-                        for (int i = m; i < Math.Min(rows, m + PlainRows); i++)
-                        for (int j = n; j < n + width; j++) Single(i, j);
-                }
-            }
+            s00 = Vector256.Load(c0); s01 = Vector256.Load(c0 + 8); s10 = Vector256.Load(c1); s11 = Vector256.Load(c1 + 8);
+            s20 = Vector256.Load(c2); s21 = Vector256.Load(c2 + 8); s30 = Vector256.Load(c3); s31 = Vector256.Load(c3 + 8);
+            s40 = Vector256.Load(c4); s41 = Vector256.Load(c4 + 8); s50 = Vector256.Load(c5); s51 = Vector256.Load(c5 + 8);
         }
+        else s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = s40 = s41 = s50 = s51 = default;
+        for (int k = 0; k < kc; k++, a += 6, b += 16)
+        {
+            var y0 = Vector256.Load(b);
+            var y1 = Vector256.Load(b + 8);
+            var x = Vector256.Create(a[0]);
+            s00 = Vector256.FusedMultiplyAdd(x, y0, s00); s01 = Vector256.FusedMultiplyAdd(x, y1, s01);
+            x = Vector256.Create(a[1]);
+            s10 = Vector256.FusedMultiplyAdd(x, y0, s10); s11 = Vector256.FusedMultiplyAdd(x, y1, s11);
+            x = Vector256.Create(a[2]);
+            s20 = Vector256.FusedMultiplyAdd(x, y0, s20); s21 = Vector256.FusedMultiplyAdd(x, y1, s21);
+            x = Vector256.Create(a[3]);
+            s30 = Vector256.FusedMultiplyAdd(x, y0, s30); s31 = Vector256.FusedMultiplyAdd(x, y1, s31);
+            x = Vector256.Create(a[4]);
+            s40 = Vector256.FusedMultiplyAdd(x, y0, s40); s41 = Vector256.FusedMultiplyAdd(x, y1, s41);
+            x = Vector256.Create(a[5]);
+            s50 = Vector256.FusedMultiplyAdd(x, y0, s50); s51 = Vector256.FusedMultiplyAdd(x, y1, s51);
+        }
+        s00.Store(c0); s01.Store(c0 + 8); s10.Store(c1); s11.Store(c1 + 8); s20.Store(c2); s21.Store(c2 + 8);
+        s30.Store(c3); s31.Store(c3 + 8); s40.Store(c4); s41.Store(c4 + 8); s50.Store(c5); s51.Store(c5 + 8);
+    }
 
-        private void Tile(int m, int n)
+    /// <summary>C[8×32] (+)= A panel · B panel: 16 accumulators of the 32 AVX-512 registers.</summary>
+    private static void Kernel8x32(float* a, float* b, int kc, float* c, int stride, bool load)
+    {
+        float* c0 = c, c1 = c0 + stride, c2 = c1 + stride, c3 = c2 + stride, c4 = c3 + stride, c5 = c4 + stride, c6 = c5 + stride, c7 = c6 + stride;
+        Vector512<float> s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51, s60, s61, s70, s71;
+        if (load)
         {
-            Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default;
-            Vector256<float> c20 = default, c21 = default, c30 = default, c31 = default;
-            float* a0 = a + (long)m * rowStride, a1 = a0 + rowStride, a2 = a1 + rowStride, a3 = a2 + rowStride;
-            float* bk = b + n;
-            for (int k = 0; k < depth; k++, bk += cols)
-            {
-                var y0 = Vector256.Load(bk);
-                var y1 = Vector256.Load(bk + 8);
-                long offset = (long)k * depthStride;
-                var x = Vector256.Create(a0[offset]);
-                c00 = Vector256.FusedMultiplyAdd(x, y0, c00); c01 = Vector256.FusedMultiplyAdd(x, y1, c01);
-                x = Vector256.Create(a1[offset]);
-                c10 = Vector256.FusedMultiplyAdd(x, y0, c10); c11 = Vector256.FusedMultiplyAdd(x, y1, c11);
-                x = Vector256.Create(a2[offset]);
-                c20 = Vector256.FusedMultiplyAdd(x, y0, c20); c21 = Vector256.FusedMultiplyAdd(x, y1, c21);
-                x = Vector256.Create(a3[offset]);
-                c30 = Vector256.FusedMultiplyAdd(x, y0, c30); c31 = Vector256.FusedMultiplyAdd(x, y1, c31);
-            }
-            Put(m, n, c00, c01); Put(m + 1, n, c10, c11); Put(m + 2, n, c20, c21); Put(m + 3, n, c30, c31);
+            s00 = Vector512.Load(c0); s01 = Vector512.Load(c0 + 16); s10 = Vector512.Load(c1); s11 = Vector512.Load(c1 + 16);
+            s20 = Vector512.Load(c2); s21 = Vector512.Load(c2 + 16); s30 = Vector512.Load(c3); s31 = Vector512.Load(c3 + 16);
+            s40 = Vector512.Load(c4); s41 = Vector512.Load(c4 + 16); s50 = Vector512.Load(c5); s51 = Vector512.Load(c5 + 16);
+            s60 = Vector512.Load(c6); s61 = Vector512.Load(c6 + 16); s70 = Vector512.Load(c7); s71 = Vector512.Load(c7 + 16);
         }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private void Put(int row, int n, Vector256<float> left, Vector256<float> right)
+        else s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = s40 = s41 = s50 = s51 = s60 = s61 = s70 = s71 = default;
+        for (int k = 0; k < kc; k++, a += 8, b += 32)
         {
-            float* target = c + (long)row * cols + n;
-            if (accumulate)
-            {
-                left += Vector256.Load(target);
-                right += Vector256.Load(target + 8);
-            }
-            left.Store(target);
-            right.Store(target + 8);
+            var y0 = Vector512.Load(b);
+            var y1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(a[0]);
+            s00 = Vector512.FusedMultiplyAdd(x, y0, s00); s01 = Vector512.FusedMultiplyAdd(x, y1, s01);
+            x = Vector512.Create(a[1]);
+            s10 = Vector512.FusedMultiplyAdd(x, y0, s10); s11 = Vector512.FusedMultiplyAdd(x, y1, s11);
+            x = Vector512.Create(a[2]);
+            s20 = Vector512.FusedMultiplyAdd(x, y0, s20); s21 = Vector512.FusedMultiplyAdd(x, y1, s21);
+            x = Vector512.Create(a[3]);
+            s30 = Vector512.FusedMultiplyAdd(x, y0, s30); s31 = Vector512.FusedMultiplyAdd(x, y1, s31);
+            x = Vector512.Create(a[4]);
+            s40 = Vector512.FusedMultiplyAdd(x, y0, s40); s41 = Vector512.FusedMultiplyAdd(x, y1, s41);
+            x = Vector512.Create(a[5]);
+            s50 = Vector512.FusedMultiplyAdd(x, y0, s50); s51 = Vector512.FusedMultiplyAdd(x, y1, s51);
+            x = Vector512.Create(a[6]);
+            s60 = Vector512.FusedMultiplyAdd(x, y0, s60); s61 = Vector512.FusedMultiplyAdd(x, y1, s61);
+            x = Vector512.Create(a[7]);
+            s70 = Vector512.FusedMultiplyAdd(x, y0, s70); s71 = Vector512.FusedMultiplyAdd(x, y1, s71);
         }
-
-        private void Single(int row, int n)
-        {
-            float sum = 0;
-            float* ar = a + (long)row * rowStride;
-            for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(ar[(long)k * depthStride], b[(long)k * cols + n], sum);
-            float* target = c + (long)row * cols + n;
-            *target = accumulate ? *target + sum : sum;
-        }
+        s00.Store(c0); s01.Store(c0 + 16); s10.Store(c1); s11.Store(c1 + 16); s20.Store(c2); s21.Store(c2 + 16); s30.Store(c3); s31.Store(c3 + 16);
+        s40.Store(c4); s41.Store(c4 + 16); s50.Store(c5); s51.Store(c5 + 16); s60.Store(c6); s61.Store(c6 + 16); s70.Store(c7); s71.Store(c7 + 16);
     }
 }

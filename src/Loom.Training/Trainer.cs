@@ -28,6 +28,11 @@ public sealed record TrainingOptions
     public int Patience { get; init; }
     public ulong Seed { get; init; } = 1;
     public int Threads { get; init; } = 2;
+    /// <summary>
+    /// Arithmetic of the matrix products: fp32, or bf16 (inputs rounded to bfloat16, fp32 accumulation; fp32 master
+    /// weights, gradients and AdamW state), the mixed precision of PyTorch's autocast.
+    /// </summary>
+    public TrainingPrecision Precision { get; init; } = TrainingPrecision.Fp32;
     /// <summary>Where checkpoints go (rewritten atomically at each evaluation), or null for none.</summary>
     public string? CheckpointPath { get; init; }
 
@@ -49,6 +54,7 @@ public sealed record TrainingOptions
         Require(EvalInterval >= 1 && EvalBatches >= 1, "evaluation interval and batches must be positive");
         Require(Patience >= 0, $"patience must not be negative, got {Patience}");
         Require(Threads >= 1, $"threads must be positive, got {Threads}");
+        Require(Enum.IsDefined(Precision), $"unknown precision {Precision}");
     }
 }
 
@@ -84,6 +90,7 @@ public sealed class Trainer
         _data = data;
         _options = options;
         model.Threads = options.Threads;
+        model.Precision = options.Precision;
         model.AttentionDropout = options.AttentionDropout;
         model.ResidualDropout = options.ResidualDropout;
         Optimizer = new AdamW(model.Layout, options.Beta1, options.Beta2, weightDecay: options.WeightDecay);

@@ -1,10 +1,12 @@
 namespace Loom.Training;
 
 /// <summary>
-/// Dedicated worker threads for the training kernels (one pool per thread count, shared by the process). Work item i
-/// always runs on worker i mod threads, so the split is fixed; the kernels are written so that results do not depend
-/// on it anyway. Dedicated threads keep the kernels off the .NET thread pool that the rest of the process shares, and a
-/// call allocates nothing but its delegate.
+/// Dedicated worker threads for the training kernels (one pool per thread count, shared by the process). Threads take
+/// the next work item as they become free, and a call returns as soon as every item is done: it never waits for a
+/// worker the OS has not yet woken (on a shared machine that can take milliseconds), which then finds nothing left.
+/// The kernels are written so that results never depend on which thread ran which item. Dedicated threads keep the
+/// kernels off the .NET thread pool that the rest of the process shares; a call allocates its delegate and one small
+/// record of its progress.
 /// </summary>
 internal sealed class WorkerPool
 {
@@ -12,16 +14,13 @@ internal sealed class WorkerPool
 
     private readonly object _gate = new();
     private readonly SemaphoreSlim[] _start;
-    private readonly CountdownEvent _done;
-    private Action<int>? _body;
-    private int _count;
-    private Exception? _failure;
+    // The call in progress (or the last one): workers woken late see its items all taken and go back to sleep.
+    private volatile Work? _current;
 
     private WorkerPool(int threads)
     {
         Threads = threads;
         _start = new SemaphoreSlim[threads - 1];
-        _done = new CountdownEvent(1);
         for (int w = 1; w < threads; w++)
         {
             _start[w - 1] = new SemaphoreSlim(0);
@@ -53,27 +52,16 @@ internal sealed class WorkerPool
         }
         lock (_gate)
         {
-            _body = body;
-            _count = count;
-            _failure = null;
-            _done.Reset(Threads - 1);
-            foreach (var start in _start) start.Release();
-            try
-            {
-                RunShare(0);
-            }
-            finally
-            {
-                _done.Wait();
-                _body = null;
-            }
-            if (_failure is { } failure) throw new AggregateException(failure);
+            var work = new Work(body, count);
+            _current = work;
+            int helpers = Math.Min(_start.Length, count - 1);
+            for (int w = 0; w < helpers; w++) _start[w].Release();
+            work.RunItems();
+            // Only items that another thread has already started can remain: wait for those alone.
+            var spin = new SpinWait();
+            while (Volatile.Read(ref work.Completed) < count) spin.SpinOnce();
+            if (work.Failure is { } failure) throw new AggregateException(failure);
         }
-    }
-
-    private void RunShare(int worker)
-    {
-        for (int i = worker; i < _count; i += Threads) _body!(i);
     }
 
     private void WorkerLoop(int worker)
@@ -81,17 +69,32 @@ internal sealed class WorkerPool
         while (true)
         {
             _start[worker - 1].Wait();
-            try
+            _current?.RunItems();
+        }
+    }
+
+    private sealed class Work(Action<int> body, int count)
+    {
+        public int Completed;
+        public Exception? Failure;
+        private int _next = -1;
+
+        public void RunItems()
+        {
+            for (int i = Interlocked.Increment(ref _next); i < count; i = Interlocked.Increment(ref _next))
             {
-                RunShare(worker);
-            }
-            catch (Exception e)
-            {
-                Interlocked.CompareExchange(ref _failure, e, null);
-            }
-            finally
-            {
-                _done.Signal();
+                try
+                {
+                    body(i);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref Failure, e, null);
+                }
+                finally
+                {
+                    Interlocked.Increment(ref Completed);
+                }
             }
         }
     }

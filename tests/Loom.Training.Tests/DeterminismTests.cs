@@ -55,14 +55,17 @@ public sealed class DeterminismTests(ITestOutputHelper output)
         Assert.InRange(dropped / (double)count, 0.24, 0.26);
     }
 
-    [Fact]
-    public void GradientsAreBitIdenticalForAnyThreadCount()
+    [Theory]
+    [InlineData(TrainingPrecision.Fp32)]
+    [InlineData(TrainingPrecision.Bf16)]
+    public void GradientsAreBitIdenticalForAnyThreadCount(TrainingPrecision precision)
     {
         var (tokens, targets) = ReferenceTests.Batch(new DeterministicRandom(9), 4, 32, ReferenceTests.Tiny.VocabSize);
         float[] Run(int threads)
         {
             var model = ReferenceTests.RandomModel(5);
             model.Threads = threads;
+            model.Precision = precision;
             model.AttentionDropout = 0.1f;
             model.ResidualDropout = 0.1f;
             model.Forward(tokens, targets, 4, 32, dropoutKey: 77);

@@ -8,6 +8,8 @@ namespace Loom.Training.Tests;
 /// <summary>
 /// The same decoder written with PyTorch's tensor operations and autograd (TorchSharp): the reference that Loom's
 /// hand-written forward and backward passes are checked against. Its parameters start as copies of a Loom model's.
+/// With bf16, every matrix product takes its inputs rounded to bfloat16 (PyTorch's round-to-nearest-even cast) and
+/// multiplies them in fp32: autocast's arithmetic, written out because TorchSharp has no autocast.
 /// </summary>
 internal sealed class TorchReference : IDisposable
 {
@@ -15,9 +17,11 @@ internal sealed class TorchReference : IDisposable
     private readonly ParameterLayout _layout;
     private readonly Dictionary<string, Parameter> _parameters = new();
     private readonly Tensor _cos, _sin;
+    private readonly bool _bf16;
 
-    public TorchReference(Decoder model)
+    public TorchReference(Decoder model, bool bf16 = false)
     {
+        _bf16 = bf16;
         _shape = model.Shape;
         _layout = model.Layout;
         foreach (var slot in _layout.Slots)
@@ -64,32 +68,35 @@ internal sealed class TorchReference : IDisposable
         {
             string b = $"blk.{l}.";
             var h = RmsNorm(x, P(b + "attn_norm.weight"));
-            var q = Rope(h.matmul(P(b + "attn_q.weight").t()).view(batch, seqLen, s.Heads, s.HeadDim), cos, sin).transpose(1, 2);
-            var k = Rope(h.matmul(P(b + "attn_k.weight").t()).view(batch, seqLen, s.KvHeads, s.HeadDim), cos, sin).transpose(1, 2);
-            var v = h.matmul(P(b + "attn_v.weight").t()).view(batch, seqLen, s.KvHeads, s.HeadDim).transpose(1, 2);
+            var q = Rope(Mm(h, P(b + "attn_q.weight").t()).view(batch, seqLen, s.Heads, s.HeadDim), cos, sin).transpose(1, 2);
+            var k = Rope(Mm(h, P(b + "attn_k.weight").t()).view(batch, seqLen, s.KvHeads, s.HeadDim), cos, sin).transpose(1, 2);
+            var v = Mm(h, P(b + "attn_v.weight").t()).view(batch, seqLen, s.KvHeads, s.HeadDim).transpose(1, 2);
             int group = s.Heads / s.KvHeads;
             k = k.repeat_interleave(group, 1);
             v = v.repeat_interleave(group, 1);
-            var scores = q.matmul(k.transpose(-2, -1)) * (1.0 / Math.Sqrt(s.HeadDim));
+            var scores = Mm(q, k.transpose(-2, -1)) * (1.0 / Math.Sqrt(s.HeadDim));
             var probs = scores.masked_fill(causal, float.NegativeInfinity).softmax(-1);
             if (dropoutKey != 0 && attentionDropout > 0)
                 probs = probs * MaskTensor(DropoutMask.For(dropoutKey, l, 0, attentionDropout), [batch, s.Heads, seqLen, seqLen]);
-            var attention = probs.matmul(v).transpose(1, 2).reshape(batch, seqLen, s.Dim);
-            var projection = attention.matmul(P(b + "attn_output.weight").t());
+            var attention = Mm(probs, v).transpose(1, 2).reshape(batch, seqLen, s.Dim);
+            var projection = Mm(attention, P(b + "attn_output.weight").t());
             if (dropoutKey != 0 && residualDropout > 0)
                 projection = projection * MaskTensor(DropoutMask.For(dropoutKey, l, 1, residualDropout), [batch, seqLen, s.Dim]);
             x = x + projection;
             var h2 = RmsNorm(x, P(b + "ffn_norm.weight"));
-            var gated = nn.functional.silu(h2.matmul(P(b + "ffn_gate.weight").t())) * h2.matmul(P(b + "ffn_up.weight").t());
-            var down = gated.matmul(P(b + "ffn_down.weight").t());
+            var gated = nn.functional.silu(Mm(h2, P(b + "ffn_gate.weight").t())) * Mm(h2, P(b + "ffn_up.weight").t());
+            var down = Mm(gated, P(b + "ffn_down.weight").t());
             if (dropoutKey != 0 && residualDropout > 0)
                 down = down * MaskTensor(DropoutMask.For(dropoutKey, l, 2, residualDropout), [batch, seqLen, s.Dim]);
             x = x + down;
         }
         var final = RmsNorm(x, P("output_norm.weight"));
-        var logits = final.matmul(P("token_embd.weight").t()).view(batch * seqLen, s.VocabSize);
+        var logits = Mm(final, P("token_embd.weight").t()).view(batch * seqLen, s.VocabSize);
         return nn.functional.cross_entropy(logits, targetIds);
     }
+
+    private Tensor Mm(Tensor a, Tensor b) =>
+        _bf16 ? a.to(ScalarType.BFloat16).to(ScalarType.Float32).matmul(b.to(ScalarType.BFloat16).to(ScalarType.Float32)) : a.matmul(b);
 
     private static Tensor MaskTensor(DropoutMask mask, long[] shape)
     {

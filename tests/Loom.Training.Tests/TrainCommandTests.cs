@@ -30,7 +30,8 @@ public sealed class TrainCommandTests : IDisposable
         using (var model = TransformerModel.Load(Path.Combine(output, "model.gguf")))
             Assert.Equal(32, model.Config.EmbeddingLength);
 
-        (code, error) = Run([.. common, "--steps", "5", "--resume"]);
+        // Mixed precision changes only the products' arithmetic: an fp32 checkpoint resumes in bf16.
+        (code, error) = Run([.. common, "--steps", "5", "--resume", "--precision", "bf16"]);
         Assert.True(code == 0, error);
         Assert.Contains("resumed at step 3", error);
         Assert.Contains("step 5/5", error);
@@ -53,6 +54,10 @@ public sealed class TrainCommandTests : IDisposable
         (code, error) = Run("train", "--data", tiny, "--out", Path.Combine(_dir, "o"), "--resume", "--ctx", "2");
         Assert.Equal(1, code);
         Assert.Contains("no checkpoint", error);
+
+        (code, error) = Run("train", "--data", tiny, "--out", Path.Combine(_dir, "o"), "--precision", "fp16");
+        Assert.Equal(1, code);
+        Assert.Contains("--precision must be fp32 or bf16", error);
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);

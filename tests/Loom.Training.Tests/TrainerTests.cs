@@ -25,8 +25,9 @@ public sealed class TrainerTests : IDisposable
     private static TokenDataset SampleData() =>
         TokenDataset.Create([SampleText(800, 1), SampleText(400, 2)], new ByteTokenEncoder(), validationFraction: 0.1);
 
-    private TrainingOptions Options(int steps) => new()
+    private TrainingOptions Options(int steps, TrainingPrecision precision = TrainingPrecision.Fp32) => new()
     {
+        Precision = precision,
         Steps = steps, BatchSize = 4, ContextLength = 16, GradientAccumulation = 2, PeakLearningRate = 3e-3f, MinimumLearningRate = 3e-4f,
         WarmupSteps = 3, AttentionDropout = 0.1f, ResidualDropout = 0.1f, EvalInterval = 4, EvalBatches = 2, Seed = 9,
         CheckpointPath = Path.Combine(_dir, "checkpoint.bin"),
@@ -39,11 +40,13 @@ public sealed class TrainerTests : IDisposable
         return new Trainer(model, data, options);
     }
 
-    [Fact]
-    public void ResumedRunReproducesTheLossesOfAnUninterruptedOne()
+    [Theory]
+    [InlineData(TrainingPrecision.Fp32)]
+    [InlineData(TrainingPrecision.Bf16)]
+    public void ResumedRunReproducesTheLossesOfAnUninterruptedOne(TrainingPrecision precision)
     {
         var data = SampleData();
-        var options = Options(12);
+        var options = Options(12, precision);
         string saved = Path.Combine(_dir, "step8.bin");
         var uninterrupted = NewTrainer(data, options);
         var losses = new List<double>();

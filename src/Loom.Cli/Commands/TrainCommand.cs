@@ -36,12 +36,13 @@ internal static class TrainCommand
         var seed = new Option<long>("--seed", "-s") { Description = "seed for initialization, shuffling and dropout", DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads", "-t") { Description = "compute threads", DefaultValueFactory = _ => Math.Min(2, Environment.ProcessorCount) };
         var resume = new Option<bool>("--resume") { Description = "continue from DIR/checkpoint.bin" };
+        var arithmetic = new Option<string>("--precision") { Description = "matrix-product arithmetic: fp32, or bf16 (mixed precision, fp32 master weights)", DefaultValueFactory = _ => "fp32" };
         var precision = new Option<string>("--export") { Description = "GGUF precision: f32, f16 or q8_0", DefaultValueFactory = _ => "f32" };
 
         var command = new Command("train", "Train a Llama-style model on text and export it as GGUF")
         {
             data, output, tokenizerFrom, parseSpecial, initFrom, dim, layers, heads, kvHeads, hidden, context, batch, accumulate, steps, rate, minRate,
-            warmup, weightDecay, clip, dropout, validation, evalEvery, patience, seed, threads, resume, precision,
+            warmup, weightDecay, clip, dropout, validation, evalEvery, patience, seed, threads, resume, precision, arithmetic,
         };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
@@ -53,6 +54,12 @@ internal static class TrainCommand
                 "f16" => ExportPrecision.F16,
                 "q8_0" => ExportPrecision.Q8_0,
                 var other => throw new CliException($"--export must be f32, f16 or q8_0, not '{other}'"),
+            };
+            var trainingPrecision = r.GetValue(arithmetic)?.ToLowerInvariant() switch
+            {
+                "fp32" => TrainingPrecision.Fp32,
+                "bf16" => TrainingPrecision.Bf16,
+                var other => throw new CliException($"--precision must be fp32 or bf16, not '{other}'"),
             };
             Directory.CreateDirectory(outDir);
             string checkpointPath = Path.Combine(outDir, "checkpoint.bin");
@@ -75,6 +82,7 @@ internal static class TrainCommand
                     WarmupSteps = r.GetValue(warmup), WeightDecay = r.GetValue(weightDecay), GradientClip = r.GetValue(clip),
                     AttentionDropout = r.GetValue(dropout), ResidualDropout = r.GetValue(dropout), EvalInterval = r.GetValue(evalEvery),
                     Patience = r.GetValue(patience), Seed = (ulong)r.GetValue(seed), Threads = r.GetValue(threads), CheckpointPath = checkpointPath,
+                    Precision = trainingPrecision,
                 };
                 Trainer trainer;
                 var history = new LossHistory();
