@@ -28,12 +28,12 @@ dotnet run "$repo/scripts/default-model/PrepareCorpus.cs" -- "$work/brown/packag
 shape=(--dim 256 --layers 6 --heads 8 --kv-heads 4 --ctx 256)
 # Stage 1: general English.
 "$loom" train --data "$work/text/train/brown" --out "$work/stage1" --tokenizer-from "$work/tokenizer.gguf" "${shape[@]}" \
-  --batch 16 --steps 400 --lr 1.5e-3 --min-lr 1e-4 --warmup 30 --weight-decay 0.1 --clip 1 \
+  --batch 16 --steps 700 --lr 1.5e-3 --min-lr 1e-4 --warmup 50 --weight-decay 0.1 --clip 1 \
   --validation 0.05 --eval-every 100 --seed $seed --threads $threads --export f16
 # Stage 2: the primer, its question-answer pairs as ChatML conversations.
 "$loom" train --data "$work/text/train/primer" --out "$work/stage2" --tokenizer-from "$work/tokenizer.gguf" --parse-special \
   --init-from "$work/stage1/checkpoint.bin" --ctx 256 \
-  --batch 16 --steps 120 --lr 6e-4 --min-lr 6e-5 --warmup 20 --weight-decay 0.1 --clip 1 --dropout 0.1 \
+  --batch 16 --steps 200 --lr 6e-4 --min-lr 6e-5 --warmup 20 --weight-decay 0.1 --clip 1 --dropout 0.1 \
   --validation 0.1 --eval-every 20 --patience 3 --seed $seed --threads $threads --export f16
 
 mkdir -p "$repo/models"
