@@ -25,7 +25,7 @@ internal static unsafe class ActivationQuantizer
     private static float BlockSum(int sum, float scale, bool halfSums) =>
         halfSums ? Fp.RoundToHalf(sum * scale) : sum * Fp.RoundToHalf(scale);
 
-    /// <summary>Σq of each 32-level block (Q4_0's kernels subtract 8·Σq from a block's unsigned-nibble dot).</summary>
+    /// <summary>Σq of each 32-level block (Q4_0's and Q5_0's kernels subtract 8·Σq or 16·Σq from a block's unsigned-level dot).</summary>
     public static void BlockSums32(sbyte* qs, int n, short* sums)
     {
         for (int b = 0; b < n / 32; b++, qs += 32)

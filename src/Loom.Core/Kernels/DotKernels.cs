@@ -56,10 +56,10 @@ internal static unsafe class DotKernels
             GgmlType.F16 => isa == KernelIsa.Avx512 ? &FloatKernels.DotF16Avx512 : &FloatKernels.DotF16Avx2,
             GgmlType.BF16 => isa == KernelIsa.Avx512 ? &FloatKernels.DotBF16Avx512 : &FloatKernels.DotBF16Avx2,
             // Each one-token kernel is exactly one column of the same path's four-token (or tile) kernel (batch
-            // invariance). Q4_0 and Q8_0 use the 256-bit row-lane kernels on both paths (see RowLaneKernels).
+            // invariance). Q4_0, Q5_0 and Q8_0 use the 256-bit row-lane kernels on both paths (see RowLaneKernels).
             GgmlType.Q4_0 => &RowLaneKernels.DotQ4_0,
             GgmlType.Q4_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q4_1Format> : &Block32Kernels.DotAvx2<Q4_1Format>,
-            GgmlType.Q5_0 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q5_0Format> : &Block32Kernels.DotAvx2<Q5_0Format>,
+            GgmlType.Q5_0 => &RowLaneKernels.DotQ5_0,
             GgmlType.Q5_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q5_1Format> : &Block32Kernels.DotAvx2<Q5_1Format>,
             GgmlType.Q8_0 => &RowLaneKernels.DotQ8_0,
             GgmlType.IQ4_NL => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Iq4NlFormat> : &Block32Kernels.DotAvx2<Iq4NlFormat>,
@@ -89,7 +89,6 @@ internal static unsafe class DotKernels
             GgmlType.F16 => wide ? &FloatKernels.Dot4F16Avx512 : &FloatKernels.Dot4F16Avx2,
             GgmlType.BF16 => wide ? &FloatKernels.Dot4BF16Avx512 : &FloatKernels.Dot4BF16Avx2,
             GgmlType.Q4_1 => wide ? &Block32Kernels.Dot4Avx512<Q4_1Format> : &Block32Kernels.Dot4Avx2<Q4_1Format>,
-            GgmlType.Q5_0 => wide ? &Block32Kernels.Dot4Avx512<Q5_0Format> : &Block32Kernels.Dot4Avx2<Q5_0Format>,
             GgmlType.Q5_1 => wide ? &Block32Kernels.Dot4Avx512<Q5_1Format> : &Block32Kernels.Dot4Avx2<Q5_1Format>,
             GgmlType.IQ4_NL => wide ? &Block32Kernels.Dot4Avx512<Iq4NlFormat> : &Block32Kernels.Dot4Avx2<Iq4NlFormat>,
             GgmlType.Q4_K => &KQuantKernels.Dot4Q4KAvx2,
@@ -108,6 +107,7 @@ internal static unsafe class DotKernels
         {
             GgmlType.Q8_0 => &RowLaneKernels.TileQ8_0,
             GgmlType.Q4_0 => &RowLaneKernels.TileQ4_0,
+            GgmlType.Q5_0 => &RowLaneKernels.TileQ5_0,
             _ => null,
         };
 

@@ -61,7 +61,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
         long scales = levels / (_kind == ActivationKind.Q8K ? 256 : 32);
         long sumsBytes = _kind == ActivationKind.Q8K ? levels / 16 * sizeof(short) : scales * sizeof(float);
         long qsBytes = Align(levels), dBytes = Align(scales * sizeof(float));
-        bool blockSums = matrix.Type == GgmlType.Q4_0 && isa != KernelIsa.Portable;
+        bool blockSums = matrix.Type is GgmlType.Q4_0 or GgmlType.Q5_0 && isa != KernelIsa.Portable;
         long blockSumsBytes = blockSums ? Align(scales * sizeof(short)) : 0;
         Reserve(qsBytes + dBytes + Align(sumsBytes) + blockSumsBytes);
         _qs = (sbyte*)_base;

@@ -7,7 +7,7 @@ using static Loom.Core.Kernels.SimdHelpers;
 namespace Loom.Core.Kernels;
 
 /// <summary>
-/// Q8_0 and Q4_0 on both SIMD paths (256-bit: Zen 4 runs 512-bit integer operations as two halves). Each block's
+/// Q8_0, Q4_0 and Q5_0 on both SIMD paths (256-bit: Zen 4 runs 512-bit integer operations as two halves). Each block's
 /// integer dot is summed exactly first, then per row acc[b mod 8] = fma(float(isum_b), d_w,b·d_x,b, acc[b mod 8]),
 /// for the blocks of full groups of eight, the eight phases are added in one fixed tree ((a0+a4) + (a2+a6)) +
 /// ((a1+a5) + (a3+a7)), and the leftover blocks' terms are accumulated in order into one more sum added last.
@@ -18,15 +18,15 @@ namespace Loom.Core.Kernels;
 /// each activation group is broadcast, and a block costs eight byte dots plus one convert and one FMA for all eight
 /// rows. The one-token kernels (decode) reach the same integers by horizontal adds and keep the eight phases in the
 /// lanes of one vector, so every row's float arithmetic, and hence its result, is the same whichever kernel ran it
-/// (batch invariance). Q4_0's levels stay unsigned nibbles: isum = Σ n·q − 8·Σq, the activation block sums Σq
-/// coming with the quantized activations.
+/// (batch invariance). Q4_0's and Q5_0's levels stay unsigned: isum = Σ l·q − 8·Σq (16·Σq), the activation block
+/// sums Σq coming with the quantized activations.
 /// </remarks>
 internal static unsafe class RowLaneKernels
 {
     /// <summary>Rows a tile kernel computes together (one per 32-bit lane).</summary>
     public const int TileRows = 8;
 
-    private const int Q8BlockBytes = 34, Q4BlockBytes = 18;
+    private const int Q8BlockBytes = 34, Q4BlockBytes = 18, Q5BlockBytes = 22;
     private const float HalfRebase = 5.192296858534828e33f; // 2^112
     private const uint HalfInfOrNanShifted = 0x7c00u << 17;
 
@@ -87,14 +87,19 @@ internal static unsafe class RowLaneKernels
     }
 
     /// <summary>A leftover block's integer dot (the blocks after the last full group of eight).</summary>
+    /// <remarks><paramref name="offset"/>: 0 for Q8_0's signed levels, else the unsigned levels' offset (Q4_0 8, Q5_0 16).</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int TailIsum(byte* block, sbyte* xq, short* sums, bool q4)
+    private static int TailIsum(byte* block, sbyte* xq, short* sums, int offset)
     {
         var x = Vector256.Load(xq);
-        return q4
-            ? Vector256.Sum(DotUnsignedSigned(Nibbles(block + 2), x)) - 8 * *sums
-            : Vector256.Sum(SignedDot(Vector256.Load((sbyte*)block + 2), x));
+        return offset == 0
+            ? Vector256.Sum(SignedDot(Vector256.Load((sbyte*)block + 2), x))
+            : Vector256.Sum(DotUnsignedSigned(UnsignedLevels(block, offset), x)) - offset * *sums;
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> UnsignedLevels(byte* block, int offset) =>
+        offset == 8 ? Nibbles(block + 2) : Q5_0Format.Unpack(block).AsByte();
 
     // ---- one token ----
 
@@ -130,7 +135,7 @@ internal static unsafe class RowLaneKernels
             return DotQ8_0Exact(start, blocks, x);
         float tail = 0;
         for (; b < blocks; b++, row += Q8BlockBytes, xq += 32)
-            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, null, q4: false), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
+            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, null, offset: 0), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
         return ReducePhases(acc) + tail;
     }
 
@@ -176,7 +181,45 @@ internal static unsafe class RowLaneKernels
             return DotQ4_0Exact(start, blocks, x);
         float tail = 0;
         for (; b < blocks; b++, row += Q4BlockBytes, xq += 32)
-            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, q4: true), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
+            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, offset: 8), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
+        return ReducePhases(acc) + tail;
+    }
+
+    public static float DotQ5_0(byte* row, int blocks, in ActivationRow x) => DotQ5_0(row, blocks, x, exactScales: false);
+
+    private static float DotQ5_0Exact(byte* row, int blocks, in ActivationRow x) => DotQ5_0(row, blocks, x, exactScales: true);
+
+    /// <summary>Q5_0: unsigned 5-bit levels, isum = Σ l·q − 16·Σq.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotQ5_0(byte* row, int blocks, in ActivationRow x, bool exactScales)
+    {
+        byte* start = row;
+        var acc = Vector256<float>.Zero;
+        Vector256<uint> magnitudes = default;
+        var scaleOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * Q5BlockBytes;
+        sbyte* xq = x.Qs;
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8, row += 8 * Q5BlockBytes, xq += 256)
+        {
+            var isum = SumEach(
+                DotUnsignedSigned(Q5_0Format.Unpack(row).AsByte(), Vector256.Load(xq)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + Q5BlockBytes).AsByte(), Vector256.Load(xq + 32)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + 2 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 64)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + 3 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 96)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + 4 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 128)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + 5 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 160)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + 6 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 192)),
+                DotUnsignedSigned(Q5_0Format.Unpack(row + 7 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 224)));
+            isum -= Avx2.ConvertToVector256Int32(x.BSums + b) << 4;
+            var halves = Avx2.GatherVector256((int*)row, scaleOffsets, 1) & Vector256.Create(0xFFFF);
+            var dw = exactScales ? HalfToSingle(halves.AsUInt32()) : FiniteHalves(halves, ref magnitudes);
+            acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Load(x.D + b), acc);
+        }
+        if (!exactScales && Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
+            return DotQ5_0Exact(start, blocks, x);
+        float tail = 0;
+        for (; b < blocks; b++, row += Q5BlockBytes, xq += 32)
+            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, offset: 16), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
         return ReducePhases(acc) + tail;
     }
 
@@ -229,7 +272,7 @@ internal static unsafe class RowLaneKernels
             var v7 = Vector256.Load((int*)(block + 2 + 7 * rowBytes));
             StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets, v0, v1, v2, v3, v4, v5, v6, v7);
         }
-        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, q4: false);
+        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 0);
     }
 
     public static void TileQ4_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
@@ -248,7 +291,26 @@ internal static unsafe class RowLaneKernels
             var v7 = Nibbles(block + 2 + 7 * rowBytes).AsInt32();
             StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets, v0, v1, v2, v3, v4, v5, v6, v7);
         }
-        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, q4: true);
+        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+    }
+
+    public static void TileQ5_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    {
+        var rowOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)rowBytes;
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* block = rows + b * Q5BlockBytes;
+            var v0 = Q5_0Format.Unpack(block).AsInt32();
+            var v1 = Q5_0Format.Unpack(block + rowBytes).AsInt32();
+            var v2 = Q5_0Format.Unpack(block + 2 * rowBytes).AsInt32();
+            var v3 = Q5_0Format.Unpack(block + 3 * rowBytes).AsInt32();
+            var v4 = Q5_0Format.Unpack(block + 4 * rowBytes).AsInt32();
+            var v5 = Q5_0Format.Unpack(block + 5 * rowBytes).AsInt32();
+            var v6 = Q5_0Format.Unpack(block + 6 * rowBytes).AsInt32();
+            var v7 = Q5_0Format.Unpack(block + 7 * rowBytes).AsInt32();
+            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets, v0, v1, v2, v3, v4, v5, v6, v7);
+        }
+        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -271,41 +333,41 @@ internal static unsafe class RowLaneKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, bool q4)
+    private static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
     {
         int cols = 32 * blocks;
         for (int t = 0; t < tokens; t++)
         {
             sbyte* xq = qs + (long)t * cols;
             float* dx = d + (long)t * blocks;
-            short* xs = q4 ? sums + (long)t * blocks : null;
+            short* xs = offset != 0 ? sums + (long)t * blocks : null;
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
             int b = 0;
             for (; b + 8 <= blocks; b += 8)
             {
-                a0 = TileBlock(scratch, b, xq, dx, xs, q4, a0);
-                a1 = TileBlock(scratch, b + 1, xq, dx, xs, q4, a1);
-                a2 = TileBlock(scratch, b + 2, xq, dx, xs, q4, a2);
-                a3 = TileBlock(scratch, b + 3, xq, dx, xs, q4, a3);
-                a4 = TileBlock(scratch, b + 4, xq, dx, xs, q4, a4);
-                a5 = TileBlock(scratch, b + 5, xq, dx, xs, q4, a5);
-                a6 = TileBlock(scratch, b + 6, xq, dx, xs, q4, a6);
-                a7 = TileBlock(scratch, b + 7, xq, dx, xs, q4, a7);
+                a0 = TileBlock(scratch, b, xq, dx, xs, offset, a0);
+                a1 = TileBlock(scratch, b + 1, xq, dx, xs, offset, a1);
+                a2 = TileBlock(scratch, b + 2, xq, dx, xs, offset, a2);
+                a3 = TileBlock(scratch, b + 3, xq, dx, xs, offset, a3);
+                a4 = TileBlock(scratch, b + 4, xq, dx, xs, offset, a4);
+                a5 = TileBlock(scratch, b + 5, xq, dx, xs, offset, a5);
+                a6 = TileBlock(scratch, b + 6, xq, dx, xs, offset, a6);
+                a7 = TileBlock(scratch, b + 7, xq, dx, xs, offset, a7);
             }
             var tail = Vector256<float>.Zero;
-            for (; b < blocks; b++) tail = TileBlock(scratch, b, xq, dx, xs, q4, tail);
+            for (; b < blocks; b++) tail = TileBlock(scratch, b, xq, dx, xs, offset, tail);
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
         }
     }
 
     /// <summary>One block of the tile against one token: eight row lanes of isum, converted, scaled and accumulated.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> TileBlock(byte* scratch, int b, sbyte* xq, float* dx, short* xs, bool q4, Vector256<float> acc)
+    private static Vector256<float> TileBlock(byte* scratch, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
     {
         var g = (sbyte*)(scratch + b * TileBytesPerBlock);
         var x = (int*)(xq + 32 * b);
         Vector256<int> isum;
-        if (q4)
+        if (offset != 0)
         {
             if (AvxVnni.IsSupported)
             {
@@ -320,7 +382,7 @@ internal static unsafe class RowLaneKernels
             }
             else
             {
-                // eight pair sums of at most 2·15·127 each stay within int16
+                // four pair sums of at most 2·31·127 each stay within int16 (eight, for Q4_0's 2·15·127)
                 var s = Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g), Vector256.Create(x[0]).AsSByte())
                     + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 32), Vector256.Create(x[1]).AsSByte())
                     + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 64), Vector256.Create(x[2]).AsSByte())
@@ -329,9 +391,10 @@ internal static unsafe class RowLaneKernels
                     + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 160), Vector256.Create(x[5]).AsSByte())
                     + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 192), Vector256.Create(x[6]).AsSByte())
                     + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 224), Vector256.Create(x[7]).AsSByte());
-                isum = Avx2.MultiplyAddAdjacent(s + u, Vector256.Create((short)1));
+                var ones = Vector256.Create((short)1);
+                isum = offset == 8 ? Avx2.MultiplyAddAdjacent(s + u, ones) : Avx2.MultiplyAddAdjacent(s, ones) + Avx2.MultiplyAddAdjacent(u, ones);
             }
-            isum -= Vector256.Create(8 * xs[b]);
+            isum -= Vector256.Create(offset * xs[b]);
         }
         else
         {
