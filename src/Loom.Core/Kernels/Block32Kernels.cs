@@ -28,6 +28,7 @@ internal static unsafe class Block32Kernels
     }
 
 
+    // The SIMD kernels here serve Q4_1, Q5_1 and IQ4_NL; Q4_0, Q5_0 and Q8_0 use RowLaneKernels (any format works here).
     // Batch invariance: the one-token kernels compute exactly one column of the four-token kernels (one accumulator per
     // token, the same lane layout, block order and reductions), so a token's result never depends on how many tokens
     // share a call or where it sits among them. Blocks go in groups of eight, leftovers take one-block steps.
