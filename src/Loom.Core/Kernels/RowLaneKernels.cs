@@ -89,13 +89,8 @@ internal static unsafe class RowLaneKernels
     /// <summary>A leftover block's integer dot (the blocks after the last full group of eight).</summary>
     /// <remarks><paramref name="offset"/>: 0 for Q8_0's signed levels, else the unsigned levels' offset (Q4_0 8, Q5_0 16).</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int TailIsum(byte* block, sbyte* xq, short* sums, int offset)
-    {
-        var x = Vector256.Load(xq);
-        return offset == 0
-            ? Vector256.Sum(SignedDot(Vector256.Load((sbyte*)block + 2), x))
-            : Vector256.Sum(DotUnsignedSigned(UnsignedLevels(block, offset), x)) - offset * *sums;
-    }
+    private static int TailIsum(byte* block, sbyte* xq, short* sums, int offset) =>
+        Vector256.Sum(BlockDot(block, xq, offset)) - (offset == 0 ? 0 : offset * *sums);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> UnsignedLevels(byte* block, int offset) =>
@@ -103,41 +98,53 @@ internal static unsafe class RowLaneKernels
 
     // ---- one token ----
 
-    public static float DotQ8_0(byte* row, int blocks, in ActivationRow x) => DotQ8_0(row, blocks, x, exactScales: false);
+    public static float DotQ8_0(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: false, offset: 0);
 
-    private static float DotQ8_0Exact(byte* row, int blocks, in ActivationRow x) => DotQ8_0(row, blocks, x, exactScales: true);
+    public static float DotQ5_0(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: false, offset: 16);
 
+    private static float DotQ8_0Exact(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: true, offset: 0);
+
+    private static float DotQ5_0Exact(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: true, offset: 16);
+
+    /// <summary>
+    /// Q8_0 (<paramref name="offset"/> 0: signed levels) and Q5_0 (16: unsigned 5-bit levels, isum = Σ l·q − 16·Σq):
+    /// eight block dots reduced to one vector, the eight scales gathered.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float DotQ8_0(byte* row, int blocks, in ActivationRow x, bool exactScales)
+    private static float DotGatheredScales(byte* row, int blocks, in ActivationRow x, bool exactScales, int offset)
     {
+        int blockBytes = offset == 0 ? Q8BlockBytes : Q5BlockBytes;
         byte* start = row;
         var acc = Vector256<float>.Zero;
         Vector256<uint> magnitudes = default;
-        var scaleOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * Q8BlockBytes;
+        var scaleOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
         sbyte* xq = x.Qs;
         int b = 0;
-        for (; b + 8 <= blocks; b += 8, row += 8 * Q8BlockBytes, xq += 256)
+        for (; b + 8 <= blocks; b += 8, row += 8 * blockBytes, xq += 256)
         {
             var isum = SumEach(
-                SignedDot(Vector256.Load((sbyte*)row + 2), Vector256.Load(xq)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + Q8BlockBytes), Vector256.Load(xq + 32)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + 2 * Q8BlockBytes), Vector256.Load(xq + 64)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + 3 * Q8BlockBytes), Vector256.Load(xq + 96)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + 4 * Q8BlockBytes), Vector256.Load(xq + 128)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + 5 * Q8BlockBytes), Vector256.Load(xq + 160)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + 6 * Q8BlockBytes), Vector256.Load(xq + 192)),
-                SignedDot(Vector256.Load((sbyte*)row + 2 + 7 * Q8BlockBytes), Vector256.Load(xq + 224)));
+                BlockDot(row, xq, offset), BlockDot(row + blockBytes, xq + 32, offset),
+                BlockDot(row + 2 * blockBytes, xq + 64, offset), BlockDot(row + 3 * blockBytes, xq + 96, offset),
+                BlockDot(row + 4 * blockBytes, xq + 128, offset), BlockDot(row + 5 * blockBytes, xq + 160, offset),
+                BlockDot(row + 6 * blockBytes, xq + 192, offset), BlockDot(row + 7 * blockBytes, xq + 224, offset));
+            if (offset != 0) isum -= Avx2.ConvertToVector256Int32(x.BSums + b) << 4;
             var halves = Avx2.GatherVector256((int*)row, scaleOffsets, 1) & Vector256.Create(0xFFFF);
             var dw = exactScales ? HalfToSingle(halves.AsUInt32()) : FiniteHalves(halves, ref magnitudes);
             acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Load(x.D + b), acc);
         }
         if (!exactScales && Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
-            return DotQ8_0Exact(start, blocks, x);
+            return offset == 0 ? DotQ8_0Exact(start, blocks, x) : DotQ5_0Exact(start, blocks, x);
         float tail = 0;
-        for (; b < blocks; b++, row += Q8BlockBytes, xq += 32)
-            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, null, offset: 0), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
+        for (; b < blocks; b++, row += blockBytes, xq += 32)
+            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, offset), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
         return ReducePhases(acc) + tail;
     }
+
+    /// <summary>A block's partial dots: signed levels (offset 0) or unsigned ones (the offset not yet subtracted).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> BlockDot(byte* block, sbyte* xq, int offset) => offset == 0
+        ? SignedDot(Vector256.Load((sbyte*)block + 2), Vector256.Load(xq))
+        : DotUnsignedSigned(UnsignedLevels(block, offset), Vector256.Load(xq));
 
     public static float DotQ4_0(byte* row, int blocks, in ActivationRow x) => DotQ4_0(row, blocks, x, exactScales: false);
 
@@ -185,44 +192,6 @@ internal static unsafe class RowLaneKernels
         return ReducePhases(acc) + tail;
     }
 
-    public static float DotQ5_0(byte* row, int blocks, in ActivationRow x) => DotQ5_0(row, blocks, x, exactScales: false);
-
-    private static float DotQ5_0Exact(byte* row, int blocks, in ActivationRow x) => DotQ5_0(row, blocks, x, exactScales: true);
-
-    /// <summary>Q5_0: unsigned 5-bit levels, isum = Σ l·q − 16·Σq.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float DotQ5_0(byte* row, int blocks, in ActivationRow x, bool exactScales)
-    {
-        byte* start = row;
-        var acc = Vector256<float>.Zero;
-        Vector256<uint> magnitudes = default;
-        var scaleOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * Q5BlockBytes;
-        sbyte* xq = x.Qs;
-        int b = 0;
-        for (; b + 8 <= blocks; b += 8, row += 8 * Q5BlockBytes, xq += 256)
-        {
-            var isum = SumEach(
-                DotUnsignedSigned(Q5_0Format.Unpack(row).AsByte(), Vector256.Load(xq)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + Q5BlockBytes).AsByte(), Vector256.Load(xq + 32)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + 2 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 64)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + 3 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 96)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + 4 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 128)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + 5 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 160)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + 6 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 192)),
-                DotUnsignedSigned(Q5_0Format.Unpack(row + 7 * Q5BlockBytes).AsByte(), Vector256.Load(xq + 224)));
-            isum -= Avx2.ConvertToVector256Int32(x.BSums + b) << 4;
-            var halves = Avx2.GatherVector256((int*)row, scaleOffsets, 1) & Vector256.Create(0xFFFF);
-            var dw = exactScales ? HalfToSingle(halves.AsUInt32()) : FiniteHalves(halves, ref magnitudes);
-            acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Load(x.D + b), acc);
-        }
-        if (!exactScales && Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
-            return DotQ5_0Exact(start, blocks, x);
-        float tail = 0;
-        for (; b < blocks; b++, row += Q5BlockBytes, xq += 32)
-            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, offset: 16), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
-        return ReducePhases(acc) + tail;
-    }
-
     /// <summary>Byte shuffle taking bytes 0–1 of the low half to lane j and bytes 2–3 of the high half to lane j + 4 (zeros elsewhere).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> ScalePick(int j)
@@ -256,62 +225,35 @@ internal static unsafe class RowLaneKernels
     /// <paramref name="scratch"/> (<see cref="TileBytesPerBlock"/> per block) once, then each token runs over them.
     /// Token t's activations: qs + t·32·blocks, d + t·blocks (and Q4_0's block sums at sums + t·blocks).
     /// </summary>
-    public static void TileQ8_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    public static void TileQ8_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Tile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 0);
+
+    public static void TileQ4_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Tile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+
+    public static void TileQ5_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Tile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
     {
+        int blockBytes = offset switch { 0 => Q8BlockBytes, 8 => Q4BlockBytes, _ => Q5BlockBytes };
         var rowOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)rowBytes;
         for (int b = 0; b < blocks; b++)
         {
-            byte* block = rows + b * Q8BlockBytes;
-            var v0 = Vector256.Load((int*)(block + 2));
-            var v1 = Vector256.Load((int*)(block + 2 + rowBytes));
-            var v2 = Vector256.Load((int*)(block + 2 + 2 * rowBytes));
-            var v3 = Vector256.Load((int*)(block + 2 + 3 * rowBytes));
-            var v4 = Vector256.Load((int*)(block + 2 + 4 * rowBytes));
-            var v5 = Vector256.Load((int*)(block + 2 + 5 * rowBytes));
-            var v6 = Vector256.Load((int*)(block + 2 + 6 * rowBytes));
-            var v7 = Vector256.Load((int*)(block + 2 + 7 * rowBytes));
-            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets, v0, v1, v2, v3, v4, v5, v6, v7);
+            byte* block = rows + b * blockBytes;
+            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets,
+                TileLevels(block, offset), TileLevels(block + rowBytes, offset),
+                TileLevels(block + 2 * rowBytes, offset), TileLevels(block + 3 * rowBytes, offset),
+                TileLevels(block + 4 * rowBytes, offset), TileLevels(block + 5 * rowBytes, offset),
+                TileLevels(block + 6 * rowBytes, offset), TileLevels(block + 7 * rowBytes, offset));
         }
-        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 0);
+        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset);
     }
 
-    public static void TileQ4_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
-    {
-        var rowOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)rowBytes;
-        for (int b = 0; b < blocks; b++)
-        {
-            byte* block = rows + b * Q4BlockBytes;
-            var v0 = Nibbles(block + 2).AsInt32();
-            var v1 = Nibbles(block + 2 + rowBytes).AsInt32();
-            var v2 = Nibbles(block + 2 + 2 * rowBytes).AsInt32();
-            var v3 = Nibbles(block + 2 + 3 * rowBytes).AsInt32();
-            var v4 = Nibbles(block + 2 + 4 * rowBytes).AsInt32();
-            var v5 = Nibbles(block + 2 + 5 * rowBytes).AsInt32();
-            var v6 = Nibbles(block + 2 + 6 * rowBytes).AsInt32();
-            var v7 = Nibbles(block + 2 + 7 * rowBytes).AsInt32();
-            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets, v0, v1, v2, v3, v4, v5, v6, v7);
-        }
-        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
-    }
-
-    public static void TileQ5_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
-    {
-        var rowOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)rowBytes;
-        for (int b = 0; b < blocks; b++)
-        {
-            byte* block = rows + b * Q5BlockBytes;
-            var v0 = Q5_0Format.Unpack(block).AsInt32();
-            var v1 = Q5_0Format.Unpack(block + rowBytes).AsInt32();
-            var v2 = Q5_0Format.Unpack(block + 2 * rowBytes).AsInt32();
-            var v3 = Q5_0Format.Unpack(block + 3 * rowBytes).AsInt32();
-            var v4 = Q5_0Format.Unpack(block + 4 * rowBytes).AsInt32();
-            var v5 = Q5_0Format.Unpack(block + 5 * rowBytes).AsInt32();
-            var v6 = Q5_0Format.Unpack(block + 6 * rowBytes).AsInt32();
-            var v7 = Q5_0Format.Unpack(block + 7 * rowBytes).AsInt32();
-            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets, v0, v1, v2, v3, v4, v5, v6, v7);
-        }
-        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> TileLevels(byte* block, int offset) =>
+        offset == 0 ? Vector256.Load((int*)(block + 2)) : UnsignedLevels(block, offset).AsInt32();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StoreTransposed(byte* destination, byte* block, Vector256<int> rowOffsets,
