@@ -8,9 +8,9 @@ namespace Loom.Core.Kernels;
 
 /// <summary>
 /// Q8_0, Q4_0 and Q5_0 on both SIMD paths (256-bit: Zen 4 runs 512-bit integer operations as two halves). Each block's
-/// integer dot is summed exactly first, then per row acc[b mod 8] = fma(float(isum_b), d_w,b·d_x,b, acc[b mod 8]),
-/// for the blocks of full groups of eight, the eight phases are added in one fixed tree ((a0+a4) + (a2+a6)) +
-/// ((a1+a5) + (a3+a7)), and the leftover blocks' terms are accumulated in order into one more sum added last.
+/// integer dot is summed exactly first. Blocks in full groups of eight feed acc[b mod 8] = fma(float(isum_b),
+/// d_w,b·d_x,b, acc[b mod 8]) and the eight phases are added in one fixed tree ((a0+a4) + (a2+a6)) + ((a1+a5) +
+/// (a3+a7)); the leftover blocks' terms go in order into one more sum, added last.
 /// </summary>
 /// <remarks>
 /// Converting a block's integer dot to float once (not per 8-lane partial) is what makes the multi-token kernels
