@@ -1,5 +1,6 @@
 using Loom.Core.Threading;
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using Loom.Core.Kernels;
 using Loom.Models.Architectures;
 
@@ -260,9 +261,13 @@ internal sealed unsafe class ForwardPass : IParallelWork
         {
             long token = segment.Offset + t;
             int visible = segment.Start + t + 1;
-            var query = new ReadOnlySpan<float>(_query.Pointer + token * c.QueryDim + head * keyLength, keyLength);
-            for (int j = 0; j < visible; j++)
-                scores[j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
+            float* queryHead = _query.Pointer + token * c.QueryDim + head * keyLength;
+            var query = new ReadOnlySpan<float>(queryHead, keyLength);
+            if (Vector256.IsHardwareAccelerated && keyLength % 16 == 0)
+                ScoresVector(queryHead, keys, keyLength, visible, _attentionScale, scores);
+            else
+                for (int j = 0; j < visible; j++)
+                    scores[j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
 
             var weights = new Span<float>(scores, visible);
             float max = TensorPrimitives.Max(weights);
@@ -270,10 +275,66 @@ internal sealed unsafe class ForwardPass : IParallelWork
             TensorPrimitives.Exp(weights, weights);
             TensorPrimitives.Multiply(weights, 1f / TensorPrimitives.Sum(weights), weights);
 
-            var output = new Span<float>(_attention.Pointer + token * c.HeadCount * valueLength + head * valueLength, valueLength);
+            float* outputHead = _attention.Pointer + token * c.HeadCount * valueLength + head * valueLength;
+            if (Vector256.IsHardwareAccelerated && valueLength % 8 == 0)
+            {
+                WeightedSumVector(values, valueLength, visible, scores, outputHead);
+                continue;
+            }
+            var output = new Span<float>(outputHead, valueLength);
             output.Clear();
             for (int j = 0; j < visible; j++)
                 TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * valueLength, valueLength), weights[j], output, output);
+        }
+    }
+
+    // Decode attends one query to every cached position with head-sized (64–128 float) vectors: per-position library
+    // calls cost more than the arithmetic, so these loops keep the query (or the output slice) in registers.
+
+    /// <summary>scores[j] = (q · k_j)·scale for j &lt; count; length is a multiple of 16.</summary>
+    private static void ScoresVector(float* q, float* keys, int length, int count, float scale, float* scores)
+    {
+        for (int j = 0; j < count; j++, keys += length)
+        {
+            Vector256<float> even = default, odd = default;
+            for (int d = 0; d < length; d += 16)
+            {
+                even = Vector256.MultiplyAddEstimate(Vector256.Load(q + d), Vector256.Load(keys + d), even);
+                odd = Vector256.MultiplyAddEstimate(Vector256.Load(q + d + 8), Vector256.Load(keys + d + 8), odd);
+            }
+            scores[j] = Vector256.Sum(even + odd) * scale;
+        }
+    }
+
+    /// <summary>output = Σ_j weights[j]·v_j over count rows of length floats (a multiple of 8), 64 columns at a time.</summary>
+    private static void WeightedSumVector(float* values, int length, int count, float* weights, float* output)
+    {
+        for (int d = 0; d < length; d += 64)
+        {
+            int width = Math.Min(64, length - d);
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            float* v = values + d;
+            for (int j = 0; j < count; j++, v += length)
+            {
+                var w = Vector256.Create(weights[j]);
+                a0 = Vector256.MultiplyAddEstimate(Vector256.Load(v), w, a0);
+                if (width > 8) a1 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 8), w, a1);
+                if (width > 16) a2 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 16), w, a2);
+                if (width > 24) a3 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 24), w, a3);
+                if (width > 32) a4 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 32), w, a4);
+                if (width > 40) a5 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 40), w, a5);
+                if (width > 48) a6 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 48), w, a6);
+                if (width > 56) a7 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 56), w, a7);
+            }
+            float* o = output + d;
+            a0.Store(o);
+            if (width > 8) a1.Store(o + 8);
+            if (width > 16) a2.Store(o + 16);
+            if (width > 24) a3.Store(o + 24);
+            if (width > 32) a4.Store(o + 32);
+            if (width > 40) a5.Store(o + 40);
+            if (width > 48) a6.Store(o + 48);
+            if (width > 56) a7.Store(o + 56);
         }
     }
 

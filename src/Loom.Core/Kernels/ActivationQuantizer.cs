@@ -25,6 +25,26 @@ internal static unsafe class ActivationQuantizer
     private static float BlockSum(int sum, float scale, bool halfSums) =>
         halfSums ? Fp.RoundToHalf(sum * scale) : sum * Fp.RoundToHalf(scale);
 
+    /// <summary>Σq of each 32-level block (Q4_0's and Q5_0's kernels subtract 8·Σq or 16·Σq from a block's unsigned-level dot).</summary>
+    public static void BlockSums32(sbyte* qs, int n, short* sums)
+    {
+        for (int b = 0; b < n / 32; b++, qs += 32)
+        {
+            if (Avx2.IsSupported)
+            {
+                // levels + 128 as unsigned bytes, summed in four groups of eight by psadbw
+                var biased = Vector256.Load((byte*)qs) ^ Vector256.Create((byte)0x80);
+                sums[b] = (short)((int)Vector256.Sum(Avx2.SumAbsoluteDifferences(biased, Vector256<byte>.Zero).AsUInt64()) - 32 * 128);
+            }
+            else
+            {
+                int sum = 0;
+                for (int j = 0; j < 32; j++) sum += qs[j];
+                sums[b] = (short)sum;
+            }
+        }
+    }
+
     /// <summary>Q8_K style: qs[n], d[n/256], bsums[n/16], bit for bit like ggml's quantize_row_q8_K_ref.</summary>
     public static void QuantizeQ8K(float* x, int n, sbyte* qs, float* d, short* bsums)
     {

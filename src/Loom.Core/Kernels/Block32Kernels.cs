@@ -28,6 +28,7 @@ internal static unsafe class Block32Kernels
     }
 
 
+    // The SIMD kernels here serve Q4_1, Q5_1 and IQ4_NL; Q4_0, Q5_0 and Q8_0 use RowLaneKernels (any format works here).
     // Batch invariance: the one-token kernels compute exactly one column of the four-token kernels (one accumulator per
     // token, the same lane layout, block order and reductions), so a token's result never depends on how many tokens
     // share a call or where it sits among them. Blocks go in groups of eight, leftovers take one-block steps.
@@ -176,147 +177,7 @@ internal static unsafe class Block32Kernels
         return result;
     }
 
-    /// <summary>
-    /// Q4_0 (both SIMD paths): the packed bytes of two blocks share one register, so one mask and one shift split 64
-    /// nibbles, and the low- and high-nibble byte dots add as int16 before one widening (each is at most 2·15·127, so
-    /// the sum cannot saturate); lanes 0–3 then hold the first block, 4–7 the second. The levels stay unsigned and
-    /// −8·Σ d_w·s_x is added at the end. The eight fp16 scales of a group come as vectors: blocks 2j and 2j+1 start
-    /// 36j bytes into the group, so one 32-byte load holds the first's scale in its low half and the second's two bytes
-    /// into its high half, and a byte shuffle puts them in lane j of each half; a permute restores block order.
-    /// </summary>
-    public static float DotQ4_0Avx2(byte* row, int blocks, in ActivationRow x)
-    {
-        const int BlockBytes = 18;
-        byte* start = row;
-        Vector256<float> acc = default, offsets = default;
-        Vector256<uint> magnitudes = default;
-        sbyte* xq = x.Qs;
-        var blockOrder = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
-        int b = 0;
-        for (; b + 8 <= blocks; b += 8, row += 8 * BlockBytes, xq += 256)
-        {
-            var halves = Avx2.Shuffle(Vector256.Load(row), ScalePick(0))
-                | Avx2.Shuffle(Vector256.Load(row + 2 * BlockBytes), ScalePick(1))
-                | Avx2.Shuffle(Vector256.Load(row + 4 * BlockBytes), ScalePick(2))
-                | Avx2.Shuffle(Vector256.Load(row + 6 * BlockBytes), ScalePick(3));
-            magnitudes = Avx2.Max(magnitudes, halves.AsUInt32() << 17);
-            // the half's sign to bit 31 and its magnitude to bits 13..27, then ×2^112 (exact for finite halves)
-            var dw = (((halves.AsInt32() << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828e33f);
-            dw = Avx2.PermuteVar8x32(dw, blockOrder);
-            var scales = dw * Vector256.Load(x.D + b);
-            offsets = Fma.MultiplyAdd(dw, Vector256.Load(x.S + b), offsets);
-            var (low0, high0) = NibblePair(row);
-            var (low1, high1) = NibblePair(row + 2 * BlockBytes);
-            var (low2, high2) = NibblePair(row + 4 * BlockBytes);
-            var (low3, high3) = NibblePair(row + 6 * BlockBytes);
-            acc = Fma.MultiplyAdd(NibblePairProduct(low0, high0, xq), PairLanes(scales, 0), acc);
-            acc = Fma.MultiplyAdd(NibblePairProduct(low1, high1, xq + 64), PairLanes(scales, 1), acc);
-            acc = Fma.MultiplyAdd(NibblePairProduct(low2, high2, xq + 128), PairLanes(scales, 2), acc);
-            acc = Fma.MultiplyAdd(NibblePairProduct(low3, high3, xq + 192), PairLanes(scales, 3), acc);
-        }
-        if (Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(0x7c00u << 17)))
-        {
-            // an Inf/NaN scale: the four-token kernel's general conversion, its other columns repeating this one
-            var four = stackalloc ActivationRow[4] { x, x, x, x };
-            float* results = stackalloc float[4];
-            Dot4Q4_0Avx2(start, blocks, four, results);
-            return results[0];
-        }
-        for (; b < blocks; b++, row += BlockBytes, xq += 32)
-        {
-            var w = Levels<Q4_0Format>(row);
-            acc = Fma.MultiplyAdd(BlockProduct<Q4_0Format>(Avx2.Abs(w).AsByte(), w, xq), Vector256.Create(Q4_0Format.Scale(row) * x.D[b]), acc);
-        }
-        return Sum(acc) + Q4_0Format.MinPerScale * Sum(offsets);
-    }
-
-    /// <summary>Byte shuffle taking bytes 0–1 of the low half to lane j and bytes 2–3 of the high half to lane j + 4 (zeros elsewhere).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> ScalePick(int j)
-    {
-        var low = Vector128.Create((byte)0x80);
-        var high = Vector128.Create((byte)0x80);
-        low = low.WithElement(4 * j, (byte)0).WithElement(4 * j + 1, (byte)1);
-        high = high.WithElement(4 * j, (byte)2).WithElement(4 * j + 1, (byte)3);
-        return Vector256.Create(low, high);
-    }
-
-    /// <summary>Lanes 2j (low half) and 2j+1 (high half) of <paramref name="scales"/>: a block pair's scales.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> PairLanes(Vector256<float> scales, int j) =>
-        Avx2.PermuteVar8x32(scales, Vector256.Create(2 * j) + Vector256.Create(0, 0, 0, 0, 1, 1, 1, 1));
-
-    /// <summary>The low and high nibbles of two consecutive Q4_0 blocks (first block in the low half).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector256<byte> Low, Vector256<byte> High) NibblePair(byte* pair)
-    {
-        byte* packed0 = pair + 2;
-        var packed = Vector256.Create(Vector128.Load(packed0), Vector128.Load(packed0 + 18));
-        var mask = Vector256.Create((byte)0x0F);
-        return (packed & mask, Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> NibblePairProduct(Vector256<byte> low, Vector256<byte> high, sbyte* xq)
-    {
-        var xLow = Vector256.Create(Vector128.Load(xq), Vector128.Load(xq + 32));
-        var xHigh = Vector256.Create(Vector128.Load(xq + 16), Vector128.Load(xq + 48));
-        Vector256<int> sums;
-        if (AvxVnni.IsSupported)
-            sums = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, low, xLow), high, xHigh);
-        else
-            sums = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(low, xLow) + Avx2.MultiplyAddAdjacent(high, xHigh), Vector256.Create((short)1));
-        return Avx.ConvertToVector256Single(sums);
-    }
-
     // ---- four tokens per pass: each weight block is unpacked once and dotted with four activation rows ----
-
-    /// <summary>Four columns of <see cref="DotQ4_0Avx2"/> (scales gathered and converted the general way: the same floats).</summary>
-    public static void Dot4Q4_0Avx2(byte* row, int blocks, ActivationRow* x, float* result)
-    {
-        const int BlockBytes = 18;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default;
-        sbyte* q0 = x[0].Qs, q1 = x[1].Qs, q2 = x[2].Qs, q3 = x[3].Qs;
-        int b = 0;
-        for (; b + 8 <= blocks; b += 8)
-        {
-            var dw = EightHalves<Q4_0Format>(row, 0);
-            var s0 = dw * Vector256.Load(x[0].D + b);
-            var s1 = dw * Vector256.Load(x[1].D + b);
-            var s2 = dw * Vector256.Load(x[2].D + b);
-            var s3 = dw * Vector256.Load(x[3].D + b);
-            o0 = Fma.MultiplyAdd(dw, Vector256.Load(x[0].S + b), o0);
-            o1 = Fma.MultiplyAdd(dw, Vector256.Load(x[1].S + b), o1);
-            o2 = Fma.MultiplyAdd(dw, Vector256.Load(x[2].S + b), o2);
-            o3 = Fma.MultiplyAdd(dw, Vector256.Load(x[3].S + b), o3);
-            for (int j = 0; j < 4; j++, row += 2 * BlockBytes)
-            {
-                var (low, high) = NibblePair(row);
-                int o = 32 * b + 64 * j;
-                a0 = Fma.MultiplyAdd(NibblePairProduct(low, high, q0 + o), PairLanes(s0, j), a0);
-                a1 = Fma.MultiplyAdd(NibblePairProduct(low, high, q1 + o), PairLanes(s1, j), a1);
-                a2 = Fma.MultiplyAdd(NibblePairProduct(low, high, q2 + o), PairLanes(s2, j), a2);
-                a3 = Fma.MultiplyAdd(NibblePairProduct(low, high, q3 + o), PairLanes(s3, j), a3);
-            }
-        }
-        for (; b < blocks; b++, row += BlockBytes)
-        {
-            var w = Levels<Q4_0Format>(row);
-            var magnitudes = Avx2.Abs(w).AsByte();
-            float dw = Q4_0Format.Scale(row);
-            int o = 32 * b;
-            a0 = Fma.MultiplyAdd(BlockProduct<Q4_0Format>(magnitudes, w, q0 + o), Vector256.Create(dw * x[0].D[b]), a0);
-            a1 = Fma.MultiplyAdd(BlockProduct<Q4_0Format>(magnitudes, w, q1 + o), Vector256.Create(dw * x[1].D[b]), a1);
-            a2 = Fma.MultiplyAdd(BlockProduct<Q4_0Format>(magnitudes, w, q2 + o), Vector256.Create(dw * x[2].D[b]), a2);
-            a3 = Fma.MultiplyAdd(BlockProduct<Q4_0Format>(magnitudes, w, q3 + o), Vector256.Create(dw * x[3].D[b]), a3);
-        }
-        result[0] = Sum(a0) + Q4_0Format.MinPerScale * Sum(o0);
-        result[1] = Sum(a1) + Q4_0Format.MinPerScale * Sum(o1);
-        result[2] = Sum(a2) + Q4_0Format.MinPerScale * Sum(o2);
-        result[3] = Sum(a3) + Q4_0Format.MinPerScale * Sum(o3);
-    }
-
 
     public static void Dot4Avx2<T>(byte* row, int blocks, ActivationRow* x, float* result) where T : unmanaged, IBlock32Format
     {

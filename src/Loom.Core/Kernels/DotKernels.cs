@@ -55,14 +55,13 @@ internal static unsafe class DotKernels
             GgmlType.F32 => isa == KernelIsa.Avx512 ? &FloatKernels.DotF32Avx512 : &FloatKernels.DotF32Avx2,
             GgmlType.F16 => isa == KernelIsa.Avx512 ? &FloatKernels.DotF16Avx512 : &FloatKernels.DotF16Avx2,
             GgmlType.BF16 => isa == KernelIsa.Avx512 ? &FloatKernels.DotBF16Avx512 : &FloatKernels.DotBF16Avx2,
-            // Each one-token kernel is exactly one column of the same path's four-token kernel (batch invariance).
-            // One-token Q4_0 is bound by its scale handling, which its 256-bit kernel vectorizes (1.5x the 512-bit one on
-            // Zen 4); its four-token kernel is 256-bit too, to match.
-            GgmlType.Q4_0 => &Block32Kernels.DotQ4_0Avx2,
+            // Each one-token kernel is exactly one column of the same path's four-token (or tile) kernel (batch
+            // invariance). Q4_0, Q5_0 and Q8_0 use the 256-bit row-lane kernels on both paths (see RowLaneKernels).
+            GgmlType.Q4_0 => &RowLaneKernels.DotQ4_0,
             GgmlType.Q4_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q4_1Format> : &Block32Kernels.DotAvx2<Q4_1Format>,
-            GgmlType.Q5_0 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q5_0Format> : &Block32Kernels.DotAvx2<Q5_0Format>,
+            GgmlType.Q5_0 => &RowLaneKernels.DotQ5_0,
             GgmlType.Q5_1 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q5_1Format> : &Block32Kernels.DotAvx2<Q5_1Format>,
-            GgmlType.Q8_0 => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Q8_0Format> : &Block32Kernels.DotAvx2<Q8_0Format>,
+            GgmlType.Q8_0 => &RowLaneKernels.DotQ8_0,
             GgmlType.IQ4_NL => isa == KernelIsa.Avx512 ? &Block32Kernels.DotAvx512<Iq4NlFormat> : &Block32Kernels.DotAvx2<Iq4NlFormat>,
             GgmlType.Q2_K => &KQuantKernels.DotQ2KAvx2,
             GgmlType.Q3_K => &KQuantKernels.DotQ3KAvx2,
@@ -89,11 +88,8 @@ internal static unsafe class DotKernels
             GgmlType.F32 => wide ? &FloatKernels.Dot4F32Avx512 : &FloatKernels.Dot4F32Avx2,
             GgmlType.F16 => wide ? &FloatKernels.Dot4F16Avx512 : &FloatKernels.Dot4F16Avx2,
             GgmlType.BF16 => wide ? &FloatKernels.Dot4BF16Avx512 : &FloatKernels.Dot4BF16Avx2,
-            GgmlType.Q4_0 => &Block32Kernels.Dot4Q4_0Avx2,
             GgmlType.Q4_1 => wide ? &Block32Kernels.Dot4Avx512<Q4_1Format> : &Block32Kernels.Dot4Avx2<Q4_1Format>,
-            GgmlType.Q5_0 => wide ? &Block32Kernels.Dot4Avx512<Q5_0Format> : &Block32Kernels.Dot4Avx2<Q5_0Format>,
             GgmlType.Q5_1 => wide ? &Block32Kernels.Dot4Avx512<Q5_1Format> : &Block32Kernels.Dot4Avx2<Q5_1Format>,
-            GgmlType.Q8_0 => wide ? &Block32Kernels.Dot4Avx512<Q8_0Format> : &Block32Kernels.Dot4Avx2<Q8_0Format>,
             GgmlType.IQ4_NL => wide ? &Block32Kernels.Dot4Avx512<Iq4NlFormat> : &Block32Kernels.Dot4Avx2<Iq4NlFormat>,
             GgmlType.Q4_K => &KQuantKernels.Dot4Q4KAvx2,
             GgmlType.Q5_K => &KQuantKernels.Dot4Q5KAvx2,
@@ -101,6 +97,19 @@ internal static unsafe class DotKernels
             _ => null,
         };
     }
+
+    /// <summary>
+    /// The kernel computing eight rows against every token of a call (rows transposed once into scratch), or null where
+    /// the type has none on this path. Each of its outputs is bit for bit what <see cref="Select"/>'s kernel gives.
+    /// </summary>
+    public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> SelectTile(GgmlType type, KernelIsa isa) =>
+        isa == KernelIsa.Portable ? null : type switch
+        {
+            GgmlType.Q8_0 => &RowLaneKernels.TileQ8_0,
+            GgmlType.Q4_0 => &RowLaneKernels.TileQ4_0,
+            GgmlType.Q5_0 => &RowLaneKernels.TileQ5_0,
+            _ => null,
+        };
 
     private static float PortableQ2K(byte* row, int n, in ActivationRow x) => KQuantKernels.DotPortable(GgmlType.Q2_K, row, n, x);
     private static float PortableQ3K(byte* row, int n, in ActivationRow x) => KQuantKernels.DotPortable(GgmlType.Q3_K, row, n, x);

@@ -9,7 +9,7 @@ internal enum KernelIsa
     Portable,
     /// <summary>AVX2 + FMA (256-bit integer maddubs/madd dots; AVX-VNNI's vpdpbusd when present).</summary>
     Avx2,
-    /// <summary>AVX-512 F/BW: the 32-wide block types and float types two blocks per 512-bit register; K-quants and Q4_0 use the AVX2 kernels.</summary>
+    /// <summary>AVX-512 F/BW: the 32-wide block types and float types two blocks per 512-bit register; K-quants, Q4_0, Q5_0 and Q8_0 use the 256-bit kernels.</summary>
     Avx512,
 }
 

@@ -22,6 +22,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
 
     private delegate*<byte*, int, in ActivationRow, float> _dot;
     private delegate*<byte*, int, ActivationRow*, float*, void> _dotFour;
+    private delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> _tile;
     private byte* _weights;
     private long _rowBytes;
     private int _rows, _cols, _units, _tokens, _rowsPerChunk;
@@ -32,12 +33,17 @@ internal sealed unsafe class MatMulJob : IParallelWork
     private float* _d;
     private float* _s;
     private short* _bsums;
+    private short* _blockSums;
+
+    /// <summary>From this many tokens on, types with a tile kernel transpose eight rows once and run every token over them.</summary>
+    public const int TileMinTokens = 8;
 
     /// <summary>Quantizes the inputs as <paramref name="matrix"/>'s type needs and records the call's arguments.</summary>
     public void Prepare(WeightMatrix matrix, KernelIsa isa, float* x, float* y, int tokens, int rowsPerChunk)
     {
         _dot = DotKernels.Select(matrix.Type, isa);
         _dotFour = DotKernels.SelectFour(matrix.Type, isa);
+        _tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa) : null;
         _weights = matrix.Data;
         _rowBytes = matrix.RowBytes;
         _rows = matrix.Rows;
@@ -55,11 +61,14 @@ internal sealed unsafe class MatMulJob : IParallelWork
         long scales = levels / (_kind == ActivationKind.Q8K ? 256 : 32);
         long sumsBytes = _kind == ActivationKind.Q8K ? levels / 16 * sizeof(short) : scales * sizeof(float);
         long qsBytes = Align(levels), dBytes = Align(scales * sizeof(float));
-        Reserve(qsBytes + dBytes + Align(sumsBytes));
+        bool blockSums = matrix.Type is GgmlType.Q4_0 or GgmlType.Q5_0 && isa != KernelIsa.Portable;
+        long blockSumsBytes = blockSums ? Align(scales * sizeof(short)) : 0;
+        Reserve(qsBytes + dBytes + Align(sumsBytes) + blockSumsBytes);
         _qs = (sbyte*)_base;
         _d = (float*)(_base + qsBytes);
         _s = (float*)(_base + qsBytes + dBytes);
         _bsums = (short*)(_base + qsBytes + dBytes);
+        _blockSums = blockSums ? (short*)(_base + qsBytes + dBytes + Align(sumsBytes)) : null;
 
         for (int t = 0; t < tokens; t++)
         {
@@ -68,6 +77,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
                 ActivationQuantizer.QuantizeQ8K(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 256), _bsums + (long)t * (_cols / 16));
             else
                 ActivationQuantizer.QuantizeQ8Blocks32(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32), halfSums);
+            if (_blockSums != null)
+                ActivationQuantizer.BlockSums32(_qs + (long)t * _cols, _cols, _blockSums + (long)t * (_cols / 32));
         }
     }
 
@@ -77,6 +88,21 @@ internal sealed unsafe class MatMulJob : IParallelWork
     {
         int rowStart = chunk * _rowsPerChunk;
         int rowEnd = Math.Min(_rows, rowStart + _rowsPerChunk);
+        if (_tile != null)
+        {
+            byte* scratch = RowLaneKernels.Scratch(_units);
+            int r = rowStart;
+            for (; r + RowLaneKernels.TileRows <= rowEnd; r += RowLaneKernels.TileRows)
+                _tile(_weights + r * _rowBytes, _rowBytes, _units, _qs, _d, _blockSums, _tokens, _y + r, _rows, scratch);
+            // leftover rows: the one-token kernel computes the same per-row arithmetic
+            for (int t = 0; t < _tokens && r < rowEnd; t++)
+            {
+                var activation = Activation(t);
+                for (int row = r; row < rowEnd; row++)
+                    _y[(long)t * _rows + row] = _dot(_weights + row * _rowBytes, _units, activation);
+            }
+            return;
+        }
         ActivationRow* four = stackalloc ActivationRow[4];
         float* results = stackalloc float[4];
         for (int tileStart = rowStart; tileStart < rowEnd; tileStart += RowTile)
@@ -110,7 +136,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
     {
         ActivationKind.Float => new ActivationRow(_x + (long)t * _cols, null, null, null, null),
         ActivationKind.Q8K => new ActivationRow(null, _qs + (long)t * _cols, _d + (long)t * (_cols / 256), null, _bsums + (long)t * (_cols / 16)),
-        _ => new ActivationRow(null, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32), null),
+        _ => new ActivationRow(null, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32),
+            _blockSums == null ? null : _blockSums + (long)t * (_cols / 32)),
     };
 
     private static long Align(long bytes) => (bytes + 63) & ~63L;

@@ -1,0 +1,370 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using static Loom.Core.Kernels.SimdHelpers;
+
+namespace Loom.Core.Kernels;
+
+/// <summary>
+/// Q8_0, Q4_0 and Q5_0 on both SIMD paths (256-bit: Zen 4 runs 512-bit integer operations as two halves). Each block's
+/// integer dot is summed exactly first. Blocks in full groups of eight feed acc[b mod 8] = fma(float(isum_b),
+/// d_w,b·d_x,b, acc[b mod 8]) and the eight phases are added in one fixed tree ((a0+a4) + (a2+a6)) + ((a1+a5) +
+/// (a3+a7)); the leftover blocks' terms go in order into one more sum, added last.
+/// </summary>
+/// <remarks>
+/// Converting a block's integer dot to float once (not per 8-lane partial) is what makes the multi-token kernels
+/// cheap: a tile of eight rows is transposed so that one 32-bit lane holds one row's four bytes of a column group,
+/// each activation group is broadcast, and a block costs eight byte dots plus one convert and one FMA for all eight
+/// rows. The one-token kernels (decode) reach the same integers by horizontal adds and keep the eight phases in the
+/// lanes of one vector, so every row's float arithmetic, and hence its result, is the same whichever kernel ran it
+/// (batch invariance). Q4_0's and Q5_0's levels stay unsigned: isum = Σ l·q − 8·Σq (16·Σq), the activation block
+/// sums Σq coming with the quantized activations.
+/// </remarks>
+internal static unsafe class RowLaneKernels
+{
+    /// <summary>Rows a tile kernel computes together (one per 32-bit lane).</summary>
+    public const int TileRows = 8;
+
+    private const int Q8BlockBytes = 34, Q4BlockBytes = 18, Q5BlockBytes = 22;
+    private const float HalfRebase = 5.192296858534828e33f; // 2^112
+    private const uint HalfInfOrNanShifted = 0x7c00u << 17;
+
+    /// <summary>Bytes of tile scratch per 32-block: eight transposed 32-byte level vectors and eight float scales.</summary>
+    /// <remarks>Storing Q8_0's magnitudes too (to skip an abs per token) measured slower: the tile outgrew L1.</remarks>
+    public const int TileBytesPerBlock = 9 * 32;
+
+    // ---- shared pieces ----
+
+    /// <summary>Lane k of the result = the sum of the eight lanes of p_k.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SumEach(Vector256<int> p0, Vector256<int> p1, Vector256<int> p2, Vector256<int> p3,
+        Vector256<int> p4, Vector256<int> p5, Vector256<int> p6, Vector256<int> p7)
+    {
+        var low = Avx2.HorizontalAdd(Avx2.HorizontalAdd(p0, p1), Avx2.HorizontalAdd(p2, p3));
+        var high = Avx2.HorizontalAdd(Avx2.HorizontalAdd(p4, p5), Avx2.HorizontalAdd(p6, p7));
+        return Avx2.Permute2x128(low, high, 0x20) + Avx2.Permute2x128(low, high, 0x31);
+    }
+
+    /// <summary>The phase tree on one accumulator whose lane k holds phase k.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float ReducePhases(Vector256<float> acc)
+    {
+        var h = acc.GetLower() + acc.GetUpper();       // (a0+a4, a1+a5, a2+a6, a3+a7)
+        var g = h + Sse.MoveHighToLow(h, h);           // ((a0+a4)+(a2+a6), (a1+a5)+(a3+a7), ..)
+        return g.ToScalar() + g.GetElement(1);
+    }
+
+    /// <summary>Eight halves (low 16 bits of each lane) as floats, exact for finite halves; Inf/NaN are tracked in <paramref name="magnitudes"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> FiniteHalves(Vector256<int> halves, ref Vector256<uint> magnitudes)
+    {
+        magnitudes = Avx2.Max(magnitudes, (halves << 17).AsUInt32());
+        return ((((halves << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle()) * Vector256.Create(HalfRebase);
+    }
+
+    /// <summary>Integer dot of 32 signed weight levels with 32 signed activation levels (eight partial sums).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SignedDot(Vector256<sbyte> w, Vector256<sbyte> x) => DotUnsignedSigned(Avx2.Abs(w).AsByte(), Avx2.Sign(x, w));
+
+    /// <summary>Transposes eight rows of eight 32-bit groups: on return v_g lane r = group g of row r.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose(ref Vector256<int> v0, ref Vector256<int> v1, ref Vector256<int> v2, ref Vector256<int> v3,
+        ref Vector256<int> v4, ref Vector256<int> v5, ref Vector256<int> v6, ref Vector256<int> v7)
+    {
+        var t0 = Avx2.UnpackLow(v0, v1); var t1 = Avx2.UnpackHigh(v0, v1);
+        var t2 = Avx2.UnpackLow(v2, v3); var t3 = Avx2.UnpackHigh(v2, v3);
+        var t4 = Avx2.UnpackLow(v4, v5); var t5 = Avx2.UnpackHigh(v4, v5);
+        var t6 = Avx2.UnpackLow(v6, v7); var t7 = Avx2.UnpackHigh(v6, v7);
+        var u0 = Avx2.UnpackLow(t0.AsInt64(), t2.AsInt64()).AsInt32(); var u1 = Avx2.UnpackHigh(t0.AsInt64(), t2.AsInt64()).AsInt32();
+        var u2 = Avx2.UnpackLow(t1.AsInt64(), t3.AsInt64()).AsInt32(); var u3 = Avx2.UnpackHigh(t1.AsInt64(), t3.AsInt64()).AsInt32();
+        var u4 = Avx2.UnpackLow(t4.AsInt64(), t6.AsInt64()).AsInt32(); var u5 = Avx2.UnpackHigh(t4.AsInt64(), t6.AsInt64()).AsInt32();
+        var u6 = Avx2.UnpackLow(t5.AsInt64(), t7.AsInt64()).AsInt32(); var u7 = Avx2.UnpackHigh(t5.AsInt64(), t7.AsInt64()).AsInt32();
+        v0 = Avx2.Permute2x128(u0, u4, 0x20); v4 = Avx2.Permute2x128(u0, u4, 0x31);
+        v1 = Avx2.Permute2x128(u1, u5, 0x20); v5 = Avx2.Permute2x128(u1, u5, 0x31);
+        v2 = Avx2.Permute2x128(u2, u6, 0x20); v6 = Avx2.Permute2x128(u2, u6, 0x31);
+        v3 = Avx2.Permute2x128(u3, u7, 0x20); v7 = Avx2.Permute2x128(u3, u7, 0x31);
+    }
+
+    /// <summary>A leftover block's integer dot (the blocks after the last full group of eight).</summary>
+    /// <remarks><paramref name="offset"/>: 0 for Q8_0's signed levels, else the unsigned levels' offset (Q4_0 8, Q5_0 16).</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int TailIsum(byte* block, sbyte* xq, short* sums, int offset) =>
+        Vector256.Sum(BlockDot(block, xq, offset)) - (offset == 0 ? 0 : offset * *sums);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> UnsignedLevels(byte* block, int offset) =>
+        offset == 8 ? Nibbles(block + 2) : Q5_0Format.Unpack(block).AsByte();
+
+    // ---- one token ----
+
+    public static float DotQ8_0(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: false, offset: 0);
+
+    public static float DotQ5_0(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: false, offset: 16);
+
+    private static float DotQ8_0Exact(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: true, offset: 0);
+
+    private static float DotQ5_0Exact(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: true, offset: 16);
+
+    /// <summary>
+    /// Q8_0 (<paramref name="offset"/> 0: signed levels) and Q5_0 (16: unsigned 5-bit levels, isum = Σ l·q − 16·Σq):
+    /// eight block dots reduced to one vector, the eight scales gathered.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotGatheredScales(byte* row, int blocks, in ActivationRow x, bool exactScales, int offset)
+    {
+        int blockBytes = offset == 0 ? Q8BlockBytes : Q5BlockBytes;
+        byte* start = row;
+        var acc = Vector256<float>.Zero;
+        Vector256<uint> magnitudes = default;
+        var scaleOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
+        sbyte* xq = x.Qs;
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8, row += 8 * blockBytes, xq += 256)
+        {
+            var isum = SumEach(
+                BlockDot(row, xq, offset), BlockDot(row + blockBytes, xq + 32, offset),
+                BlockDot(row + 2 * blockBytes, xq + 64, offset), BlockDot(row + 3 * blockBytes, xq + 96, offset),
+                BlockDot(row + 4 * blockBytes, xq + 128, offset), BlockDot(row + 5 * blockBytes, xq + 160, offset),
+                BlockDot(row + 6 * blockBytes, xq + 192, offset), BlockDot(row + 7 * blockBytes, xq + 224, offset));
+            if (offset != 0) isum -= Avx2.ConvertToVector256Int32(x.BSums + b) << 4;
+            var halves = Avx2.GatherVector256((int*)row, scaleOffsets, 1) & Vector256.Create(0xFFFF);
+            var dw = exactScales ? HalfToSingle(halves.AsUInt32()) : FiniteHalves(halves, ref magnitudes);
+            acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Load(x.D + b), acc);
+        }
+        if (!exactScales && Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
+            return offset == 0 ? DotQ8_0Exact(start, blocks, x) : DotQ5_0Exact(start, blocks, x);
+        float tail = 0;
+        for (; b < blocks; b++, row += blockBytes, xq += 32)
+            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, offset), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
+        return ReducePhases(acc) + tail;
+    }
+
+    /// <summary>A block's partial dots: signed levels (offset 0) or unsigned ones (the offset not yet subtracted).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> BlockDot(byte* block, sbyte* xq, int offset) => offset == 0
+        ? SignedDot(Vector256.Load((sbyte*)block + 2), Vector256.Load(xq))
+        : DotUnsignedSigned(UnsignedLevels(block, offset), Vector256.Load(xq));
+
+    public static float DotQ4_0(byte* row, int blocks, in ActivationRow x) => DotQ4_0(row, blocks, x, exactScales: false);
+
+    private static float DotQ4_0Exact(byte* row, int blocks, in ActivationRow x) => DotQ4_0(row, blocks, x, exactScales: true);
+
+    /// <summary>
+    /// The packed bytes of two blocks share one register, so one mask and one shift split 64 nibbles, and the low- and
+    /// high-nibble byte dots add as int16 before one widening (each is at most 2·15·127). The eight fp16 scales of a
+    /// group come as vectors: blocks 2j and 2j+1 start 36j bytes into the group, so one 32-byte load holds the first's
+    /// scale in its low half and the second's two bytes into its high half, and a byte shuffle puts them in lane j of
+    /// each half; a permute restores block order.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotQ4_0(byte* row, int blocks, in ActivationRow x, bool exactScales)
+    {
+        byte* start = row;
+        var acc = Vector256<float>.Zero;
+        Vector256<uint> magnitudes = default;
+        sbyte* xq = x.Qs;
+        var blockOrder = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8, row += 8 * Q4BlockBytes, xq += 256)
+        {
+            var halves = (Avx2.Shuffle(Vector256.Load(row), ScalePick(0))
+                | Avx2.Shuffle(Vector256.Load(row + 2 * Q4BlockBytes), ScalePick(1))
+                | Avx2.Shuffle(Vector256.Load(row + 4 * Q4BlockBytes), ScalePick(2))
+                | Avx2.Shuffle(Vector256.Load(row + 6 * Q4BlockBytes), ScalePick(3))).AsInt32();
+            halves = Avx2.PermuteVar8x32(halves, blockOrder);
+            var dw = exactScales ? HalfToSingle(halves.AsUInt32()) : FiniteHalves(halves, ref magnitudes);
+            // lanes 0–3: partial sums of block 2j, lanes 4–7: of block 2j+1
+            var p0 = NibblePairDot(row, xq);
+            var p1 = NibblePairDot(row + 2 * Q4BlockBytes, xq + 64);
+            var p2 = NibblePairDot(row + 4 * Q4BlockBytes, xq + 128);
+            var p3 = NibblePairDot(row + 6 * Q4BlockBytes, xq + 192);
+            // (b0, b2, b4, b6 | b1, b3, b5, b7), then block order
+            var isum = Avx2.PermuteVar8x32(Avx2.HorizontalAdd(Avx2.HorizontalAdd(p0, p1), Avx2.HorizontalAdd(p2, p3)), blockOrder);
+            isum -= Avx2.ConvertToVector256Int32(x.BSums + b) << 3;
+            acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Load(x.D + b), acc);
+        }
+        if (!exactScales && Vector256.GreaterThanOrEqualAny(magnitudes, Vector256.Create(HalfInfOrNanShifted)))
+            return DotQ4_0Exact(start, blocks, x);
+        float tail = 0;
+        for (; b < blocks; b++, row += Q4BlockBytes, xq += 32)
+            tail = MathF.FusedMultiplyAdd(TailIsum(row, xq, x.BSums + b, offset: 8), Quantization.Fp.ReadHalf(row) * x.D[b], tail);
+        return ReducePhases(acc) + tail;
+    }
+
+    /// <summary>Byte shuffle taking bytes 0–1 of the low half to lane j and bytes 2–3 of the high half to lane j + 4 (zeros elsewhere).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> ScalePick(int j)
+    {
+        var low = Vector128.Create((byte)0x80);
+        var high = Vector128.Create((byte)0x80);
+        low = low.WithElement(4 * j, (byte)0).WithElement(4 * j + 1, (byte)1);
+        high = high.WithElement(4 * j, (byte)2).WithElement(4 * j + 1, (byte)3);
+        return Vector256.Create(low, high);
+    }
+
+    /// <summary>Partial dots of two consecutive Q4_0 blocks (lanes 0–3 the first, 4–7 the second) with their 64 activation levels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> NibblePairDot(byte* pair, sbyte* xq)
+    {
+        var packed = Vector256.Create(Vector128.Load(pair + 2), Vector128.Load(pair + 2 + Q4BlockBytes));
+        var mask = Vector256.Create((byte)0x0F);
+        var low = packed & mask;
+        var high = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
+        var xLow = Vector256.Create(Vector128.Load(xq), Vector128.Load(xq + 32));
+        var xHigh = Vector256.Create(Vector128.Load(xq + 16), Vector128.Load(xq + 48));
+        if (AvxVnni.IsSupported)
+            return AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, low, xLow), high, xHigh);
+        return Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(low, xLow) + Avx2.MultiplyAddAdjacent(high, xHigh), Vector256.Create((short)1));
+    }
+
+    // ---- eight rows × any number of tokens ----
+
+    /// <summary>
+    /// y[t·yStride + r] for the eight rows at <paramref name="rows"/> and every token: the rows are transposed into
+    /// <paramref name="scratch"/> (<see cref="TileBytesPerBlock"/> per block) once, then each token runs over them.
+    /// Token t's activations: qs + t·32·blocks, d + t·blocks (and Q4_0's block sums at sums + t·blocks).
+    /// </summary>
+    public static void TileQ8_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Tile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 0);
+
+    public static void TileQ4_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Tile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+
+    public static void TileQ5_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Tile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    {
+        int blockBytes = offset switch { 0 => Q8BlockBytes, 8 => Q4BlockBytes, _ => Q5BlockBytes };
+        var rowOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)rowBytes;
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* block = rows + b * blockBytes;
+            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets,
+                TileLevels(block, offset), TileLevels(block + rowBytes, offset),
+                TileLevels(block + 2 * rowBytes, offset), TileLevels(block + 3 * rowBytes, offset),
+                TileLevels(block + 4 * rowBytes, offset), TileLevels(block + 5 * rowBytes, offset),
+                TileLevels(block + 6 * rowBytes, offset), TileLevels(block + 7 * rowBytes, offset));
+        }
+        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> TileLevels(byte* block, int offset) =>
+        offset == 0 ? Vector256.Load((int*)(block + 2)) : UnsignedLevels(block, offset).AsInt32();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTransposed(byte* destination, byte* block, Vector256<int> rowOffsets,
+        Vector256<int> v0, Vector256<int> v1, Vector256<int> v2, Vector256<int> v3,
+        Vector256<int> v4, Vector256<int> v5, Vector256<int> v6, Vector256<int> v7)
+    {
+        Transpose(ref v0, ref v1, ref v2, ref v3, ref v4, ref v5, ref v6, ref v7);
+        var g = (int*)destination;
+        v0.Store(g);
+        v1.Store(g + 8);
+        v2.Store(g + 16);
+        v3.Store(g + 24);
+        v4.Store(g + 32);
+        v5.Store(g + 40);
+        v6.Store(g + 48);
+        v7.Store(g + 56);
+        var halves = Avx2.GatherVector256((int*)block, rowOffsets, 1).AsUInt32() & Vector256.Create(0xFFFFu);
+        HalfToSingle(halves).Store((float*)(g + 64));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    {
+        int cols = 32 * blocks;
+        for (int t = 0; t < tokens; t++)
+        {
+            sbyte* xq = qs + (long)t * cols;
+            float* dx = d + (long)t * blocks;
+            short* xs = offset != 0 ? sums + (long)t * blocks : null;
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            int b = 0;
+            for (; b + 8 <= blocks; b += 8)
+            {
+                a0 = TileBlock(scratch, b, xq, dx, xs, offset, a0);
+                a1 = TileBlock(scratch, b + 1, xq, dx, xs, offset, a1);
+                a2 = TileBlock(scratch, b + 2, xq, dx, xs, offset, a2);
+                a3 = TileBlock(scratch, b + 3, xq, dx, xs, offset, a3);
+                a4 = TileBlock(scratch, b + 4, xq, dx, xs, offset, a4);
+                a5 = TileBlock(scratch, b + 5, xq, dx, xs, offset, a5);
+                a6 = TileBlock(scratch, b + 6, xq, dx, xs, offset, a6);
+                a7 = TileBlock(scratch, b + 7, xq, dx, xs, offset, a7);
+            }
+            var tail = Vector256<float>.Zero;
+            for (; b < blocks; b++) tail = TileBlock(scratch, b, xq, dx, xs, offset, tail);
+            ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
+        }
+    }
+
+    /// <summary>One block of the tile against one token: eight row lanes of isum, converted, scaled and accumulated.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> TileBlock(byte* scratch, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
+    {
+        var g = (sbyte*)(scratch + b * TileBytesPerBlock);
+        var x = (int*)(xq + 32 * b);
+        Vector256<int> isum;
+        if (offset != 0)
+        {
+            if (AvxVnni.IsSupported)
+            {
+                var even = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load((byte*)g), Vector256.Create(x[0]).AsSByte());
+                var odd = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load((byte*)g + 32), Vector256.Create(x[1]).AsSByte());
+                for (int k = 2; k < 8; k += 2)
+                {
+                    even = AvxVnni.MultiplyWideningAndAdd(even, Vector256.Load((byte*)g + 32 * k), Vector256.Create(x[k]).AsSByte());
+                    odd = AvxVnni.MultiplyWideningAndAdd(odd, Vector256.Load((byte*)g + 32 * k + 32), Vector256.Create(x[k + 1]).AsSByte());
+                }
+                isum = even + odd;
+            }
+            else
+            {
+                // four pair sums of at most 2·31·127 each stay within int16 (eight, for Q4_0's 2·15·127)
+                var s = Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g), Vector256.Create(x[0]).AsSByte())
+                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 32), Vector256.Create(x[1]).AsSByte())
+                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 64), Vector256.Create(x[2]).AsSByte())
+                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 96), Vector256.Create(x[3]).AsSByte());
+                var u = Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 128), Vector256.Create(x[4]).AsSByte())
+                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 160), Vector256.Create(x[5]).AsSByte())
+                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 192), Vector256.Create(x[6]).AsSByte())
+                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 224), Vector256.Create(x[7]).AsSByte());
+                var ones = Vector256.Create((short)1);
+                isum = offset == 8 ? Avx2.MultiplyAddAdjacent(s + u, ones) : Avx2.MultiplyAddAdjacent(s, ones) + Avx2.MultiplyAddAdjacent(u, ones);
+            }
+            isum -= Vector256.Create(offset * xs[b]);
+        }
+        else
+        {
+            isum = (TileSignedDot(g, 0, x) + TileSignedDot(g, 1, x)) + (TileSignedDot(g, 2, x) + TileSignedDot(g, 3, x))
+                + ((TileSignedDot(g, 4, x) + TileSignedDot(g, 5, x)) + (TileSignedDot(g, 6, x) + TileSignedDot(g, 7, x)));
+        }
+        var scale = Vector256.Load((float*)(g + 256)) * Vector256.Create(dx[b]);
+        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), scale, acc);
+    }
+
+    /// <summary>Group <paramref name="k"/> of a Q8_0 tile block against the activation's four bytes k, broadcast.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> TileSignedDot(sbyte* tileBlock, int k, int* x) =>
+        SignedDot(Vector256.Load(tileBlock + 32 * k), Vector256.Create(x[k]).AsSByte());
+
+    /// <summary>Per-thread tile scratch, grown when a matrix needs more (never per call once warm).</summary>
+    [ThreadStatic] private static byte[]? t_scratch;
+    [ThreadStatic] private static byte* t_scratchBase;
+
+    public static byte* Scratch(int blocks)
+    {
+        int bytes = blocks * TileBytesPerBlock + 64;
+        if (t_scratch is null || t_scratch.Length < bytes)
+        {
+            t_scratch = GC.AllocateUninitializedArray<byte>(bytes, pinned: true);
+            nint start = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(t_scratch));
+            t_scratchBase = (byte*)((start + 63) & ~(nint)63);
+        }
+        return t_scratchBase;
+    }
+}
