@@ -22,11 +22,14 @@ public class CliTests
     }
 
     [Fact]
-    public void Generate_WithoutModel_SaysAModelIsRequired()
+    public void Generate_WithoutModel_RunsTheBuiltInModel()
     {
-        var (code, _, err) = Run("", "generate", "--prompt", "Hello");
-        Assert.NotEqual(0, code);
-        AssertOneLineError(err, "a model is required");
+        Assert.True(File.Exists(LoomCli.DefaultModelPath), $"the default model should be copied to {LoomCli.DefaultModelPath}");
+        var (code, output, err) = Run("", "generate", "--prompt", "What is attention?", "--max-tokens", "8", "--temperature", "0");
+        Assert.True(code == 0, err);
+        using var line = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[0]);
+        Assert.Equal("What is attention?", line.RootElement.GetProperty("prompt").GetString());
+        Assert.InRange(line.RootElement.GetProperty("generated_tokens").GetInt32(), 1, 8);
     }
 
     [Fact]
