@@ -35,6 +35,13 @@ double flopsPerToken = 6.0 * parameters + 6.0 * shape.Layers * shape.Dim * (seqL
 Console.WriteLine($"CPU: {CpuName()}, {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()}");
 Console.WriteLine($"model: dim {shape.Dim}, {shape.Layers} layers, {shape.Heads} heads / {shape.KvHeads} KV heads, SwiGLU {shape.Hidden}, " +
                   $"vocab {shape.VocabSize}, context {seqLen}; {parameters:N0} parameters; batch {batch} ({tokensPerStep} tokens/step)");
+string ActivationMiB(TrainingPrecision precision)
+{
+    model.Precision = precision;
+    return $"{precision.ToString().ToLowerInvariant()} {model.ActivationBytes(batch, seqLen) / (1024.0 * 1024):F1} MiB";
+}
+Console.WriteLine($"Loom activation memory per step (kept activations, logits, backward buffers): {ActivationMiB(TrainingPrecision.Bf16)}, " +
+                  $"{ActivationMiB(TrainingPrecision.Fp32)}");
 Console.WriteLine($"threads {threads}; {reps} repetitions × {steps} steps per side; {flopsPerToken / 1e6:F1} MFLOP per token; " +
                   $"FMA peak measured with {FmaPeak.Isa} vectors");
 
@@ -80,6 +87,8 @@ double LoomStepIn(TrainingPrecision precision)
 (double Rate, double Loss) Time(Func<double> step)
 {
     step(); // one untimed step: the other side's run has just had the caches
+    // Loom's bf16 and fp32 passes keep different workspaces (switching reallocates): collect the old one here, untimed.
+    GC.Collect();
     double loss = 0;
     var clock = Stopwatch.StartNew();
     for (int s = 0; s < steps; s++)

@@ -15,6 +15,7 @@ public sealed class Decoder
     private bool _hasTargets;
     private ulong _dropoutKey;
     private bool _dropoutOn;
+    private TrainingPrecision _passPrecision;
 
     public Decoder(ModelShape shape)
     {
@@ -40,6 +41,12 @@ public sealed class Decoder
     /// accumulation. Weights, gradients and everything outside the products stay fp32 either way.
     /// </summary>
     public TrainingPrecision Precision { get; set; } = TrainingPrecision.Fp32;
+    /// <summary>
+    /// In bf16 mode, keep the activations that only feed matrix products (the norms' outputs, the attention output, the
+    /// SwiGLU product) as bf16 instead of fp32. Results are the same bit for bit, as the products round them to bf16
+    /// anyway; off only to check exactly that.
+    /// </summary>
+    internal bool Bf16Activations { get; set; } = true;
     /// <summary>Dropout on the attention probabilities (training passes only).</summary>
     public float AttentionDropout { get; set; }
     /// <summary>Dropout on each block's output before it is added to the residual stream (training passes only).</summary>
@@ -65,6 +72,14 @@ public sealed class Decoder
     public void ZeroGradients() => Array.Clear(Gradients);
 
     /// <summary>
+    /// Bytes of the buffers a pass of <paramref name="batch"/> × <paramref name="seqLen"/> tokens holds at the current
+    /// <see cref="Precision"/>: the activations kept for the backward pass, the logits and the backward's scratch.
+    /// </summary>
+    public long ActivationBytes(int batch, int seqLen) => new Workspace(Shape, batch, seqLen, StoresBf16, allocate: false).Bytes;
+
+    private bool StoresBf16 => Precision == TrainingPrecision.Bf16 && Bf16Activations;
+
+    /// <summary>
     /// Runs <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens (row-major in <paramref name="tokens"/>).
     /// Returns the mean cross-entropy against <paramref name="targets"/>, or NaN when targets is empty (logits only, see
     /// <see cref="Logits"/>). A non-zero <paramref name="dropoutKey"/> makes this a training pass with dropout masks
@@ -87,6 +102,7 @@ public sealed class Decoder
         _hasTargets = !targets.IsEmpty;
         _dropoutKey = dropoutKey;
         _dropoutOn = dropoutKey != 0 && (AttentionDropout > 0 || ResidualDropout > 0);
+        var precision = _passPrecision = Precision;
         tokens.CopyTo(w.Tokens);
         if (_hasTargets) targets.CopyTo(w.Targets);
 
@@ -100,30 +116,41 @@ public sealed class Decoder
             var slots = Layout.Layers[l];
             var a = w.Layer[l];
             var input = w.Residual[l];
-            Layers.RmsNormForward(input, slots.AttentionNorm.Of(p), a.Norm1, a.InverseRms1, n, s.NormEpsilon);
-            MatMul.Forward(a.Norm1, slots.Query.Of(p), a.Q, n, s.Dim, s.Dim, Threads, Precision);
-            MatMul.Forward(a.Norm1, slots.Key.Of(p), a.K, n, s.Dim, s.KvDim, Threads, Precision);
-            MatMul.Forward(a.Norm1, slots.Value.Of(p), a.V, n, s.Dim, s.KvDim, Threads, Precision);
+            // Product-only activations are produced in fp32 (into a backward buffer, idle now, when kept as bf16).
+            var norm1 = a.Norm1.Producer(w.DNorm);
+            Layers.RmsNormForward(input, slots.AttentionNorm.Of(p), norm1, a.InverseRms1, n, s.NormEpsilon);
+            a.Norm1.Keep(norm1, n * s.Dim);
+            MatMul.Forward(norm1, slots.Query.Of(p), a.Q, n, s.Dim, s.Dim, Threads, precision);
+            MatMul.Forward(norm1, slots.Key.Of(p), a.K, n, s.Dim, s.KvDim, Threads, precision);
+            MatMul.Forward(norm1, slots.Value.Of(p), a.V, n, s.Dim, s.KvDim, Threads, precision);
             Layers.Rope(a.Q, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: false);
             Layers.Rope(a.K, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: false);
-            _attention.Forward(a.Q, a.K, a.V, a.Probs, a.AttentionOut, batch, seqLen, Mask(l, 0, AttentionDropout), Threads, Precision);
+            var attentionOut = a.AttentionOut.Producer(w.DAttention);
+            _attention.Forward(a.Q, a.K, a.V, a.Probs, attentionOut, batch, seqLen, Mask(l, 0, AttentionDropout), Threads, precision);
+            a.AttentionOut.Keep(attentionOut, n * s.Dim);
 
             var projection = w.Projection.AsSpan(0, n * s.Dim);
-            MatMul.Forward(a.AttentionOut, slots.Output.Of(p), projection, n, s.Dim, s.Dim, Threads, Precision);
+            MatMul.Forward(attentionOut, slots.Output.Of(p), projection, n, s.Dim, s.Dim, Threads, precision);
             Mask(l, 1, ResidualDropout).Apply(projection);
             AddTo(input, projection, a.Middle);
 
-            Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), a.Norm2, a.InverseRms2, n, s.NormEpsilon);
-            MatMul.Forward(a.Norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads, Precision);
-            MatMul.Forward(a.Norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads, Precision);
-            Layers.SwiGluForward(a.Gate, a.Up, a.Hidden, n * s.Hidden, Threads);
-            MatMul.Forward(a.Hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads, Precision);
+            var norm2 = a.Norm2.Producer(w.DNorm);
+            Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), norm2, a.InverseRms2, n, s.NormEpsilon);
+            a.Norm2.Keep(norm2, n * s.Dim);
+            MatMul.Forward(norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads, precision);
+            MatMul.Forward(norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads, precision);
+            var hidden = a.Hidden.Producer(w.DHidden);
+            Layers.SwiGluForward(a.Gate, a.Up, hidden, n * s.Hidden, Threads);
+            a.Hidden.Keep(hidden, n * s.Hidden);
+            MatMul.Forward(hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads, precision);
             Mask(l, 2, ResidualDropout).Apply(projection);
             AddTo(a.Middle, projection, w.Residual[l + 1]);
         }
 
-        Layers.RmsNormForward(w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalNorm, w.FinalInverseRms, n, s.NormEpsilon);
-        MatMul.Forward(w.FinalNorm, embedding, w.Logits, n, s.Dim, s.VocabSize, Threads, Precision);
+        var finalNorm = w.FinalNorm.Producer(w.DNorm);
+        Layers.RmsNormForward(w.Residual[s.Layers], Layout.OutputNorm.Of(p), finalNorm, w.FinalInverseRms, n, s.NormEpsilon);
+        w.FinalNorm.Keep(finalNorm, n * s.Dim);
+        MatMul.Forward(finalNorm, embedding, w.Logits, n, s.Dim, s.VocabSize, Threads, precision);
         if (!_hasTargets) return double.NaN;
         return Layers.CrossEntropy(w.Logits, targets, s.VocabSize, gradientScale: null, Threads);
     }
@@ -144,12 +171,13 @@ public sealed class Decoder
         var g = Gradients;
         int n = _batch * _seqLen;
         int seqLen = _seqLen;
+        var precision = _passPrecision;
 
         // Head: dlogits, then into the (tied) embedding and the final norm.
         Layers.CrossEntropy(w.Logits, w.Targets.AsSpan(0, n), s.VocabSize, lossScale, Threads);
         var dLogits = w.Logits.AsSpan(0, n * s.VocabSize);
-        MatMul.BackwardWeight(dLogits, w.FinalNorm, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads, Precision);
-        MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads, Precision);
+        w.FinalNorm.BackwardWeight(dLogits, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads, precision);
+        MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads, precision);
         var dResidual = w.DResidual.AsSpan(0, n * s.Dim);
         dResidual.Clear();
         Layers.RmsNormBackward(w.DNorm, w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalInverseRms, dResidual, Layout.OutputNorm.Of(g), w.Scratch, n);
@@ -163,29 +191,29 @@ public sealed class Decoder
             // Feed-forward block: residual[l+1] = middle + dropout(down(swiglu(norm2(middle)))).
             dResidual.CopyTo(dProjection);
             Mask(l, 2, ResidualDropout).Apply(dProjection);
-            MatMul.BackwardWeight(dProjection, a.Hidden, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads, Precision);
-            MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads, Precision);
+            a.Hidden.BackwardWeight(dProjection, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads, precision);
+            MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads, precision);
             Layers.SwiGluBackward(w.DHidden, a.Gate, a.Up, w.DGate, w.DUp, n * s.Hidden, Threads);
-            MatMul.BackwardWeight(w.DGate, a.Norm2, slots.Gate.Of(g), n, s.Dim, s.Hidden, Threads, Precision);
-            MatMul.BackwardWeight(w.DUp, a.Norm2, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads, Precision);
-            MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads, Precision);
-            MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: true, Threads, Precision);
+            a.Norm2.BackwardWeight(w.DGate, slots.Gate.Of(g), n, s.Dim, s.Hidden, Threads, precision);
+            a.Norm2.BackwardWeight(w.DUp, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads, precision);
+            MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads, precision);
+            MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: true, Threads, precision);
             Layers.RmsNormBackward(w.DNorm, a.Middle, slots.FeedForwardNorm.Of(p), a.InverseRms2, dResidual, slots.FeedForwardNorm.Of(g), w.Scratch, n);
 
             // Attention block: middle = residual[l] + dropout(wo(attention(rope(q), rope(k), v))).
             dResidual.CopyTo(dProjection);
             Mask(l, 1, ResidualDropout).Apply(dProjection);
-            MatMul.BackwardWeight(dProjection, a.AttentionOut, slots.Output.Of(g), n, s.Dim, s.Dim, Threads, Precision);
-            MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads, Precision);
-            _attention.Backward(w.DAttention, a.Q, a.K, a.V, a.Probs, w.DQ, w.DK, w.DV, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads, Precision);
+            a.AttentionOut.BackwardWeight(dProjection, slots.Output.Of(g), n, s.Dim, s.Dim, Threads, precision);
+            MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads, precision);
+            _attention.Backward(w.DAttention, a.Q, a.K, a.V, a.Probs, w.DQ, w.DK, w.DV, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads, precision);
             Layers.Rope(w.DQ, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: true);
             Layers.Rope(w.DK, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: true);
-            MatMul.BackwardWeight(w.DQ, a.Norm1, slots.Query.Of(g), n, s.Dim, s.Dim, Threads, Precision);
-            MatMul.BackwardWeight(w.DK, a.Norm1, slots.Key.Of(g), n, s.Dim, s.KvDim, Threads, Precision);
-            MatMul.BackwardWeight(w.DV, a.Norm1, slots.Value.Of(g), n, s.Dim, s.KvDim, Threads, Precision);
-            MatMul.BackwardInput(w.DQ, slots.Query.Of(p), w.DNorm, n, s.Dim, s.Dim, accumulate: false, Threads, Precision);
-            MatMul.BackwardInput(w.DK, slots.Key.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads, Precision);
-            MatMul.BackwardInput(w.DV, slots.Value.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads, Precision);
+            a.Norm1.BackwardWeight(w.DQ, slots.Query.Of(g), n, s.Dim, s.Dim, Threads, precision);
+            a.Norm1.BackwardWeight(w.DK, slots.Key.Of(g), n, s.Dim, s.KvDim, Threads, precision);
+            a.Norm1.BackwardWeight(w.DV, slots.Value.Of(g), n, s.Dim, s.KvDim, Threads, precision);
+            MatMul.BackwardInput(w.DQ, slots.Query.Of(p), w.DNorm, n, s.Dim, s.Dim, accumulate: false, Threads, precision);
+            MatMul.BackwardInput(w.DK, slots.Key.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads, precision);
+            MatMul.BackwardInput(w.DV, slots.Value.Of(p), w.DNorm, n, s.Dim, s.KvDim, accumulate: true, Threads, precision);
             Layers.RmsNormBackward(w.DNorm, w.Residual[l], slots.AttentionNorm.Of(p), a.InverseRms1, dResidual, slots.AttentionNorm.Of(g), w.Scratch, n);
         }
 
@@ -208,66 +236,109 @@ public sealed class Decoder
     {
         // A smaller batch (validation's last one, a shorter sequence) reuses the buffers: every pass indexes them by
         // its own batch and sequence length.
-        if (_work is null || _work.Batch < batch || _work.SeqLen < seqLen)
-            _work = new Workspace(Shape, Math.Max(batch, _work?.Batch ?? 0), Math.Max(seqLen, _work?.SeqLen ?? 0));
+        if (_work is null || _work.Batch < batch || _work.SeqLen < seqLen || _work.Bf16 != StoresBf16)
+            _work = new Workspace(Shape, Math.Max(batch, _work?.Batch ?? 0), Math.Max(seqLen, _work?.SeqLen ?? 0), StoresBf16, allocate: true);
         return _work;
     }
 
-    /// <summary>Activations kept for the backward pass and gradient buffers, sized for one batch shape.</summary>
+    /// <summary>
+    /// Activations kept for the backward pass and gradient buffers, sized for one batch shape; without allocate it only
+    /// counts their <see cref="Bytes"/>.
+    /// </summary>
     private sealed class Workspace
     {
-        public Workspace(ModelShape s, int batch, int seqLen)
+        private readonly bool _allocate;
+
+        public Workspace(ModelShape s, int batch, int seqLen, bool bf16, bool allocate)
         {
+            _allocate = allocate;
             Batch = batch;
             SeqLen = seqLen;
-            int n = batch * seqLen;
-            Tokens = new int[n];
-            Targets = new int[n];
+            Bf16 = bf16;
+            long n = (long)batch * seqLen;
+            Tokens = Array<int>(n);
+            Targets = Array<int>(n);
             Residual = new float[s.Layers + 1][];
-            for (int i = 0; i <= s.Layers; i++) Residual[i] = new float[n * s.Dim];
+            for (int i = 0; i <= s.Layers; i++) Residual[i] = Array<float>(n * s.Dim);
             Layer = new LayerActivations[s.Layers];
-            for (int i = 0; i < s.Layers; i++) Layer[i] = new LayerActivations(s, batch, seqLen);
-            FinalNorm = new float[n * s.Dim];
-            FinalInverseRms = new float[n];
-            Logits = new float[n * s.VocabSize];
-            Projection = new float[n * s.Dim];
-            DResidual = new float[n * s.Dim];
-            DProjection = new float[n * s.Dim];
-            DNorm = new float[n * s.Dim];
-            DAttention = new float[n * s.Dim];
-            DQ = new float[n * s.Dim];
-            DK = new float[n * s.KvDim];
-            DV = new float[n * s.KvDim];
-            DHidden = new float[n * s.Hidden];
-            DGate = new float[n * s.Hidden];
-            DUp = new float[n * s.Hidden];
-            Scratch = new float[s.Dim];
+            for (int i = 0; i < s.Layers; i++) Layer[i] = new LayerActivations(this, s, n);
+            FinalNorm = ProductInput(n * s.Dim);
+            FinalInverseRms = Array<float>(n);
+            Logits = Array<float>(n * s.VocabSize);
+            Projection = Array<float>(n * s.Dim);
+            DResidual = Array<float>(n * s.Dim);
+            DProjection = Array<float>(n * s.Dim);
+            DNorm = Array<float>(n * s.Dim);
+            DAttention = Array<float>(n * s.Dim);
+            DQ = Array<float>(n * s.Dim);
+            DK = Array<float>(n * s.KvDim);
+            DV = Array<float>(n * s.KvDim);
+            DHidden = Array<float>(n * s.Hidden);
+            DGate = Array<float>(n * s.Hidden);
+            DUp = Array<float>(n * s.Hidden);
+            Scratch = Array<float>(s.Dim);
         }
 
         public int Batch { get; }
         public int SeqLen { get; }
+        /// <summary>Whether the product-only activations are kept as bf16.</summary>
+        public bool Bf16 { get; }
+        /// <summary>Bytes of all the buffers.</summary>
+        public long Bytes { get; private set; }
         public int[] Tokens, Targets;
         public float[][] Residual;
         public LayerActivations[] Layer;
-        public float[] FinalNorm, FinalInverseRms, Logits, Projection;
+        public ProductInput FinalNorm;
+        public float[] FinalInverseRms, Logits, Projection;
         public float[] DResidual, DProjection, DNorm, DAttention, DQ, DK, DV, DHidden, DGate, DUp;
         public float[] Scratch;
+
+        public T[] Array<T>(long length) where T : unmanaged
+        {
+            if (length > System.Array.MaxLength) throw new ArgumentOutOfRangeException(nameof(length), $"an activation of {length} values is too large");
+            Bytes += length * System.Runtime.CompilerServices.Unsafe.SizeOf<T>();
+            return _allocate ? new T[length] : [];
+        }
+
+        public ProductInput ProductInput(long length) => Bf16 ? new ProductInput(null, Array<ushort>(length)) : new ProductInput(Array<float>(length), null);
     }
 
-    private sealed class LayerActivations(ModelShape s, int batch, int seqLen)
+    /// <summary>
+    /// An activation kept only as the input of matrix products: fp32, or the bf16 bits the products would round it to.
+    /// </summary>
+    private sealed class ProductInput(float[]? full, ushort[]? half)
     {
-        public readonly float[] Norm1 = new float[batch * seqLen * s.Dim];
-        public readonly float[] InverseRms1 = new float[batch * seqLen];
-        public readonly float[] Q = new float[batch * seqLen * s.Dim];
-        public readonly float[] K = new float[batch * seqLen * s.KvDim];
-        public readonly float[] V = new float[batch * seqLen * s.KvDim];
-        public readonly float[] Probs = new float[(long)batch * s.Heads * seqLen * seqLen];
-        public readonly float[] AttentionOut = new float[batch * seqLen * s.Dim];
-        public readonly float[] Middle = new float[batch * seqLen * s.Dim];
-        public readonly float[] Norm2 = new float[batch * seqLen * s.Dim];
-        public readonly float[] InverseRms2 = new float[batch * seqLen];
-        public readonly float[] Gate = new float[batch * seqLen * s.Hidden];
-        public readonly float[] Up = new float[batch * seqLen * s.Hidden];
-        public readonly float[] Hidden = new float[batch * seqLen * s.Hidden];
+        /// <summary>Where its producer writes it in fp32: its own buffer, or the given idle one when kept as bf16.</summary>
+        public float[] Producer(float[] idle) => full ?? idle;
+
+        /// <summary>Keeps the first count values the producer wrote.</summary>
+        public void Keep(float[] produced, int count)
+        {
+            if (half is not null) MatMul.ToBf16(produced.AsSpan(0, count), half);
+        }
+
+        /// <summary>dw += dyᵀ·this, as <see cref="MatMul.BackwardWeight(ReadOnlySpan{float}, ReadOnlySpan{float}, Span{float}, int, int, int, int, TrainingPrecision)"/>.</summary>
+        public void BackwardWeight(ReadOnlySpan<float> dy, Span<float> dw, int tokens, int inputs, int outputs, int threads, TrainingPrecision precision)
+        {
+            if (half is null) MatMul.BackwardWeight(dy, full, dw, tokens, inputs, outputs, threads, precision);
+            else MatMul.BackwardWeight(dy, half, dw, tokens, inputs, outputs, threads);
+        }
+    }
+
+    private sealed class LayerActivations(Workspace w, ModelShape s, long n)
+    {
+        public readonly ProductInput Norm1 = w.ProductInput(n * s.Dim);
+        public readonly float[] InverseRms1 = w.Array<float>(n);
+        public readonly float[] Q = w.Array<float>(n * s.Dim);
+        public readonly float[] K = w.Array<float>(n * s.KvDim);
+        public readonly float[] V = w.Array<float>(n * s.KvDim);
+        public readonly float[] Probs = w.Array<float>(n * s.Heads * w.SeqLen);
+        public readonly ProductInput AttentionOut = w.ProductInput(n * s.Dim);
+        public readonly float[] Middle = w.Array<float>(n * s.Dim);
+        public readonly ProductInput Norm2 = w.ProductInput(n * s.Dim);
+        public readonly float[] InverseRms2 = w.Array<float>(n);
+        public readonly float[] Gate = w.Array<float>(n * s.Hidden);
+        public readonly float[] Up = w.Array<float>(n * s.Hidden);
+        public readonly ProductInput Hidden = w.ProductInput(n * s.Hidden);
     }
 }

@@ -74,6 +74,35 @@ public static unsafe class MatMul
         Multiply(dy, 1, outputs, x, inputs, 1, dw, inputs, outputs, inputs, tokens, accumulate: true, threads, precision);
 
     /// <summary>
+    /// Weight gradient of a linear layer whose input was kept as bfloat16 bits (<see cref="ToBf16"/>): the same result,
+    /// bit for bit, as the bf16 product from the fp32 input, because that product rounds its inputs to bf16 anyway.
+    /// </summary>
+    public static void BackwardWeight(ReadOnlySpan<float> dy, ReadOnlySpan<ushort> x, Span<float> dw, int tokens, int inputs, int outputs, int threads) =>
+        BackwardWeight(Isa, dy, x, dw, tokens, inputs, outputs, threads);
+
+    internal static void BackwardWeight(TrainingIsa isa, ReadOnlySpan<float> dy, ReadOnlySpan<ushort> x, Span<float> dw, int tokens, int inputs, int outputs, int threads)
+    {
+        Check(x.Length, Last(tokens, inputs, inputs, 1), nameof(x));
+        fixed (ushort* px = x)
+            Multiply(isa, dy, 1, outputs, default, inputs, 1, dw, inputs, outputs, inputs, tokens, accumulate: true, threads, TrainingPrecision.Bf16, bHalf: px);
+    }
+
+    /// <summary>The bfloat16 bits of each value rounded as <see cref="RoundToBf16"/> does (exact to widen back: shift left 16).</summary>
+    public static void ToBf16(ReadOnlySpan<float> source, Span<ushort> target)
+    {
+        if (target.Length < source.Length) throw new ArgumentException($"target holds {target.Length} values, {source.Length} needed", nameof(target));
+        fixed (float* s = source)
+        fixed (ushort* t = target)
+        {
+            int i = 0, count = source.Length;
+            if (Vector256.IsHardwareAccelerated)
+                for (; i + 16 <= count; i += 16)
+                    Vector256.Narrow(RoundBits(Vector256.Load(s + i)) >> 16, RoundBits(Vector256.Load(s + i + 8)) >> 16).Store(t + i);
+            for (; i < count; i++) t[i] = (ushort)(BitConverter.SingleToUInt32Bits(RoundToBf16(s[i])) >> 16);
+        }
+    }
+
+    /// <summary>
     /// c[m·cRow + n] (+)= Σ_k A(m, k)·B(k, n) for m &lt; rows, n &lt; cols, k &lt; depth, with A(m, k) = a[m·aRow + k·aCol]
     /// and B(k, n) = b[k·bRow + n·bCol]. With <see cref="TrainingPrecision.Bf16"/> every A and B element is first rounded
     /// to bfloat16 (to nearest, ties to even) and the products are accumulated in fp32, as PyTorch's autocast does.
@@ -83,13 +112,18 @@ public static unsafe class MatMul
         Multiply(Isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision);
 
     internal static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
-        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32)
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32) =>
+        Multiply(isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision, bHalf: null);
+
+    /// <summary>As above, with B read from the bf16 bits at bHalf instead of b when bHalf is not null.</summary>
+    private static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, ushort* bHalf)
     {
         if (rows < 0 || cols < 0 || depth < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"dimensions {rows}×{cols}×{depth} must not be negative");
         if (rows == 0 || cols == 0) return;
         if (!IsSupported(isa)) throw new PlatformNotSupportedException($"this CPU does not run the {isa} path");
         Check(a.Length, Last(rows, aRow, depth, aCol), nameof(a));
-        Check(b.Length, Last(depth, bRow, cols, bCol), nameof(b));
+        if (bHalf is null) Check(b.Length, Last(depth, bRow, cols, bCol), nameof(b));
         Check(c.Length, Last(rows, cRow, cols, 1), nameof(c));
         if (depth == 0)
         {
@@ -100,7 +134,7 @@ public static unsafe class MatMul
         }
         fixed (float* pa = a, pb = b, pc = c)
         {
-            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate, precision == TrainingPrecision.Bf16);
+            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate, precision == TrainingPrecision.Bf16, bHalf);
             if (isa == TrainingIsa.Portable)
             {
                 job.RunPortable();
@@ -161,24 +195,35 @@ public static unsafe class MatMul
         int i = 0;
         if (Vector256.IsHardwareAccelerated)
         {
-            var half = Vector256.Create(0x7FFFu);
-            var one = Vector256.Create(1u);
-            var high = Vector256.Create(0xFFFF_0000u);
-            var quiet = Vector256.Create(0x0040_0000u);
-            for (; i + 8 <= count; i += 8)
-            {
-                var x = Vector256.Load(source + i);
-                var bits = x.AsUInt32();
-                var rounded = (bits + half + ((bits >> 16) & one)) & high;
-                var nan = Vector256.Equals(x, x).AsUInt32();
-                Vector256.ConditionalSelect(nan, rounded, bits | quiet).AsSingle().Store(target + i);
-            }
+            for (; i + 8 <= count; i += 8) RoundBits(Vector256.Load(source + i)).AsSingle().Store(target + i);
         }
         for (; i < count; i++) target[i] = RoundToBf16(source[i]);
     }
 
+    /// <summary>The bits of x rounded as <see cref="RoundToBf16"/> does, eight at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> RoundBits(Vector256<float> x)
+    {
+        var bits = x.AsUInt32();
+        var rounded = (bits + Vector256.Create(0x7FFFu) + ((bits >> 16) & Vector256.Create(1u))) & Vector256.Create(0xFFFF_0000u);
+        return Vector256.ConditionalSelect(Vector256.Equals(x, x).AsUInt32(), rounded, bits | Vector256.Create(0x0040_0000u));
+    }
+
+    /// <summary>Widens count bfloat16 values to floats (exact).</summary>
+    private static void Widen(ushort* source, float* target, int count)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= count; i += 8)
+                (Vector256.WidenLower(Vector128.Load(source + i).ToVector256Unsafe()) << 16).AsSingle().Store(target + i);
+        for (; i < count; i++) target[i] = Widen(source[i]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Widen(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
+
     private readonly struct Job(TrainingIsa isa, float* a, int aRow, int aCol, float* b, int bRow, int bCol, float* c, int cRow,
-        int rows, int cols, int depth, bool accumulate, bool bf16)
+        int rows, int cols, int depth, bool accumulate, bool bf16, ushort* bHalf)
     {
         public int TileRows => isa == TrainingIsa.Avx512 ? 8 : 6;
         private int TileCols => isa == TrainingIsa.Avx512 ? 32 : 16;
@@ -192,13 +237,17 @@ public static unsafe class MatMul
             {
                 float* target = c + (long)m * cRow + n;
                 float sum = accumulate ? *target : 0f;
-                for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(Load(a + (long)m * aRow + (long)k * aCol), Load(b + (long)k * bRow + (long)n * bCol), sum);
+                for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(Load(a + (long)m * aRow + (long)k * aCol), LoadB((long)k * bRow + (long)n * bCol), sum);
                 *target = sum;
             }
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private float Load(float* element) => bf16 ? RoundToBf16(*element) : *element;
+
+        /// <summary>B's element at offset: from the bf16 bits when B is held as bf16.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private float LoadB(long offset) => bHalf is not null ? Widen(bHalf[offset]) : Load(b + offset);
 
         /// <summary>
         /// B into depth blocks, each a run of column panels: panel p of the block starting at k0 holds
@@ -217,7 +266,11 @@ public static unsafe class MatMul
                     int valid = Math.Min(width, cols - n0);
                     if (bCol == 1 && valid == width)
                         for (int k = 0; k < kc; k++)
-                            Copy(b + (long)(k0 + k) * bRow + n0, panel + k * width, width, bf16);
+                        {
+                            long offset = (long)(k0 + k) * bRow + n0;
+                            if (bHalf is not null) Widen(bHalf + offset, panel + k * width, width);
+                            else Copy(b + offset, panel + k * width, width, bf16);
+                        }
                     else
                     {
                         // Column by column: when B is read transposed each column is a contiguous run.
@@ -228,8 +281,8 @@ public static unsafe class MatMul
                                 for (int k = 0; k < kc; k++) panel[k * width + j] = 0f;
                                 continue;
                             }
-                            float* source = b + (long)k0 * bRow + (long)(n0 + j) * bCol;
-                            for (int k = 0; k < kc; k++) panel[k * width + j] = Load(source + (long)k * bRow);
+                            long source = (long)k0 * bRow + (long)(n0 + j) * bCol;
+                            for (int k = 0; k < kc; k++) panel[k * width + j] = LoadB(source + (long)k * bRow);
                         }
                     }
                 }

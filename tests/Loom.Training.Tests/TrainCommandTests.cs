@@ -27,6 +27,7 @@ public sealed class TrainCommandTests : IDisposable
         Assert.True(code == 0, error);
         Assert.Contains("step 3/3", error);
         Assert.Contains("perplexity", error);
+        Assert.Contains("MiB per batch of 4 × 16 (fp32)", error);
         using (var model = TransformerModel.Load(Path.Combine(output, "model.gguf")))
             Assert.Equal(32, model.Config.EmbeddingLength);
 
@@ -35,6 +36,7 @@ public sealed class TrainCommandTests : IDisposable
         Assert.True(code == 0, error);
         Assert.Contains("resumed at step 3", error);
         Assert.Contains("step 5/5", error);
+        Assert.Contains("MiB per batch of 4 × 16 (bf16)", error);
         Assert.DoesNotContain("step 3/5", error);
     }
 

@@ -118,6 +118,8 @@ internal static class TrainCommand
                     trainer = new Trainer(model, dataset, options);
                 }
                 console.Error.WriteLine($"model: {trainer.Model.Parameters.Length:N0} parameters ({trainer.Model.Shape})");
+                console.Error.WriteLine($"activation memory: {trainer.Model.ActivationBytes(options.BatchSize, options.ContextLength) / (1024.0 * 1024):F1} MiB " +
+                    $"per batch of {options.BatchSize} × {options.ContextLength} ({trainingPrecision.ToString().ToLowerInvariant()})");
                 string chartPath = Path.Combine(outDir, "loss.png");
                 void SaveHistory()
                 {
