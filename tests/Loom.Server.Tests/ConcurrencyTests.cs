@@ -56,7 +56,33 @@ public sealed class ConcurrencyTests
     [Fact]
     public async Task ClientsKilledMidStream_FreeTheirSlots_WhileOthersFinishUnchanged()
     {
-        await using var server = await RunningServer.StartAsync(new EngineOptions { Parallel = 8, ContextSize = 512 });
+        // A random-weight Llama with a long context: the hung-up clients ask for 3,000 tokens, far more than the server
+        // can generate before it notices them go (stories260K, at most 512 positions, can finish first on a fast CPU).
+        string modelPath = Path.Combine(Path.GetTempPath(), $"loom-kill-{Guid.NewGuid():N}.gguf");
+        using (var vocabulary = Loom.Models.Gguf.GgufFile.Open(Loom.Tests.SharedData.PathTo("vocab/llama.cpp/ggml-vocab-llama-spm.gguf")))
+        {
+            // 32,000 tokens, so a random model almost never samples end-of-sequence before its client hangs up.
+            var encoder = new Loom.Training.GgufTokenEncoder(vocabulary);
+            var model = new Loom.Training.Decoder(new Loom.Training.ModelShape
+            {
+                VocabSize = encoder.VocabSize, Dim = 256, Layers = 2, Heads = 4, KvHeads = 2, Hidden = 512, Context = 4096,
+            });
+            model.Initialize(5);
+            Loom.Training.GgufExport.Write(modelPath, model, encoder, Loom.Training.ExportPrecision.F32);
+        }
+        try
+        {
+            await KillClientsMidStream(modelPath);
+        }
+        finally
+        {
+            File.Delete(modelPath);
+        }
+    }
+
+    private static async Task KillClientsMidStream(string modelPath)
+    {
+        await using var server = await RunningServer.StartAsync(new EngineOptions { Parallel = 8, ContextSize = 4096 }, modelPath: modelPath);
         const int clients = 12, tokens = 48;
         var alone = new string[clients];
         for (int i = 0; i < clients; i += 2) alone[i] = Text((await server.StreamAsync("/v1/completions", Request(i, tokens))).Events);
@@ -72,7 +98,7 @@ public sealed class ConcurrencyTests
             }
             // Odd clients ask for a long story, read a few events and hang up.
             using var kill = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token);
-            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(Request(i, 480), System.Text.Encoding.UTF8, "application/json") };
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(Request(i, 3000), System.Text.Encoding.UTF8, "application/json") };
             using var response = await server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, kill.Token);
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(kill.Token));
             for (int events = 0; events < 3 && await reader.ReadLineAsync(kill.Token) is { } line;)
@@ -86,8 +112,8 @@ public sealed class ConcurrencyTests
         // Every slot and cached position comes back; the server keeps serving.
         Assert.True(await server.WaitForMetricAsync("loom_running_sequences", 0, TimeSpan.FromSeconds(10)));
         Assert.True(await server.WaitForMetricAsync("loom_kv_cache_tokens", 0, TimeSpan.FromSeconds(10)));
-        // Each hung-up client asked for 480 tokens and read 3 events, so the server must have seen nearly all of them go
-        // (one may still finish its story before the disconnect is noticed on a loaded machine).
+        // Each hung-up client asked for 3,000 tokens and read 3 events, so the server must have seen nearly all of them go
+        // (one may end early by sampling end-of-sequence).
         double? cancelled = RunningServer.Metric(await server.Http.GetStringAsync("/metrics"), "loom_requests_cancelled_total");
         Assert.True(cancelled >= clients / 2 - 1, $"the server saw {cancelled} of {clients / 2} hung-up clients go");
         Assert.Equal(alone[0], Text((await server.StreamAsync("/v1/completions", Request(0, tokens))).Events));
