@@ -50,17 +50,8 @@ public static class Checkpoint
         var shape = ReadHeader(reader, path);
         if (shape != trainer.Model.Shape)
             throw new InvalidDataException($"checkpoint '{path}' holds a model of shape {shape}, not {trainer.Model.Shape}");
-        var state = new TrainerState(
-            Step: reader.ReadInt64(),
-            OptimizerStep: reader.ReadInt64(),
-            Sampler: new SamplerState(reader.ReadInt32(), reader.ReadInt32(), reader.ReadUInt64()),
-            DropoutKeyState: reader.ReadUInt64(),
-            BestValidationLoss: reader.ReadDouble(),
-            EvaluationsWithoutImprovement: reader.ReadInt32());
-        int count = reader.ReadInt32();
-        if (count != trainer.Model.Parameters.Length)
-            throw new InvalidDataException($"checkpoint '{path}' holds {count} parameters, the model has {trainer.Model.Parameters.Length}");
-        ReadFloats(reader, trainer.Model.Parameters);
+        var state = ReadState(reader);
+        ReadParameters(reader, path, trainer.Model.Parameters);
         ReadFloats(reader, trainer.Optimizer.FirstMoment);
         ReadFloats(reader, trainer.Optimizer.SecondMoment);
         trainer.RestoreState(state);
@@ -74,13 +65,25 @@ public static class Checkpoint
     {
         using var reader = new BinaryReader(new MemoryStream(ReadVerified(path)));
         var model = new Decoder(ReadHeader(reader, path));
-        // Step, optimizer step, sampler (epoch, position, seed), dropout key, best loss, evaluations without improvement.
-        reader.BaseStream.Seek(8 + 8 + 4 + 4 + 8 + 8 + 8 + 4, SeekOrigin.Current);
-        int count = reader.ReadInt32();
-        if (count != model.Parameters.Length)
-            throw new InvalidDataException($"checkpoint '{path}' holds {count} parameters, its shape needs {model.Parameters.Length}");
-        ReadFloats(reader, model.Parameters);
+        ReadState(reader); // read past: a new run starts its own
+        ReadParameters(reader, path, model.Parameters);
         return model;
+    }
+
+    private static TrainerState ReadState(BinaryReader reader) => new(
+        Step: reader.ReadInt64(),
+        OptimizerStep: reader.ReadInt64(),
+        Sampler: new SamplerState(reader.ReadInt32(), reader.ReadInt32(), reader.ReadUInt64()),
+        DropoutKeyState: reader.ReadUInt64(),
+        BestValidationLoss: reader.ReadDouble(),
+        EvaluationsWithoutImprovement: reader.ReadInt32());
+
+    private static void ReadParameters(BinaryReader reader, string path, float[] parameters)
+    {
+        int count = reader.ReadInt32();
+        if (count != parameters.Length)
+            throw new InvalidDataException($"checkpoint '{path}' holds {count} parameters, the model has {parameters.Length}");
+        ReadFloats(reader, parameters);
     }
 
     /// <summary>Builds the model and trainer from a checkpoint and restores it.</summary>
