@@ -1,7 +1,7 @@
-using Loom.Core.IO;
 using System.Runtime.InteropServices;
 using System.Text;
 using Loom.Core;
+using Loom.Core.IO;
 
 namespace Loom.Models.Gguf;
 
@@ -119,7 +119,7 @@ public sealed class GgufWriter
     /// <summary>Writes the whole file to a stream positioned at the file's start.</summary>
     public void WriteTo(Stream stream)
     {
-        var counting = new CountingStream(stream);
+        var counting = new CountingWriteStream(stream);
         using (var w = new BinaryWriter(counting, Encoding.UTF8, leaveOpen: true))
         {
             w.Write(GgufFile.Magic);
@@ -157,7 +157,7 @@ public sealed class GgufWriter
         counting.Flush();
     }
 
-    private void Pad(CountingStream stream)
+    private void Pad(CountingWriteStream stream)
     {
         int padding = (int)(AlignUp(stream.Written) - stream.Written);
         Span<byte> zeros = stackalloc byte[padding];
@@ -282,30 +282,4 @@ public sealed class GgufWriter
     };
 
     private sealed record PendingTensor(string Name, GgmlType Type, long[] Dimensions, long ByteSize, Action<Stream> WriteData);
-
-    /// <summary>Forwards writes and counts bytes, so padding and per-tensor sizes can be checked without seeking.</summary>
-    private sealed class CountingStream(Stream inner) : Stream
-    {
-        public long Written { get; private set; }
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => Written;
-        public override long Position { get => Written; set => throw new NotSupportedException(); }
-        public override void Flush() => inner.Flush();
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-        public override void Write(ReadOnlySpan<byte> buffer)
-        {
-            inner.Write(buffer);
-            Written += buffer.Length;
-        }
-        public override void WriteByte(byte value)
-        {
-            inner.WriteByte(value);
-            Written++;
-        }
-    }
 }
