@@ -106,13 +106,7 @@ public sealed class ByteTokenEncoder : ITokenEncoder
     public void DescribeInGguf(GgufWriter writer)
     {
         var tokens = new string[256];
-        // GPT-2's mapping: printable Latin-1 bytes stand for themselves, the rest take code points 256, 257, ... in order.
-        int next = 256;
-        for (int b = 0; b < 256; b++)
-        {
-            bool printable = b is >= '!' and <= '~' or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF;
-            tokens[b] = ((char)(printable ? b : next++)).ToString();
-        }
+        for (int b = 0; b < 256; b++) tokens[b] = Gpt2ByteMapping.Map([(byte)b]);
         writer.Add("tokenizer.ggml.model", "gpt2");
         writer.Add("tokenizer.ggml.pre", "default");
         writer.Add("tokenizer.ggml.tokens", tokens);

@@ -226,12 +226,7 @@ public sealed class BpeVocabulary
 
     /// <summary>Token strings as GGUF stores them: special tokens verbatim, the others in GPT-2's byte-to-character mapping.</summary>
     public string[] TokenStrings() =>
-        [.. _specialTokens, .. _texts.Select(Mapped)];
-
-    private static string Mapped(byte[] bytes) => string.Create(bytes.Length, bytes, (span, b) =>
-    {
-        for (int i = 0; i < b.Length; i++) span[i] = Gpt2ByteMapping.ByteToChar[b[i]];
-    });
+        [.. _specialTokens, .. _texts.Select(t => Gpt2ByteMapping.Map(t))];
 
     /// <summary>
     /// Adds the tokenizer.* metadata: the vocabulary, merges, token types (specials are control tokens), BOS = EOS = the
@@ -245,7 +240,7 @@ public sealed class BpeVocabulary
         writer.Add("tokenizer.ggml.tokens", TokenStrings());
         writer.Add("tokenizer.ggml.token_type",
             [.. Enumerable.Repeat(GgufTokenType.Control, _specialTokens.Count), .. Enumerable.Repeat(GgufTokenType.Normal, _texts.Count)]);
-        writer.Add("tokenizer.ggml.merges", _merges.Select(m => Mapped(_texts[m.Left - _byteBase]) + " " + Mapped(_texts[m.Right - _byteBase])).ToArray());
+        writer.Add("tokenizer.ggml.merges", _merges.Select(m => Gpt2ByteMapping.Map(_texts[m.Left - _byteBase]) + " " + Gpt2ByteMapping.Map(_texts[m.Right - _byteBase])).ToArray());
         writer.Add("tokenizer.ggml.bos_token_id", 0u);
         writer.Add("tokenizer.ggml.eos_token_id", 0u);
         writer.Add("tokenizer.ggml.add_bos_token", true);

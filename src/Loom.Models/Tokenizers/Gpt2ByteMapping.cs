@@ -4,15 +4,23 @@ namespace Loom.Models.Tokenizers;
 /// GPT-2's reversible byte &lt;-&gt; unicode mapping: printable bytes stand for themselves, the other 68 bytes take
 /// the code points 256, 257, ... in byte order, so every byte sequence becomes visible text without spaces.
 /// </summary>
-internal static class Gpt2ByteMapping
+public static class Gpt2ByteMapping
 {
     /// <summary>The character that stands for each byte.</summary>
-    public static readonly char[] ByteToChar = BuildByteToChar();
+    internal static readonly char[] ByteToChar = BuildByteToChar();
 
     /// <summary>The byte a mapped character stands for, or -1; indexed by the character (all are below 0x144).</summary>
     private static readonly short[] CharToByte = BuildCharToByte();
 
-    public static int ByteOf(int codepoint) => (uint)codepoint < (uint)CharToByte.Length ? CharToByte[codepoint] : -1;
+    /// <summary>Bytes as GPT-2 vocabularies write them: one mapped character per byte.</summary>
+    public static string Map(ReadOnlySpan<byte> bytes)
+    {
+        var text = new char[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) text[i] = ByteToChar[bytes[i]];
+        return new string(text);
+    }
+
+    internal static int ByteOf(int codepoint) => (uint)codepoint < (uint)CharToByte.Length ? CharToByte[codepoint] : -1;
 
     private static bool IsPrintable(int b) => b is >= 0x21 and <= 0x7E or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF;
 
