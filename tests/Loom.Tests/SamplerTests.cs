@@ -192,9 +192,10 @@ public class SamplerTests
         var logits = Enumerable.Range(0, 32000).Select(_ => (float)rng.NextDouble() * 8).ToArray();
         var sampler = new Sampler(new SamplerOptions { RepeatPenalty = 1.1f, FrequencyPenalty = 0.1f, Seed = 3 }, logits.Length);
         for (int i = 0; i < 5; i++) sampler.Accept(sampler.Sample(logits)); // warm up
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 200; i++) sampler.Accept(sampler.Sample(logits));
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        SteadyStateAllocation.AssertNone("200 tokens", () =>
+        {
+            for (int i = 0; i < 200; i++) sampler.Accept(sampler.Sample(logits));
+        });
     }
 
     [Fact]
