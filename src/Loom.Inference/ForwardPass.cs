@@ -166,9 +166,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
         }
         else
         {
-            Apply(w.Query!, normed, q, n);
-            Apply(w.Key!, normed, k, n);
-            Apply(w.Value!, normed, v, n);
+            ApplyShared(normed, n, w.Query!, q, w.Key!, k, w.Value!, v);
         }
 
         if (w.QueryNorm is { } queryNorm) NormalizeHeads(q, n * c.HeadCount, queryNorm);
@@ -211,10 +209,9 @@ internal sealed unsafe class ForwardPass : IParallelWork
         Normalize(x, normed, n, w.FeedForwardNorm);
         long hidden = (long)n * c.FeedForwardLength;
         var up = new Span<float>(_up.Pointer, (int)hidden);
-        Apply(w.Up, normed, _up.Pointer, n);
         if (w.Gate is { } gateWeights)
         {
-            Apply(gateWeights, normed, _gate.Pointer, n);
+            ApplyShared(normed, n, w.Up, _up.Pointer, gateWeights, _gate.Pointer);
             // silu(g)·u = g·sigmoid(g)·u
             var gate = new Span<float>(_gate.Pointer, (int)hidden);
             TensorPrimitives.Multiply(up, gate, up);
@@ -223,6 +220,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
         }
         else
         {
+            Apply(w.Up, normed, _up.Pointer, n);
             Gelu(up);
         }
         Apply(w.Down, _up.Pointer, _projection.Pointer, n);
@@ -442,6 +440,20 @@ internal sealed unsafe class ForwardPass : IParallelWork
     private static void Apply(Linear linear, float* x, float* y, int n)
     {
         linear.Weight.Multiply(x, y, n);
+        AddBias(linear, y, n);
+    }
+
+    /// <summary>Two or three projections of the same input in one pass (the input is quantized once).</summary>
+    private static void ApplyShared(float* x, int n, Linear first, float* firstY, Linear second, float* secondY, Linear? third = null, float* thirdY = null)
+    {
+        WeightMatrix.MultiplyShared(x, n, LoomThreadPool.Shared, first.Weight, firstY, second.Weight, secondY, third?.Weight, thirdY);
+        AddBias(first, firstY, n);
+        AddBias(second, secondY, n);
+        if (third is not null) AddBias(third, thirdY, n);
+    }
+
+    private static void AddBias(Linear linear, float* y, int n)
+    {
         if (linear.Bias is { } bias)
             for (int t = 0; t < n; t++)
             {

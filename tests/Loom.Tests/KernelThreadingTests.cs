@@ -72,6 +72,53 @@ public unsafe class KernelThreadingTests
         Assert.Equal(single, multi);
     }
 
+    /// <summary>
+    /// Matrices sharing an input (query/key/value, gate/up) in one call give each output bit for bit what a call of its
+    /// own gives, on every path and thread count, also when their types mix (Q4_K_M's Q4_K and Q6_K) or quantize the
+    /// input differently (then they run one after the other).
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q8_0, GgmlType.Q8_0, GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K, GgmlType.Q4_K, GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_1)]
+    [InlineData(GgmlType.F16, GgmlType.F32, GgmlType.F16)]
+    [InlineData(GgmlType.Q8_0, GgmlType.Q4_K, null)]
+    public void SharedInputCallsMatchSeparateCalls(GgmlType firstType, GgmlType secondType, GgmlType? thirdType)
+    {
+        const int cols = 1024;
+        int[] rows = [96, 40, 72];
+        var types = thirdType is { } t3 ? new[] { firstType, secondType, t3 } : [firstType, secondType];
+        var rng = new Random(21);
+        var weights = types.Select((type, i) => KernelMatrixTests.RandomWeights(type, rows[i], cols, rng)).ToArray();
+        using var one = new LoomThreadPool(1);
+        using var two = new LoomThreadPool(2);
+        foreach (int tokens in new[] { 1, 5, 9, 40 })
+        {
+            var x = KernelMatrixTests.RandomInputs(tokens * cols, rng);
+            foreach (var isa in new[] { KernelIsa.Portable, KernelIsa.Avx2, KernelIsa.Avx512 }.Where(KernelIsaSupport.IsSupported))
+                foreach (var pool in new[] { one, two })
+                {
+                    var separate = types.Select((_, i) => new float[tokens * rows[i]]).ToArray();
+                    var shared = types.Select((_, i) => new float[tokens * rows[i]]).ToArray();
+                    fixed (byte* w0 = weights[0]) fixed (byte* w1 = weights[1]) fixed (byte* w2 = weights.Length > 2 ? weights[2] : null)
+                    fixed (float* xp = x)
+                    fixed (float* s0 = separate[0]) fixed (float* s1 = separate[1]) fixed (float* s2 = separate.Length > 2 ? separate[2] : null)
+                    fixed (float* h0 = shared[0]) fixed (float* h1 = shared[1]) fixed (float* h2 = shared.Length > 2 ? shared[2] : null)
+                    {
+                        var m0 = new WeightMatrix(types[0], w0, rows[0], cols);
+                        var m1 = new WeightMatrix(types[1], w1, rows[1], cols);
+                        var m2 = types.Length > 2 ? new WeightMatrix(types[2], w2, rows[2], cols) : null;
+                        m0.Multiply(xp, s0, tokens, pool, isa);
+                        m1.Multiply(xp, s1, tokens, pool, isa);
+                        m2?.Multiply(xp, s2, tokens, pool, isa);
+                        WeightMatrix.MultiplyShared(xp, tokens, pool, isa, m0, h0, m1, h1, m2, h2);
+                    }
+                    for (int i = 0; i < types.Length; i++)
+                        Assert.True(separate[i].AsSpan().SequenceEqual(shared[i]), $"{types[i]} (matrix {i}), {tokens} tokens, {isa}, {pool.ThreadCount} threads");
+                }
+        }
+    }
+
     [Fact]
     public void ConcurrentCallersOnOnePoolGetTheirOwnResults()
     {

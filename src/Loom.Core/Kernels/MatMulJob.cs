@@ -5,8 +5,9 @@ using Loom.Core.Threading;
 namespace Loom.Core.Kernels;
 
 /// <summary>
-/// Per-calling-thread state of <see cref="WeightMatrix.Multiply(float*, float*, int)"/>: the quantized activations
-/// (shared read-only with the pool's workers during the call) and the job object, both reused across calls.
+/// Per-calling-thread state of <see cref="WeightMatrix.Multiply(float*, float*, int)"/> and
+/// <see cref="WeightMatrix.MultiplyShared"/>: the quantized activations (shared read-only with the pool's workers during
+/// the call), the matrices of the call (one, or several that read the same input) and the job objects, all reused.
 /// </summary>
 internal sealed unsafe class MatMulJob : IParallelWork
 {
@@ -17,51 +18,100 @@ internal sealed unsafe class MatMulJob : IParallelWork
     /// <summary>Rows a thread finishes for all tokens before moving on, so those weights are read from memory once.</summary>
     public const int RowTile = 16;
 
+    /// <summary>The most matrices one call multiplies against the same input (query, key and value).</summary>
+    public const int MaxParts = 3;
+
+    /// <summary>From this many tokens on, types with a tile kernel transpose eight rows once and run every token over them.</summary>
+    public const int TileMinTokens = 8;
+
+    /// <summary>Below this much weight data per call the work runs on the calling thread (waking workers costs more).</summary>
+    private const long MinParallelBytes = 64 * 1024;
+
+    /// <summary>From this many input values on, the pool quantizes the tokens (a serial pass would leave the workers idle).</summary>
+    private const long ParallelQuantizeValues = 16 * 1024;
+
+    /// <summary>One matrix of a call: its kernels, its rows and where its outputs go.</summary>
+    private struct Part
+    {
+        public delegate*<byte*, int, in ActivationRow, float> Dot;
+        public delegate*<byte*, int, ActivationRow*, float*, void> DotFour;
+        public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
+        public byte* Weights;
+        public long RowBytes;
+        public int Rows, Units, RowsPerChunk, FirstChunk;
+        public float* Y;
+    }
+
+    private readonly Part[] _parts = new Part[MaxParts];
+    private readonly QuantizeWork _quantize;
+    private int _partCount, _chunkCount, _quantizeChunks;
+
     private byte[] _buffer = [];
     private byte* _base;
-
-    private delegate*<byte*, int, in ActivationRow, float> _dot;
-    private delegate*<byte*, int, ActivationRow*, float*, void> _dotFour;
-    private delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> _tile;
-    private byte* _weights;
-    private long _rowBytes;
-    private int _rows, _cols, _units, _tokens, _rowsPerChunk;
+    private int _cols, _tokens;
+    private bool _halfSums;
     private ActivationKind _kind;
     private float* _x;
-    private float* _y;
     private sbyte* _qs;
     private float* _d;
     private float* _s;
     private short* _bsums;
     private short* _blockSums;
 
-    /// <summary>From this many tokens on, types with a tile kernel transpose eight rows once and run every token over them.</summary>
-    public const int TileMinTokens = 8;
+    private MatMulJob() => _quantize = new QuantizeWork(this);
 
-    /// <summary>Quantizes the inputs as <paramref name="matrix"/>'s type needs and records the call's arguments.</summary>
-    public void Prepare(WeightMatrix matrix, KernelIsa isa, float* x, float* y, int tokens, int rowsPerChunk)
+    /// <summary>Whether <paramref name="a"/> and <paramref name="b"/> take the same quantized input, so one call can serve both.</summary>
+    public static bool ShareInput(WeightMatrix a, WeightMatrix b) =>
+        a.Cols == b.Cols && DotKernels.ActivationFor(a.Type) == DotKernels.ActivationFor(b.Type) && HalfSums(a) == HalfSums(b);
+
+    private static bool HalfSums(WeightMatrix matrix) => matrix.Type is GgmlType.Q4_1 or GgmlType.Q5_1;
+
+    /// <summary>
+    /// Records the call (matrices[i] writes outputs[i]), splits every matrix's rows into chunks for the pool and quantizes
+    /// the inputs once, as the matrices' type needs (they must <see cref="ShareInput"/>).
+    /// </summary>
+    public void Prepare(ReadOnlySpan<WeightMatrix> matrices, ReadOnlySpan<nint> outputs, KernelIsa isa, float* x, int tokens, LoomThreadPool pool)
     {
-        _dot = DotKernels.Select(matrix.Type, isa);
-        _dotFour = DotKernels.SelectFour(matrix.Type, isa);
-        _tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa) : null;
-        _weights = matrix.Data;
-        _rowBytes = matrix.RowBytes;
-        _rows = matrix.Rows;
-        _cols = matrix.Cols;
+        var first = matrices[0];
+        _cols = first.Cols;
         _tokens = tokens;
         _x = x;
-        _y = y;
-        _rowsPerChunk = rowsPerChunk;
-        _kind = DotKernels.ActivationFor(matrix.Type);
-        _units = _cols / GgmlTypeInfo.BlockSize(matrix.Type);
-        bool halfSums = matrix.Type is GgmlType.Q4_1 or GgmlType.Q5_1;
+        _kind = DotKernels.ActivationFor(first.Type);
+        _halfSums = HalfSums(first);
+        _partCount = matrices.Length;
+
+        long bytes = 0;
+        foreach (var matrix in matrices) bytes += matrix.Rows * matrix.RowBytes;
+        int threads = pool.ThreadCount;
+        bool parallel = threads > 1 && bytes * tokens >= MinParallelBytes;
+        bool blockSums = false;
+        _chunkCount = 0;
+        for (int i = 0; i < matrices.Length; i++)
+        {
+            var matrix = matrices[i];
+            ref var part = ref _parts[i];
+            part.Dot = DotKernels.Select(matrix.Type, isa);
+            part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
+            part.Tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa) : null;
+            part.Weights = matrix.Data;
+            part.RowBytes = matrix.RowBytes;
+            part.Rows = matrix.Rows;
+            part.Units = matrix.Cols / GgmlTypeInfo.BlockSize(matrix.Type);
+            part.Y = (float*)outputs[i];
+            // About four chunks per thread balances uneven progress; whole row tiles keep the token loop efficient.
+            int target = (matrix.Rows + threads * 4 - 1) / (threads * 4);
+            part.RowsPerChunk = !parallel ? Math.Max(1, matrix.Rows)
+                : Math.Max(RowTile, (target + RowTile - 1) / RowTile * RowTile);
+            part.FirstChunk = _chunkCount;
+            _chunkCount += (matrix.Rows + part.RowsPerChunk - 1) / part.RowsPerChunk;
+            blockSums |= matrix.Type is GgmlType.Q4_0 or GgmlType.Q5_0 && isa != KernelIsa.Portable;
+        }
         if (_kind == ActivationKind.Float) return;
 
         long levels = (long)tokens * _cols;
         long scales = levels / (_kind == ActivationKind.Q8K ? 256 : 32);
         long sumsBytes = _kind == ActivationKind.Q8K ? levels / 16 * sizeof(short) : scales * sizeof(float);
         long qsBytes = Align(levels), dBytes = Align(scales * sizeof(float));
-        bool blockSums = matrix.Type is GgmlType.Q4_0 or GgmlType.Q5_0 && isa != KernelIsa.Portable;
         long blockSumsBytes = blockSums ? Align(scales * sizeof(short)) : 0;
         Reserve(qsBytes + dBytes + Align(sumsBytes) + blockSumsBytes);
         _qs = (sbyte*)_base;
@@ -70,63 +120,89 @@ internal sealed unsafe class MatMulJob : IParallelWork
         _bsums = (short*)(_base + qsBytes + dBytes);
         _blockSums = blockSums ? (short*)(_base + qsBytes + dBytes + Align(sumsBytes)) : null;
 
-        for (int t = 0; t < tokens; t++)
+        if (threads > 1 && tokens > 1 && levels >= ParallelQuantizeValues)
         {
-            float* xt = x + (long)t * _cols;
+            _quantizeChunks = Math.Min(tokens, threads * 4);
+            pool.Run(_quantize, _quantizeChunks);
+        }
+        else QuantizeTokens(0, tokens);
+    }
+
+    private void QuantizeTokens(int start, int end)
+    {
+        for (int t = start; t < end; t++)
+        {
+            float* xt = _x + (long)t * _cols;
             if (_kind == ActivationKind.Q8K)
                 ActivationQuantizer.QuantizeQ8K(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 256), _bsums + (long)t * (_cols / 16));
             else
-                ActivationQuantizer.QuantizeQ8Blocks32(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32), halfSums);
+                ActivationQuantizer.QuantizeQ8Blocks32(xt, _cols, _qs + (long)t * _cols, _d + (long)t * (_cols / 32), _s + (long)t * (_cols / 32), _halfSums);
             if (_blockSums != null)
                 ActivationQuantizer.BlockSums32(_qs + (long)t * _cols, _cols, _blockSums + (long)t * (_cols / 32));
         }
     }
 
-    public int ChunkCount => (_rows + _rowsPerChunk - 1) / _rowsPerChunk;
+    /// <summary>Quantizes the tokens in contiguous ranges on the pool; each token's result is the same as a serial pass gives.</summary>
+    private sealed class QuantizeWork(MatMulJob job) : IParallelWork
+    {
+        public void Execute(int chunk) =>
+            job.QuantizeTokens((int)((long)chunk * job._tokens / job._quantizeChunks), (int)((long)(chunk + 1) * job._tokens / job._quantizeChunks));
+    }
+
+    public int ChunkCount => _chunkCount;
 
     public void Execute(int chunk)
     {
-        int rowStart = chunk * _rowsPerChunk;
-        int rowEnd = Math.Min(_rows, rowStart + _rowsPerChunk);
-        if (_tile != null)
+        int p = 0;
+        while (p + 1 < _partCount && chunk >= _parts[p + 1].FirstChunk) p++;
+        ref readonly var part = ref _parts[p];
+        int rowStart = (chunk - part.FirstChunk) * part.RowsPerChunk;
+        int rowEnd = Math.Min(part.Rows, rowStart + part.RowsPerChunk);
+        int rows = part.Rows, units = part.Units;
+        byte* weights = part.Weights;
+        long rowBytes = part.RowBytes;
+        float* y = part.Y;
+        var dot = part.Dot;
+        if (part.Tile != null)
         {
-            byte* scratch = RowLaneKernels.Scratch(_units);
+            byte* scratch = RowLaneKernels.Scratch(units);
             int r = rowStart;
             for (; r + RowLaneKernels.TileRows <= rowEnd; r += RowLaneKernels.TileRows)
-                _tile(_weights + r * _rowBytes, _rowBytes, _units, _qs, _d, _blockSums, _tokens, _y + r, _rows, scratch);
+                part.Tile(weights + r * rowBytes, rowBytes, units, _qs, _d, _blockSums, _tokens, y + r, rows, scratch);
             // leftover rows: the one-token kernel computes the same per-row arithmetic
             for (int t = 0; t < _tokens && r < rowEnd; t++)
             {
                 var activation = Activation(t);
                 for (int row = r; row < rowEnd; row++)
-                    _y[(long)t * _rows + row] = _dot(_weights + row * _rowBytes, _units, activation);
+                    y[(long)t * rows + row] = dot(weights + row * rowBytes, units, activation);
             }
             return;
         }
         ActivationRow* four = stackalloc ActivationRow[4];
         float* results = stackalloc float[4];
+        var dotFour = part.DotFour;
         for (int tileStart = rowStart; tileStart < rowEnd; tileStart += RowTile)
         {
             int tileEnd = Math.Min(rowEnd, tileStart + RowTile);
             int t = 0;
-            if (_dotFour != null)
+            if (dotFour != null)
             {
                 for (; t + 4 <= _tokens; t += 4)
                 {
                     for (int k = 0; k < 4; k++) four[k] = Activation(t + k);
                     for (int r = tileStart; r < tileEnd; r++)
                     {
-                        _dotFour(_weights + r * _rowBytes, _units, four, results);
-                        for (int k = 0; k < 4; k++) _y[(long)(t + k) * _rows + r] = results[k];
+                        dotFour(weights + r * rowBytes, units, four, results);
+                        for (int k = 0; k < 4; k++) y[(long)(t + k) * rows + r] = results[k];
                     }
                 }
             }
             for (; t < _tokens; t++)
             {
                 var activation = Activation(t);
-                float* yt = _y + (long)t * _rows;
+                float* yt = y + (long)t * rows;
                 for (int r = tileStart; r < tileEnd; r++)
-                    yt[r] = _dot(_weights + r * _rowBytes, _units, activation);
+                    yt[r] = dot(weights + r * rowBytes, units, activation);
             }
         }
     }

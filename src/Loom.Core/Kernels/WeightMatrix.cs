@@ -14,9 +14,6 @@ namespace Loom.Core.Kernels;
 /// </remarks>
 public sealed unsafe class WeightMatrix
 {
-    /// <summary>Below this much weight data per call the work runs on the calling thread (waking workers costs more).</summary>
-    private const long MinParallelBytes = 64 * 1024;
-
     public GgmlType Type { get; }
     public byte* Data { get; }
     public int Rows { get; }
@@ -61,18 +58,45 @@ public sealed unsafe class WeightMatrix
             throw new PlatformNotSupportedException($"this CPU cannot run the {isa} kernels");
 
         var job = MatMulJob.ForCurrentThread;
-        int threads = pool.ThreadCount;
-        long bytes = Rows * RowBytes;
-        int rowsPerChunk;
-        if (threads == 1 || bytes * tokens < MinParallelBytes)
-            rowsPerChunk = Rows;
-        else
+        job.Prepare([this], [(nint)y], isa, x, tokens, pool);
+        pool.Run(job, job.ChunkCount);
+    }
+
+    /// <summary>
+    /// y_i = W_i·x for two or three matrices that read the same input (a layer's query, key and value projections, or
+    /// its gate and up projections): the input is quantized once and one pool run covers every matrix's rows. Each
+    /// output is bit for bit what <see cref="Multiply(float*, float*, int, LoomThreadPool)"/> gives; matrices whose
+    /// types quantize the input differently are multiplied one after the other.
+    /// </summary>
+    public static void MultiplyShared(float* x, int tokens, LoomThreadPool pool,
+        WeightMatrix first, float* firstY, WeightMatrix second, float* secondY, WeightMatrix? third = null, float* thirdY = null) =>
+        MultiplyShared(x, tokens, pool, KernelIsaSupport.Best, first, firstY, second, secondY, third, thirdY);
+
+    /// <summary>As <see cref="MultiplyShared(float*, int, LoomThreadPool, WeightMatrix, float*, WeightMatrix, float*, WeightMatrix?, float*)"/> on an explicit path.</summary>
+    internal static void MultiplyShared(float* x, int tokens, LoomThreadPool pool, KernelIsa isa,
+        WeightMatrix first, float* firstY, WeightMatrix second, float* secondY, WeightMatrix? third, float* thirdY)
+    {
+        ArgumentNullException.ThrowIfNull(first);
+        ArgumentNullException.ThrowIfNull(second);
+        if (first.Cols != second.Cols || third is not null && third.Cols != first.Cols)
+            throw new ArgumentException("matrices that share an input must have the same number of columns");
+        if (third is null != (thirdY == null))
+            throw new ArgumentException("a third matrix needs a third output, and only then");
+        bool together = MatMulJob.ShareInput(first, second) && (third is null || MatMulJob.ShareInput(first, third));
+        if (!together || tokens <= 0 || first.Rows == 0 || second.Rows == 0 || third is { Rows: 0 })
         {
-            // About four chunks per thread balances uneven progress; whole row tiles keep the token loop efficient.
-            int target = (Rows + threads * 4 - 1) / (threads * 4);
-            rowsPerChunk = Math.Max(MatMulJob.RowTile, (target + MatMulJob.RowTile - 1) / MatMulJob.RowTile * MatMulJob.RowTile);
+            first.Multiply(x, firstY, tokens, pool, isa);
+            second.Multiply(x, secondY, tokens, pool, isa);
+            third?.Multiply(x, thirdY, tokens, pool, isa);
+            return;
         }
-        job.Prepare(this, isa, x, y, tokens, rowsPerChunk);
+        ArgumentNullException.ThrowIfNull(pool);
+        if (x == null || firstY == null || secondY == null) throw new ArgumentNullException(nameof(x), "inputs and outputs must not be null");
+        if (!KernelIsaSupport.IsSupported(isa))
+            throw new PlatformNotSupportedException($"this CPU cannot run the {isa} kernels");
+        var job = MatMulJob.ForCurrentThread;
+        if (third is null) job.Prepare([first, second], [(nint)firstY, (nint)secondY], isa, x, tokens, pool);
+        else job.Prepare([first, second, third], [(nint)firstY, (nint)secondY, (nint)thirdY], isa, x, tokens, pool);
         pool.Run(job, job.ChunkCount);
     }
 
