@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using BenchmarkDotNet.Attributes;
+using Loom.Bench.Shared;
 using Loom.Core.Threading;
 
 namespace Loom.Bench.Kernels;
@@ -15,9 +16,8 @@ public unsafe class CeilingBenchmarks
 {
     /// <summary>Floats per array: 256 MiB, eight times the L3, so every pass streams from DRAM.</summary>
     public const long ArrayFloats = 64L << 20;
-    /// <summary>Iterations of each FMA loop chunk; each does <see cref="Accumulators"/> independent vector FMAs.</summary>
+    /// <summary>Iterations of each FMA loop chunk; each does <see cref="FmaChains.Chains"/> independent vector FMAs.</summary>
     public const int FmaIterations = 4_000_000;
-    public const int Accumulators = 10;
     /// <summary>Work items the FMA loop is split into (spread over the threads).</summary>
     public const int FmaChunks = 8;
 
@@ -132,41 +132,8 @@ public unsafe class CeilingBenchmarks
 
         public void Execute(int chunk)
         {
-            float result = wide ? Run512() : Run256();
+            float result = wide ? FmaChains.Run512(FmaIterations) : FmaChains.Run256(FmaIterations);
             lock (this) _sink += result;
-        }
-
-        // Ten independent chains: enough to cover FMA latency (4 cycles) × 2 pipes on Zen 3/4/5 and Intel cores.
-        [MethodImpl(MethodImplOptions.NoInlining)]
-        private static float Run256()
-        {
-            var m = Vector256.Create(0.999999f);
-            var d = Vector256.Create(1e-7f);
-            Vector256<float> a0 = Vector256.Create(1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
-            for (int i = 0; i < FmaIterations; i++)
-            {
-                a0 = Fma.MultiplyAdd(a0, m, d); a1 = Fma.MultiplyAdd(a1, m, d); a2 = Fma.MultiplyAdd(a2, m, d);
-                a3 = Fma.MultiplyAdd(a3, m, d); a4 = Fma.MultiplyAdd(a4, m, d); a5 = Fma.MultiplyAdd(a5, m, d);
-                a6 = Fma.MultiplyAdd(a6, m, d); a7 = Fma.MultiplyAdd(a7, m, d); a8 = Fma.MultiplyAdd(a8, m, d);
-                a9 = Fma.MultiplyAdd(a9, m, d);
-            }
-            return Vector256.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9);
-        }
-
-        [MethodImpl(MethodImplOptions.NoInlining)]
-        private static float Run512()
-        {
-            var m = Vector512.Create(0.999999f);
-            var d = Vector512.Create(1e-7f);
-            Vector512<float> a0 = Vector512.Create(1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
-            for (int i = 0; i < FmaIterations; i++)
-            {
-                a0 = Avx512F.FusedMultiplyAdd(a0, m, d); a1 = Avx512F.FusedMultiplyAdd(a1, m, d); a2 = Avx512F.FusedMultiplyAdd(a2, m, d);
-                a3 = Avx512F.FusedMultiplyAdd(a3, m, d); a4 = Avx512F.FusedMultiplyAdd(a4, m, d); a5 = Avx512F.FusedMultiplyAdd(a5, m, d);
-                a6 = Avx512F.FusedMultiplyAdd(a6, m, d); a7 = Avx512F.FusedMultiplyAdd(a7, m, d); a8 = Avx512F.FusedMultiplyAdd(a8, m, d);
-                a9 = Avx512F.FusedMultiplyAdd(a9, m, d);
-            }
-            return Vector512.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9);
         }
     }
 }

@@ -46,7 +46,7 @@ foreach (var report in summaries.SelectMany(s => s.Reports).Where(r => r.ResultS
 return 0;
 
 static double FmaFlops(int lanes) =>
-    2.0 * lanes * CeilingBenchmarks.Accumulators * CeilingBenchmarks.FmaIterations * CeilingBenchmarks.FmaChunks;
+    2.0 * lanes * Loom.Bench.Shared.FmaChains.Chains * CeilingBenchmarks.FmaIterations * CeilingBenchmarks.FmaChunks;
 
 static (string, double, double) MatMulRow(BenchmarkDotNet.Parameters.ParameterInstances p)
 {

@@ -50,6 +50,13 @@ public sealed class CliTrainingPipelineTests : IDisposable
         Assert.True(code == 0, err);
         Assert.Contains("initialized from", err);
 
+        // Continuing with another vocabulary (here the byte tokenizer) would index the embedding wrongly: refused.
+        (code, _, err) = Run("train", "--data", prose, "--out", Path.Combine(_dir, "stage3"),
+            "--init-from", Path.Combine(_dir, "stage1", "checkpoint.bin"), "--ctx", "32", "--batch", "2", "--steps", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("the checkpoint's vocabulary (512) differs from the tokenizer's", err);
+        Assert.False(File.Exists(Path.Combine(_dir, "stage3", "checkpoint.bin")));
+
         using var model = TransformerModel.Load(Path.Combine(_dir, "stage2", "model.gguf"));
         Assert.Equal(512, model.Config.VocabSize);
         Assert.Equal(ChatTemplateFamily.ChatMl, ChatTemplate.Detect(model.Config.ChatTemplate)!.Family);
