@@ -30,7 +30,7 @@ public unsafe class KernelBatchInvarianceTests
         int cols = KernelMatrixTests.ColsFor(type);
         var rng = new Random(4321 + (int)type);
         var weights = KernelMatrixTests.RandomWeights(type, Rows, cols, rng);
-        const int MaxTokens = 9;
+        const int MaxTokens = 17;
         var x = KernelMatrixTests.RandomInputs(MaxTokens * cols, rng);
         var alone = new float[MaxTokens * Rows];
         using var single = new LoomThreadPool(1);
@@ -42,7 +42,7 @@ public unsafe class KernelBatchInvarianceTests
             var matrix = new WeightMatrix(type, w, Rows, cols);
             for (int t = 0; t < MaxTokens; t++)
                 matrix.Multiply(xp + t * cols, ap + t * Rows, 1, single, isa);
-            foreach (int tokens in new[] { 1, 2, 3, 4, 5, 7, 9 })
+            foreach (int tokens in new[] { 1, 2, 3, 4, 5, 7, 9, 17 }) // 8-row tiles from 8 tokens, 16-row (AVX-512) from 16
                 foreach (var pool in new[] { single, three })
                 {
                     var y = new float[tokens * Rows];

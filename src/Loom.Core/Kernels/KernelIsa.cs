@@ -9,7 +9,7 @@ internal enum KernelIsa
     Portable,
     /// <summary>AVX2 + FMA (256-bit integer maddubs/madd dots; AVX-VNNI's vpdpbusd when present).</summary>
     Avx2,
-    /// <summary>AVX-512 F/BW: the 32-wide block types and float types two blocks per 512-bit register; K-quants, Q4_0, Q5_0 and Q8_0 use the 256-bit kernels.</summary>
+    /// <summary>AVX-512 F/BW: the 32-wide block types and float types two blocks per 512-bit register, Q4_0/Q5_0/Q8_0 in sixteen-row tiles from 16 tokens; K-quants and the Q4_0/Q5_0/Q8_0 one-token kernels use the 256-bit code.</summary>
     Avx512,
 }
 

@@ -38,7 +38,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
         public byte* Weights;
         public long RowBytes;
-        public int Rows, Units, RowsPerChunk, FirstChunk;
+        public int Rows, Units, RowsPerChunk, FirstChunk, TileRows;
         public float* Y;
     }
 
@@ -92,7 +92,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
             ref var part = ref _parts[i];
             part.Dot = DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
-            part.Tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa) : null;
+            part.Tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa, tokens) : null;
+            part.TileRows = DotKernels.TileRows(isa, tokens);
             part.Weights = matrix.Data;
             part.RowBytes = matrix.RowBytes;
             part.Rows = matrix.Rows;
@@ -167,7 +168,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
         {
             byte* scratch = RowLaneKernels.Scratch(units);
             int r = rowStart;
-            for (; r + RowLaneKernels.TileRows <= rowEnd; r += RowLaneKernels.TileRows)
+            for (; r + part.TileRows <= rowEnd; r += part.TileRows)
                 part.Tile(weights + r * rowBytes, rowBytes, units, _qs, _d, _blockSums, _tokens, y + r, rows, scratch);
             // leftover rows: the one-token kernel computes the same per-row arithmetic
             for (int t = 0; t < _tokens && r < rowEnd; t++)

@@ -7,7 +7,8 @@ using static Loom.Core.Kernels.SimdHelpers;
 namespace Loom.Core.Kernels;
 
 /// <summary>
-/// Q8_0, Q4_0 and Q5_0 on both SIMD paths (256-bit: Zen 4 runs 512-bit integer operations as two halves). Each block's
+/// Q8_0, Q4_0 and Q5_0 on both SIMD paths (256-bit, except the AVX-512 path's sixteen-row tiles: Zen 4 runs 512-bit integer
+/// operations as two halves, so only the tiles gain from halving the instruction count). Each block's
 /// integer dot is summed exactly first. Blocks in full groups of eight feed acc[b mod 8] = fma(float(isum_b),
 /// d_w,b·d_x,b, acc[b mod 8]) and the eight phases are added in one fixed tree ((a0+a4) + (a2+a6)) + ((a1+a5) +
 /// (a3+a7)); the leftover blocks' terms go in order into one more sum, added last.
@@ -33,6 +34,12 @@ internal static unsafe class RowLaneKernels
     /// <summary>Bytes of tile scratch per 32-block: eight transposed 32-byte level vectors and eight float scales.</summary>
     /// <remarks>Storing Q8_0's magnitudes too (to skip an abs per token) measured slower: the tile outgrew L1.</remarks>
     public const int TileBytesPerBlock = 9 * 32;
+
+    /// <summary>Rows a 512-bit tile kernel computes together.</summary>
+    public const int WideTileRows = 16;
+
+    /// <summary>Bytes of wide-tile scratch per 32-block: sixteen rows' transposed levels and scales.</summary>
+    public const int WideTileBytesPerBlock = 2 * TileBytesPerBlock;
 
     // ---- shared pieces ----
 
@@ -242,7 +249,8 @@ internal static unsafe class RowLaneKernels
         for (int b = 0; b < blocks; b++)
         {
             byte* block = rows + b * blockBytes;
-            StoreTransposed(scratch + b * TileBytesPerBlock, block, rowOffsets,
+            byte* destination = scratch + b * TileBytesPerBlock;
+            StoreTransposed(destination, 32, (float*)(destination + 256), block, rowOffsets,
                 TileLevels(block, offset), TileLevels(block + rowBytes, offset),
                 TileLevels(block + 2 * rowBytes, offset), TileLevels(block + 3 * rowBytes, offset),
                 TileLevels(block + 4 * rowBytes, offset), TileLevels(block + 5 * rowBytes, offset),
@@ -251,27 +259,128 @@ internal static unsafe class RowLaneKernels
         RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset);
     }
 
+    /// <summary>
+    /// As <see cref="TileQ8_0"/> for sixteen rows in 512-bit registers (the AVX-512 path): the same per-row arithmetic,
+    /// half the instructions per product. Scratch per block (<see cref="WideTileBytesPerBlock"/>): group g of rows 0–7
+    /// and then of rows 8–15 at 64·g, the sixteen scales at 512.
+    /// </summary>
+    public static void WideTileQ8_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        WideTile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 0);
+
+    public static void WideTileQ4_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        WideTile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+
+    public static void WideTileQ5_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        WideTile(rows, rowBytes, blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void WideTile(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    {
+        int blockBytes = offset switch { 0 => Q8BlockBytes, 8 => Q4BlockBytes, _ => Q5BlockBytes };
+        var rowOffsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)rowBytes;
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* destination = scratch + b * WideTileBytesPerBlock;
+            for (int half = 0; half < 2; half++)
+            {
+                byte* block = rows + half * TileRows * rowBytes + b * blockBytes;
+                StoreTransposed(destination + 32 * half, 64, (float*)(destination + 512) + TileRows * half, block, rowOffsets,
+                    TileLevels(block, offset), TileLevels(block + rowBytes, offset),
+                    TileLevels(block + 2 * rowBytes, offset), TileLevels(block + 3 * rowBytes, offset),
+                    TileLevels(block + 4 * rowBytes, offset), TileLevels(block + 5 * rowBytes, offset),
+                    TileLevels(block + 6 * rowBytes, offset), TileLevels(block + 7 * rowBytes, offset));
+            }
+        }
+        int cols = 32 * blocks;
+        for (int t = 0; t < tokens; t++)
+        {
+            sbyte* xq = qs + (long)t * cols;
+            float* dx = d + (long)t * blocks;
+            short* xs = offset != 0 ? sums + (long)t * blocks : null;
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            int b = 0;
+            for (; b + 8 <= blocks; b += 8)
+            {
+                a0 = WideTileBlock(scratch, b, xq, dx, xs, offset, a0);
+                a1 = WideTileBlock(scratch, b + 1, xq, dx, xs, offset, a1);
+                a2 = WideTileBlock(scratch, b + 2, xq, dx, xs, offset, a2);
+                a3 = WideTileBlock(scratch, b + 3, xq, dx, xs, offset, a3);
+                a4 = WideTileBlock(scratch, b + 4, xq, dx, xs, offset, a4);
+                a5 = WideTileBlock(scratch, b + 5, xq, dx, xs, offset, a5);
+                a6 = WideTileBlock(scratch, b + 6, xq, dx, xs, offset, a6);
+                a7 = WideTileBlock(scratch, b + 7, xq, dx, xs, offset, a7);
+            }
+            var tail = Vector512<float>.Zero;
+            for (; b < blocks; b++) tail = WideTileBlock(scratch, b, xq, dx, xs, offset, tail);
+            ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
+        }
+    }
+
+    /// <summary>One block of a sixteen-row tile against one token (see <see cref="TileBlock"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> WideTileBlock(byte* scratch, int b, sbyte* xq, float* dx, short* xs, int offset, Vector512<float> acc)
+    {
+        var g = (sbyte*)(scratch + b * WideTileBytesPerBlock);
+        var x = (int*)(xq + 32 * b);
+        var ones = Vector512.Create((short)1);
+        Vector512<int> isum;
+        if (offset != 0)
+        {
+            // the same int16 pair sums as the 256-bit tile (at most 2·31·127 each, four or eight of them)
+            var s = Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g), Vector512.Create(x[0]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 64), Vector512.Create(x[1]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 128), Vector512.Create(x[2]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 192), Vector512.Create(x[3]).AsSByte());
+            var u = Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 256), Vector512.Create(x[4]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 320), Vector512.Create(x[5]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 384), Vector512.Create(x[6]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(Vector512.Load((byte*)g + 448), Vector512.Create(x[7]).AsSByte());
+            isum = offset == 8 ? Avx512BW.MultiplyAddAdjacent(s + u, ones) : Avx512BW.MultiplyAddAdjacent(s, ones) + Avx512BW.MultiplyAddAdjacent(u, ones);
+            isum -= Vector512.Create(offset * xs[b]);
+        }
+        else
+        {
+            isum = (WideSignedDot(g, 0, x) + WideSignedDot(g, 1, x)) + (WideSignedDot(g, 2, x) + WideSignedDot(g, 3, x))
+                + ((WideSignedDot(g, 4, x) + WideSignedDot(g, 5, x)) + (WideSignedDot(g, 6, x) + WideSignedDot(g, 7, x)));
+        }
+        var scale = Vector512.Load((float*)(g + 512)) * Vector512.Create(dx[b]);
+        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(isum), scale, acc);
+    }
+
+    /// <summary>
+    /// Group <paramref name="k"/> of a Q8_0 wide tile block against the activation's four bytes k: |w|·(x with w's sign),
+    /// as <see cref="SignedDot"/> (AVX-512 has no vpsignb; where w is 0 the product is 0 either way).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> WideSignedDot(sbyte* tileBlock, int k, int* x)
+    {
+        var w = Vector512.Load(tileBlock + 64 * k);
+        var xv = Vector512.Create(x[k]).AsSByte();
+        var signed = Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), -xv, xv);
+        return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w), signed), Vector512.Create((short)1));
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> TileLevels(byte* block, int offset) =>
         offset == 0 ? Vector256.Load((int*)(block + 2)) : UnsignedLevels(block, offset).AsInt32();
 
+    /// <summary>Transposes eight rows' levels into eight groups <paramref name="groupStride"/> bytes apart and writes their scales as floats.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreTransposed(byte* destination, byte* block, Vector256<int> rowOffsets,
+    private static void StoreTransposed(byte* groups, int groupStride, float* scales, byte* block, Vector256<int> rowOffsets,
         Vector256<int> v0, Vector256<int> v1, Vector256<int> v2, Vector256<int> v3,
         Vector256<int> v4, Vector256<int> v5, Vector256<int> v6, Vector256<int> v7)
     {
         Transpose(ref v0, ref v1, ref v2, ref v3, ref v4, ref v5, ref v6, ref v7);
-        var g = (int*)destination;
-        v0.Store(g);
-        v1.Store(g + 8);
-        v2.Store(g + 16);
-        v3.Store(g + 24);
-        v4.Store(g + 32);
-        v5.Store(g + 40);
-        v6.Store(g + 48);
-        v7.Store(g + 56);
+        v0.Store((int*)groups);
+        v1.Store((int*)(groups + groupStride));
+        v2.Store((int*)(groups + 2 * groupStride));
+        v3.Store((int*)(groups + 3 * groupStride));
+        v4.Store((int*)(groups + 4 * groupStride));
+        v5.Store((int*)(groups + 5 * groupStride));
+        v6.Store((int*)(groups + 6 * groupStride));
+        v7.Store((int*)(groups + 7 * groupStride));
         var halves = Avx2.GatherVector256((int*)block, rowOffsets, 1).AsUInt32() & Vector256.Create(0xFFFFu);
-        HalfToSingle(halves).Store((float*)(g + 64));
+        HalfToSingle(halves).Store(scales);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -358,7 +467,7 @@ internal static unsafe class RowLaneKernels
 
     public static byte* Scratch(int blocks)
     {
-        int bytes = blocks * TileBytesPerBlock + 64;
+        int bytes = blocks * WideTileBytesPerBlock + 64;
         if (t_scratch is null || t_scratch.Length < bytes)
         {
             t_scratch = GC.AllocateUninitializedArray<byte>(bytes, pinned: true);
