@@ -29,6 +29,12 @@ Directory.CreateDirectory(options.Directory);
 using var report = new Report(options.OutputPath);
 report.Header(options);
 
+if (options.EndToEndPrompts is { } promptsFile)
+{
+    RunEndToEnd(options, promptsFile, report);
+    return 0;
+}
+
 foreach (var shape in options.Shapes)
 {
     string basePath = Path.Combine(options.Directory, $"{shape.Name}-base-f16.gguf");
@@ -71,8 +77,9 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
         foreach (var (name, run) in tests)
         {
             string load = LoadAverage();
-            // Warm up both engines, and configure llama.cpp at its best: try flash attention off and on, keep the faster.
-            run(loom, threads);
+            // Warm up both engines with the same number of runs (Loom's JIT needs a few to reach its optimized code),
+            // and configure llama.cpp at its best: try flash attention off and on, keep the faster.
+            for (int i = 0; i < 4; i++) run(loom, threads);
             var flashRates = new Dictionary<bool, double>();
             foreach (bool flash in new[] { false, true })
             {
@@ -99,6 +106,29 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
                 }
             }
             report.Row(shape.Name, type, threads, name, loomRates, llamaRates, llama.FlashAttention, $"{load} → {LoadAverage()}");
+        }
+}
+
+// The end-to-end test on the first shape and type: Loom's `loom generate` process against llama.cpp's continuous
+// batching, each parallel setting (and llama.cpp with flash attention off and on), alternating, reps times.
+static void RunEndToEnd(Options o, string promptsFile, Report report)
+{
+    var shape = o.Shapes[0];
+    var type = o.Types[0];
+    string path = Path.Combine(o.Directory, $"{shape.Name}-{type.Name}.gguf");
+    if (!File.Exists(path)) throw new FileNotFoundException($"{path} is missing: run the side-by-side tests for {shape.Name} {type.Name} first");
+    var prompts = File.ReadAllLines(promptsFile).Where(l => l.Trim().Length > 0).ToArray();
+    int threads = o.Threads[0];
+    report.EndToEndHeader(shape.Name, type.Name, prompts.Length, o.EndToEndTokens, threads, o.LoomDll);
+    foreach (int parallel in o.EndToEndParallel)
+        for (int r = 0; r < o.Repetitions; r++)
+        {
+            var runs = new List<(string Engine, EndToEnd.Result Result)>();
+            void Loom() => runs.Add(("Loom", EndToEnd.RunLoom(o.LoomDll, path, promptsFile, o.EndToEndTokens, parallel, threads)));
+            void Llama(bool flash) => runs.Add(($"llama.cpp FA {(flash ? "on" : "off")}", EndToEnd.RunLlamaCpp(path, prompts, o.EndToEndTokens, parallel, threads, flash)));
+            if (r % 2 == 0) { Loom(); Llama(false); Llama(true); }
+            else { Llama(true); Llama(false); Loom(); }
+            foreach (var (engine, result) in runs) report.EndToEndRow(parallel, r + 1, engine, result, LoadAverage());
         }
 }
 
@@ -150,12 +180,18 @@ internal sealed record Options
     public string Directory { get; init; } = Path.Combine(Path.GetTempPath(), "loom-bench");
     public string? OutputPath { get; init; }
     public AvxLevel? LlamaAvx { get; init; }
+    public string? EndToEndPrompts { get; init; }
+    public int[] EndToEndParallel { get; init; } = [8, 32];
+    public int EndToEndTokens { get; init; } = 128;
+    public string LoomDll { get; init; } = "src/Loom.Cli/bin/Release/net10.0/loom.dll";
 
     public const string Usage = """
         usage: Loom.Bench.SideBySide [--shapes smollm2-135m,qwen2.5-0.5b,llama3.2-1b] [--types F16,Q8_0,Q4_0,Q4_K_M]
                                      [--threads 1,2] [--prompt 128,512] [--gen 128] [--sequences 8,32] [--batch-steps 128]
                                      [--reps 3] [--dir DIR] [--out FILE.md] [--llama-avx avx2|avx512]
-          (an empty list, e.g. --sequences "", skips those tests; files are written once into DIR and reused)
+                                     [--e2e PROMPTS.txt [--e2e-parallel 8,32] [--e2e-tokens 128] [--loom path/to/loom.dll]]
+          (an empty list, e.g. --sequences "", skips those tests; files are written once into DIR and reused;
+           --e2e runs only the end-to-end test, on the first shape, type and thread count)
         """;
 
     public static Options Parse(string[] args)
@@ -178,6 +214,10 @@ internal sealed record Options
                 "--reps" => o with { Repetitions = Count(key, value, allowZero: false) },
                 "--dir" => o with { Directory = value },
                 "--out" => o with { OutputPath = value },
+                "--e2e" => o with { EndToEndPrompts = value },
+                "--e2e-parallel" => o with { EndToEndParallel = Counts(key, value) },
+                "--e2e-tokens" => o with { EndToEndTokens = Count(key, value, allowZero: false) },
+                "--loom" => o with { LoomDll = value },
                 "--llama-avx" => o with
                 {
                     LlamaAvx = value.ToLowerInvariant() switch
@@ -218,6 +258,7 @@ internal sealed class Report : IDisposable
         Line($"Loom kernels: {(Avx512F.IsSupported && Avx512BW.IsSupported ? "AVX-512" : Avx2.IsSupported && Fma.IsSupported ? "AVX2" : "portable")} " +
              $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}); llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
         Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
+        if (o.EndToEndPrompts is not null) return;
         Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens; batches of {string.Join("/", o.Sequences)} sequences × {o.BatchSteps} steps");
         Line("");
         Line("| shape | type | threads | test | Loom tok/s median (min–max) | llama.cpp tok/s median (min–max) | FA | Loom ÷ llama.cpp median (min–max) | load avg (start → end) |");
@@ -229,6 +270,17 @@ internal sealed class Report : IDisposable
         var ratios = loom.Zip(llama, (a, b) => a / b).ToArray();
         Line($"| {shape} | {type} | {threads} | {test} | {Stat(loom, "F1")} | {Stat(llama, "F1")} | {(flash ? "on" : "off")} | {Stat(ratios, "F2")} | {load} |");
     }
+
+    public void EndToEndHeader(string shape, string type, int prompts, int tokens, int threads, string loom)
+    {
+        Line($"end to end: {prompts} prompts × {tokens} new tokens (EOS ignored, greedy), {shape} {type}, {threads} threads; Loom = `dotnet {loom} generate`");
+        Line("");
+        Line("| parallel | rep | engine | wall s | prompt tokens | generated tokens | generated tok/s | load avg |");
+        Line("|---:|---:|---|---:|---:|---:|---:|---|");
+    }
+
+    public void EndToEndRow(int parallel, int rep, string engine, EndToEnd.Result r, string load) =>
+        Line($"| {parallel} | {rep} | {engine} | {r.Seconds:F2} | {r.PromptTokens} | {r.GeneratedTokens} | {r.TokensPerSecond:F1} | {load} |");
 
     /// <summary>Which build of a native library the process mapped (LLamaSharp picks a CPU variant at run time).</summary>
     private static string LoadedLibrary(string fileName) =>
