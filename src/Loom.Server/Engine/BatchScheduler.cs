@@ -341,7 +341,7 @@ public sealed class BatchScheduler : IDisposable
             Slot = slot;
             var sampler = new Sampler(request.Options.Sampling, vocabSize);
             sampler.Accept(request.PromptTokens);
-            Stream = new GenerationStream(tokenizer, sampler, request.Options.MaxNewTokens, request.Options.StopStrings);
+            Stream = new GenerationStream(tokenizer, sampler, request.Options);
         }
 
         public SequenceRequest Request { get; }
