@@ -5,8 +5,9 @@ namespace Loom.Inference.Generation;
 
 /// <summary>
 /// One sequence's output side: samples each next token, decides when generation ends (end-of-generation token unless
-/// <see cref="GenerationOptions.IgnoreEndOfGeneration"/>, stop string, token limit) and turns tokens into UTF-8-safe text that never shows a stop string. The caller owns
-/// evaluation, so the same stream serves a single session (<see cref="Generator"/>) and a batched scheduler.
+/// <see cref="GenerationOptions.IgnoreEndOfGeneration"/>, stop string, token limit) and turns tokens into UTF-8-safe
+/// text that never shows a stop string. The caller owns evaluation, so the same stream serves a single session
+/// (<see cref="Generator"/>) and a batched scheduler.
 /// </summary>
 public sealed class GenerationStream
 {
