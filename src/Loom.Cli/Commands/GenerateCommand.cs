@@ -190,7 +190,6 @@ internal static class GenerateCommand
         GenerationOptions options, CancellationToken cancellation)
     {
         SequenceRequest request;
-        long submitted = Stopwatch.GetTimestamp();
         try
         {
             request = new SequenceRequest(promptTokens, options, topLogprobs: null, cancellation);
@@ -201,16 +200,16 @@ internal static class GenerateCommand
             return header with { Error = e.Message };
         }
         var output = new StringBuilder();
-        long firstTokenAt = 0;
         await foreach (var item in request.Output.ReadAllAsync(cancellation))
         {
-            long now = Stopwatch.GetTimestamp();
-            if (firstTokenAt == 0) firstTokenAt = now;
             if (item.Error is not null) throw new SequenceFailedException(item.Error);
             output.Append(item.Text);
-            if (item.Finish is { } finish)
-                return Completed(header, output.ToString(), promptTokens.Length, promptTokens.Length, item.CompletionTokens, finish,
-                    Stopwatch.GetElapsedTime(submitted, firstTokenAt).TotalMilliseconds, Stopwatch.GetElapsedTime(firstTokenAt, now).TotalMilliseconds);
+            if (item.Finish is not { } finish) continue;
+            // The scheduler's timestamps, not this reader's: the reader may wake well after the items were written.
+            long firstTokenAt = request.FirstTokenAt != 0 ? request.FirstTokenAt : request.FinishedAt;
+            return Completed(header, output.ToString(), promptTokens.Length, promptTokens.Length, item.CompletionTokens, finish,
+                Stopwatch.GetElapsedTime(request.QueuedAt, firstTokenAt).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(firstTokenAt, request.FinishedAt).TotalMilliseconds);
         }
         throw new InvalidOperationException("a sequence ended without a result");
     }

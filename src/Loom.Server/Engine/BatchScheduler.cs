@@ -269,7 +269,11 @@ public sealed class BatchScheduler : IDisposable
         if (!endOfGeneration)
         {
             long now = Stopwatch.GetTimestamp();
-            if (s.LastTokenAt == 0) _metrics.ObserveTimeToFirstToken(Stopwatch.GetElapsedTime(s.Request.QueuedAt, now));
+            if (s.LastTokenAt == 0)
+            {
+                s.Request.FirstTokenAt = now;
+                _metrics.ObserveTimeToFirstToken(Stopwatch.GetElapsedTime(s.Request.QueuedAt, now));
+            }
             else _metrics.ObserveInterToken(Stopwatch.GetElapsedTime(s.LastTokenAt, now));
             s.LastTokenAt = now;
             _metrics.CountGeneratedToken();
@@ -282,6 +286,7 @@ public sealed class BatchScheduler : IDisposable
 
     private void Finish(ActiveSequence s, string text, TokenLogprob? logprob)
     {
+        s.Request.FinishedAt = Stopwatch.GetTimestamp();
         if (text.Length > 0 || logprob is not null) s.Request.Writer.TryWrite(new SequenceOutput(text, logprob));
         s.Request.Writer.TryWrite(new SequenceOutput("", null, s.Stream.FinishReason, s.Stream.Tokens.Count));
         s.Request.Complete(null);
