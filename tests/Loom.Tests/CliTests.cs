@@ -4,7 +4,7 @@ namespace Loom.Tests;
 
 public class CliTests
 {
-    private static (int Code, string Out, string Err) Run(string stdin, params string[] args)
+    internal static (int Code, string Out, string Err) Run(string stdin, params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();
@@ -14,7 +14,7 @@ public class CliTests
 
     private static string Stories => SharedData.PathTo("models/stories260K/stories260K.gguf");
 
-    private static void AssertOneLineError(string err, string expected)
+    internal static void AssertOneLineError(string err, string expected)
     {
         Assert.Contains(expected, err);
         Assert.DoesNotContain("   at ", err); // no stack trace
@@ -65,6 +65,17 @@ public class CliTests
         (code, _, err) = Run("", "generate", "-m", Stories, "--prompt", "x", "--threads", "0");
         Assert.NotEqual(0, code);
         AssertOneLineError(err, "--threads");
+    }
+
+    [Fact]
+    public void Generate_RejectsParallelOutsideOneTo256()
+    {
+        foreach (string bad in new[] { "0", "-2", "257" })
+        {
+            var (code, _, err) = Run("", "generate", "-m", Stories, "--prompt", "x", "--parallel", bad);
+            Assert.NotEqual(0, code);
+            AssertOneLineError(err, $"--parallel must be between 1 and 256 (got {bad})");
+        }
     }
 
     [Fact]

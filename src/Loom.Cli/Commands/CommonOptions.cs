@@ -23,6 +23,7 @@ internal sealed class ModelRunOptions
     public Option<int?> Threads { get; } = new("--threads", "-t") { Description = "compute threads (default: all cores)" };
     public Option<int> Context { get; } = new("--ctx", "-c") { Description = "context size in tokens (0 = the model's trained context, capped at 4096)", DefaultValueFactory = _ => 0 };
     public Option<string[]> Stop { get; } = new("--stop") { Description = "stop when this text appears (repeatable)" };
+    public Option<bool> IgnoreEos { get; } = new("--ignore-eos") { Description = "never sample end-of-generation tokens: run to --max-tokens, a stop string or a full context" };
 
     public ModelRunOptions(int defaultMaxTokens)
     {
@@ -32,7 +33,7 @@ internal sealed class ModelRunOptions
     public void AddTo(Command command)
     {
         foreach (Option o in new Option[] { Model, MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN,
-                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop })
+                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop, IgnoreEos })
             command.Add(o);
     }
 
@@ -63,12 +64,13 @@ internal sealed class ModelRunOptions
         return options;
     }
 
-    /// <summary>The generation settings every run command takes: token budget, sampling and stop strings.</summary>
+    /// <summary>The generation settings every run command takes: token budget, sampling, stop strings and --ignore-eos.</summary>
     public GenerationOptions Generation(ParseResult r) => new()
     {
         MaxNewTokens = MaxNewTokens(r),
         Sampling = Sampling(r),
         StopStrings = r.GetValue(Stop) ?? [],
+        IgnoreEndOfGeneration = r.GetValue(IgnoreEos),
     };
 
     public int ContextSize(ParseResult r)

@@ -4,9 +4,10 @@ using Loom.Models.Tokenizers;
 namespace Loom.Inference.Generation;
 
 /// <summary>
-/// One sequence's output side: samples each next token, decides when generation ends (end-of-generation token,
-/// stop string, token limit) and turns tokens into UTF-8-safe text that never shows a stop string. The caller owns
-/// evaluation, so the same stream serves a single session (<see cref="Generator"/>) and a batched scheduler.
+/// One sequence's output side: samples each next token, decides when generation ends (end-of-generation token unless
+/// <see cref="GenerationOptions.IgnoreEndOfGeneration"/>, stop string, token limit) and turns tokens into UTF-8-safe
+/// text that never shows a stop string. The caller owns evaluation, so the same stream serves a single session
+/// (<see cref="Generator"/>) and a batched scheduler.
 /// </summary>
 public sealed class GenerationStream
 {
@@ -17,16 +18,25 @@ public sealed class GenerationStream
     private readonly StopStringFilter _stops;
     private readonly List<int> _tokens;
 
+    private readonly bool _ignoreEndOfGeneration;
+    // With IgnoreEndOfGeneration: the logits with every end-of-generation token at −∞, and those tokens (found on first use).
+    private float[]? _maskedLogits;
+    private int[]? _endOfGenerationIds;
+
     /// <param name="sampler">A sampler that has already accepted the prompt tokens.</param>
-    public GenerationStream(ITokenCodec tokenizer, Sampler sampler, int maxNewTokens, IEnumerable<string>? stopStrings)
+    /// <param name="options">The token limit, stop strings and <see cref="GenerationOptions.IgnoreEndOfGeneration"/>
+    /// (sampling settings belong to <paramref name="sampler"/>).</param>
+    public GenerationStream(ITokenCodec tokenizer, Sampler sampler, GenerationOptions options)
     {
         _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
         _sampler = sampler ?? throw new ArgumentNullException(nameof(sampler));
-        ArgumentOutOfRangeException.ThrowIfNegative(maxNewTokens);
-        _maxNewTokens = maxNewTokens;
-        _stops = new StopStringFilter(stopStrings);
-        _tokens = new List<int>(Math.Min(maxNewTokens, 4096));
-        if (maxNewTokens == 0) FinishReason = Generation.FinishReason.Length;
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MaxNewTokens);
+        _maxNewTokens = options.MaxNewTokens;
+        _stops = new StopStringFilter(options.StopStrings);
+        _ignoreEndOfGeneration = options.IgnoreEndOfGeneration;
+        _tokens = new List<int>(Math.Min(_maxNewTokens, 4096));
+        if (_maxNewTokens == 0) FinishReason = Generation.FinishReason.Length;
     }
 
     /// <summary>Generated tokens, without the end-of-generation token.</summary>
@@ -45,7 +55,7 @@ public sealed class GenerationStream
     public string Next(ReadOnlySpan<float> logits)
     {
         if (IsFinished) throw new InvalidOperationException("generation has already finished");
-        int token = _sampler.Sample(logits);
+        int token = _sampler.Sample(_ignoreEndOfGeneration ? WithoutEndOfGeneration(logits) : logits);
         _sampler.Accept(token);
         LastToken = token;
         if (_tokenizer.IsEndOfGeneration(token)) return End(Generation.FinishReason.EndOfGeneration);
@@ -57,6 +67,18 @@ public sealed class GenerationStream
             return text;
         }
         return _tokens.Count >= _maxNewTokens ? text + End(Generation.FinishReason.Length) : text;
+    }
+
+    private ReadOnlySpan<float> WithoutEndOfGeneration(ReadOnlySpan<float> logits)
+    {
+        if (_maskedLogits is null || _maskedLogits.Length != logits.Length)
+        {
+            _maskedLogits = new float[logits.Length];
+            _endOfGenerationIds = Enumerable.Range(0, logits.Length).Where(_tokenizer.IsEndOfGeneration).ToArray();
+        }
+        logits.CopyTo(_maskedLogits);
+        foreach (int id in _endOfGenerationIds!) _maskedLogits[id] = float.NegativeInfinity;
+        return _maskedLogits;
     }
 
     /// <summary>

@@ -10,6 +10,12 @@ public sealed record GenerationOptions
     public IReadOnlyList<string> StopStrings { get; init; } = [];
     /// <summary>Keep the cached positions the new prompt shares with what is already cached (chat turns).</summary>
     public bool ReuseCachedPrefix { get; init; }
+    /// <summary>
+    /// End-of-generation tokens do not end generation (llama.cpp's --ignore-eos): as in llama.cpp, which gives them a
+    /// logit bias of −∞, they are never sampled, so the output holds no text of theirs and the sequence runs on to the
+    /// token limit, a stop string or a full context.
+    /// </summary>
+    public bool IgnoreEndOfGeneration { get; init; }
 }
 
 public enum FinishReason

@@ -43,12 +43,7 @@ public sealed class Generator
     /// is. As in llama.cpp, control-token text (such as "&lt;|im_start|&gt;") becomes its token, and BOS is added when the
     /// vocabulary asks for it and the text does not already start with it; an empty prompt becomes BOS alone.
     /// </summary>
-    public int[] TokenizePrompt(string prompt, PromptKind kind)
-    {
-        ArgumentNullException.ThrowIfNull(prompt);
-        bool chat = kind == PromptKind.Question && Template is not null;
-        return TokenizeText(chat ? FormatChat([ChatMessage.User(prompt)]) : prompt);
-    }
+    public int[] TokenizePrompt(string prompt, PromptKind kind) => _prompts.TokenizePrompt(prompt, kind);
 
     /// <summary>Tokenizes text as <see cref="TokenizePrompt"/> does, without a template.</summary>
     public int[] TokenizeText(string text) => _prompts.TokenizeText(text);
@@ -83,7 +78,7 @@ public sealed class Generator
         double prefillMs = clock.Elapsed.TotalMilliseconds;
         clock.Restart();
 
-        var stream = new GenerationStream(_tokenizer, sampler, options.MaxNewTokens, options.StopStrings);
+        var stream = new GenerationStream(_tokenizer, sampler, options);
         var output = new StringBuilder();
         void Emit(string text)
         {

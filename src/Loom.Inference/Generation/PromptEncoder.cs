@@ -19,6 +19,17 @@ public sealed class PromptEncoder(ITokenCodec tokenizer, ChatTemplate? template)
     }
 
     /// <summary>
+    /// Tokenizes a prompt: a question goes through the chat template when there is one, anything else (and any prompt
+    /// when there is no template) is used as it is; then as <see cref="TokenizeText"/>.
+    /// </summary>
+    public int[] TokenizePrompt(string prompt, PromptKind kind)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        bool chat = kind == PromptKind.Question && Template is not null;
+        return TokenizeText(chat ? FormatChat([ChatMessage.User(prompt)]) : prompt);
+    }
+
+    /// <summary>
     /// Tokenizes text as a prompt: control-token text (such as "&lt;|im_start|&gt;") becomes its token, and BOS is added
     /// when the vocabulary asks for it and the text does not already start with it; an empty prompt becomes BOS alone.
     /// </summary>

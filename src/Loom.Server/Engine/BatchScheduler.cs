@@ -269,7 +269,11 @@ public sealed class BatchScheduler : IDisposable
         if (!endOfGeneration)
         {
             long now = Stopwatch.GetTimestamp();
-            if (s.LastTokenAt == 0) _metrics.ObserveTimeToFirstToken(Stopwatch.GetElapsedTime(s.Request.QueuedAt, now));
+            if (s.LastTokenAt == 0)
+            {
+                s.Request.FirstTokenAt = now;
+                _metrics.ObserveTimeToFirstToken(Stopwatch.GetElapsedTime(s.Request.QueuedAt, now));
+            }
             else _metrics.ObserveInterToken(Stopwatch.GetElapsedTime(s.LastTokenAt, now));
             s.LastTokenAt = now;
             _metrics.CountGeneratedToken();
@@ -282,6 +286,7 @@ public sealed class BatchScheduler : IDisposable
 
     private void Finish(ActiveSequence s, string text, TokenLogprob? logprob)
     {
+        s.Request.FinishedAt = Stopwatch.GetTimestamp();
         if (text.Length > 0 || logprob is not null) s.Request.Writer.TryWrite(new SequenceOutput(text, logprob));
         s.Request.Writer.TryWrite(new SequenceOutput("", null, s.Stream.FinishReason, s.Stream.Tokens.Count));
         s.Request.Complete(null);
@@ -341,7 +346,7 @@ public sealed class BatchScheduler : IDisposable
             Slot = slot;
             var sampler = new Sampler(request.Options.Sampling, vocabSize);
             sampler.Accept(request.PromptTokens);
-            Stream = new GenerationStream(tokenizer, sampler, request.Options.MaxNewTokens, request.Options.StopStrings);
+            Stream = new GenerationStream(tokenizer, sampler, request.Options);
         }
 
         public SequenceRequest Request { get; }

@@ -42,7 +42,11 @@ public sealed class SequenceRequest
     public int? TopLogprobs { get; }
     public CancellationToken Cancellation { get; }
     /// <summary>Started when the request was queued: time to first token counts from here.</summary>
-    internal long QueuedAt { get; set; } = Stopwatch.GetTimestamp();
+    public long QueuedAt { get; internal set; } = Stopwatch.GetTimestamp();
+    /// <summary>When the first token was sampled (<see cref="Stopwatch"/> timestamp), or 0 (none yet, or it ended generation).</summary>
+    public long FirstTokenAt { get; internal set; }
+    /// <summary>When the final output was written (<see cref="Stopwatch"/> timestamp), or 0.</summary>
+    public long FinishedAt { get; internal set; }
 
     public ChannelReader<SequenceOutput> Output => _output.Reader;
     internal ChannelWriter<SequenceOutput> Writer => _output.Writer;
