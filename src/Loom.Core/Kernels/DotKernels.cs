@@ -123,7 +123,7 @@ internal static unsafe class DotKernels
 
     /// <summary>
     /// From this many tokens on, the AVX-512 path takes sixteen-row tiles. With fewer, transposing the wider tile costs
-    /// more than its halved instruction count saves: on Zen 4 (forced to this path), 8 tokens ran up to 10% slower,
+    /// more than its halved instruction count saves: on Zen 4, 8 tokens ran up to 10% slower,
     /// 32 tokens of Q4_0 16% and 128-token prefill 8–27% faster.
     /// </summary>
     public const int WideTileMinTokens = 16;
