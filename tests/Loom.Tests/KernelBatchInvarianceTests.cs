@@ -59,4 +59,48 @@ public unsafe class KernelBatchInvarianceTests
                 }
         }
     }
+
+    /// <summary>
+    /// The same call keeps giving the same bits while the JIT moves the kernels from tier 0 through instrumented code
+    /// to tier 1 (four seconds of repeated calls, as a decode loop makes). Before the one-token Q4_0/Q5_0/Q8_0 entry
+    /// points were compiled fully optimized from the start, this failed in about half of the runs on .NET 10.0.12:
+    /// after a few hundred calls every Q4_0 product came out wrong (row 0: −1.1133 where the first call and the
+    /// portable path give 0.0763).
+    /// </summary>
+    [Fact]
+    public void RepeatedCallsStayIdenticalThroughJitTierUp()
+    {
+        const int rows = 96, cols = 1024, maxTokens = 40;
+        var rng = new Random(21);
+        var weights = KernelMatrixTests.RandomWeights(GgmlType.Q4_0, rows, cols, rng);
+        var x = KernelMatrixTests.RandomInputs(maxTokens * cols, rng);
+        using var one = new LoomThreadPool(1);
+        using var two = new LoomThreadPool(2);
+        var first = new float[rows];
+        var y = new float[maxTokens * rows];
+        var failures = new List<string>();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        fixed (byte* w = weights)
+        fixed (float* xp = x)
+        fixed (float* fp = first)
+        fixed (float* yp = y)
+        {
+            var isa = KernelIsaSupport.Best;
+            var matrix = new WeightMatrix(GgmlType.Q4_0, w, rows, cols);
+            matrix.Multiply(xp, fp, 1, one, isa);
+            for (int call = 0; clock.Elapsed.TotalSeconds < 4 && failures.Count < 3; call++)
+                foreach (int tokens in new[] { 1, 5, maxTokens })
+                    foreach (var pool in new[] { one, two })
+                    {
+                        matrix.Multiply(xp, yp, tokens, pool, isa);
+                        for (int r = 0; r < rows; r++)
+                            if (BitConverter.SingleToInt32Bits(y[r]) != BitConverter.SingleToInt32Bits(first[r]))
+                            {
+                                failures.Add($"call {call}, {tokens} tokens, {pool.ThreadCount} threads, row {r}: {y[r]:R}, first call {first[r]:R}");
+                                break;
+                            }
+                    }
+        }
+        Assert.True(failures.Count == 0, string.Join("; ", failures));
+    }
 }

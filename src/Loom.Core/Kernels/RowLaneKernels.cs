@@ -105,8 +105,13 @@ internal static unsafe class RowLaneKernels
 
     // ---- one token ----
 
+    // The one-token entry points are compiled once, fully optimized, not through the tiers: with tiered PGO, a tier-1
+    // body of DotQ4_0 reached through the matrix job's function pointer returned wrong sums on this .NET 10.0.12 after
+    // a few hundred calls, in some runs (KernelBatchInvarianceTests.RepeatedCallsStayIdenticalThroughJitTierUp).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotQ8_0(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: false, offset: 0);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotQ5_0(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: false, offset: 16);
 
     private static float DotQ8_0Exact(byte* row, int blocks, in ActivationRow x) => DotGatheredScales(row, blocks, x, exactScales: true, offset: 0);
@@ -153,6 +158,7 @@ internal static unsafe class RowLaneKernels
         ? SignedDot(Vector256.Load((sbyte*)block + 2), Vector256.Load(xq))
         : DotUnsignedSigned(UnsignedLevels(block, offset), Vector256.Load(xq));
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotQ4_0(byte* row, int blocks, in ActivationRow x) => DotQ4_0(row, blocks, x, exactScales: false);
 
     private static float DotQ4_0Exact(byte* row, int blocks, in ActivationRow x) => DotQ4_0(row, blocks, x, exactScales: true);
