@@ -62,17 +62,23 @@ public unsafe class KernelBatchInvarianceTests
 
     /// <summary>
     /// The same call keeps giving the same bits while the JIT moves the kernels from tier 0 through instrumented code
-    /// to tier 1 (four seconds of repeated calls, as a decode loop makes). Before the one-token Q4_0/Q5_0/Q8_0 entry
+    /// to tier 1 (seconds of repeated calls, as a decode loop makes). Before the one-token Q4_0/Q5_0/Q8_0 entry
     /// points were compiled fully optimized from the start, this failed in about half of the runs on .NET 10.0.12:
     /// after a few hundred calls every Q4_0 product came out wrong (row 0: −1.1133 where the first call and the
     /// portable path give 0.0763).
     /// </summary>
-    [Fact]
-    public void RepeatedCallsStayIdenticalThroughJitTierUp()
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q4_1)]
+    [InlineData(GgmlType.F16)]
+    public void RepeatedCallsStayIdenticalThroughJitTierUp(GgmlType type)
     {
         const int rows = 96, cols = 1024, maxTokens = 40;
         var rng = new Random(21);
-        var weights = KernelMatrixTests.RandomWeights(GgmlType.Q4_0, rows, cols, rng);
+        var weights = KernelMatrixTests.RandomWeights(type, rows, cols, rng);
         var x = KernelMatrixTests.RandomInputs(maxTokens * cols, rng);
         using var one = new LoomThreadPool(1);
         using var two = new LoomThreadPool(2);
@@ -86,9 +92,9 @@ public unsafe class KernelBatchInvarianceTests
         fixed (float* yp = y)
         {
             var isa = KernelIsaSupport.Best;
-            var matrix = new WeightMatrix(GgmlType.Q4_0, w, rows, cols);
+            var matrix = new WeightMatrix(type, w, rows, cols);
             matrix.Multiply(xp, fp, 1, one, isa);
-            for (int call = 0; clock.Elapsed.TotalSeconds < 4 && failures.Count < 3; call++)
+            for (int call = 0; clock.Elapsed.TotalSeconds < 2.5 && failures.Count < 3; call++)
                 foreach (int tokens in new[] { 1, 5, maxTokens })
                     foreach (var pool in new[] { one, two })
                     {
