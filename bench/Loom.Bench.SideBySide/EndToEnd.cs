@@ -58,7 +58,7 @@ internal static class EndToEnd
         var clock = Stopwatch.StartNew();
         using var weights = LLamaWeights.LoadFromFile(new ModelParams(model) { GpuLayerCount = 0 });
         bool addBos = weights.Vocab.ShouldAddBOS;
-        // Prompts are tokenized as they are admitted, like a server would; the context is sized for the longest.
+        // All prompts are tokenized first (as loom generate does), so the context can be sized for the longest.
         var tokenized = prompts.Select(p => weights.Tokenize(p, addBos, special: true, Encoding.UTF8)).ToArray();
         int longest = tokenized.Max(t => t.Length);
         int perSequence = longest + tokens + 8;
