@@ -68,13 +68,15 @@ public unsafe class KernelBatchInvarianceTests
     /// portable path give 0.0763).
     /// </summary>
     [Theory]
-    [InlineData(GgmlType.Q4_0)]
-    [InlineData(GgmlType.Q8_0)]
-    [InlineData(GgmlType.Q4_K)]
-    [InlineData(GgmlType.Q6_K)]
-    [InlineData(GgmlType.Q4_1)]
-    [InlineData(GgmlType.F16)]
-    public void RepeatedCallsStayIdenticalThroughJitTierUp(GgmlType type)
+    [InlineData(GgmlType.Q4_0, false)]
+    [InlineData(GgmlType.Q8_0, false)]
+    [InlineData(GgmlType.Q4_K, false)]
+    [InlineData(GgmlType.Q6_K, false)]
+    [InlineData(GgmlType.Q4_1, false)]
+    [InlineData(GgmlType.F16, false)]
+    [InlineData(GgmlType.Q4_0, true)]
+    [InlineData(GgmlType.Q5_0, true)]
+    public void RepeatedCallsStayIdenticalThroughJitTierUp(GgmlType type, bool interleaved)
     {
         const int rows = 96, cols = 1024, maxTokens = 40;
         var rng = new Random(21);
@@ -92,7 +94,8 @@ public unsafe class KernelBatchInvarianceTests
         fixed (float* yp = y)
         {
             var isa = KernelIsaSupport.Best;
-            var matrix = new WeightMatrix(type, w, rows, cols);
+            var matrix = interleaved ? WeightMatrix.CreateInterleaved(type, w, rows, cols) : new WeightMatrix(type, w, rows, cols);
+            Assert.Equal(interleaved && KernelIsaSupport.Best != KernelIsa.Portable, matrix.Interleaved);
             matrix.Multiply(xp, fp, 1, one, isa);
             for (int call = 0; clock.Elapsed.TotalSeconds < 2.5 && failures.Count < 3; call++)
                 foreach (int tokens in new[] { 1, 5, maxTokens })

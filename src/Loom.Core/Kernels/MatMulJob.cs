@@ -36,6 +36,10 @@ internal sealed unsafe class MatMulJob : IParallelWork
         public delegate*<byte*, int, in ActivationRow, float> Dot;
         public delegate*<byte*, int, ActivationRow*, float*, void> DotFour;
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
+        /// <summary>Interleaved weights: the eight-row kernel for a last group that <see cref="Tile"/>'s sixteen rows leave over.</summary>
+        public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> GroupTile;
+        public bool Interleaved;
+        public GgmlType Type;
         public byte* Weights;
         public long RowBytes;
         public int Rows, Units, RowsPerChunk, FirstChunk, TileRows;
@@ -92,8 +96,21 @@ internal sealed unsafe class MatMulJob : IParallelWork
             ref var part = ref _parts[i];
             part.Dot = DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
-            part.Tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa, tokens) : null;
-            part.TileRows = DotKernels.TileRows(isa, tokens);
+            part.Interleaved = matrix.Interleaved;
+            part.Type = matrix.Type;
+            if (matrix.Interleaved)
+            {
+                // every call, one token included, runs row groups straight from the interleaved layout
+                part.Tile = InterleavedKernels.Select(matrix.Type, isa, tokens);
+                part.GroupTile = InterleavedKernels.SelectGroup(matrix.Type, isa, tokens);
+                part.TileRows = InterleavedKernels.RowsPerCall(isa, tokens);
+            }
+            else
+            {
+                part.Tile = tokens >= TileMinTokens ? DotKernels.SelectTile(matrix.Type, isa, tokens) : null;
+                part.GroupTile = null;
+                part.TileRows = DotKernels.TileRows(isa, tokens);
+            }
             part.Weights = matrix.Data;
             part.RowBytes = matrix.RowBytes;
             part.Rows = matrix.Rows;
@@ -167,12 +184,32 @@ internal sealed unsafe class MatMulJob : IParallelWork
         long rowBytes = part.RowBytes;
         float* y = part.Y;
         var dot = part.Dot;
+        if (part.Interleaved && part.Tile == null)
+        {
+            // the portable path: each row rebuilt in GGML layout, then the one-token kernel
+            byte* row = RowLaneKernels.Scratch(units);
+            for (int r = rowStart; r < rowEnd; r++)
+            {
+                int lane = r % InterleavedKernels.GroupRows;
+                InterleavedKernels.DeinterleaveRow(part.Type, weights + (r - lane) * rowBytes, units, lane, row);
+                for (int t = 0; t < _tokens; t++)
+                    y[(long)t * rows + r] = dot(row, units, Activation(t));
+            }
+            return;
+        }
         if (part.Tile != null)
         {
             byte* scratch = RowLaneKernels.Scratch(units);
             int r = rowStart;
             for (; r + part.TileRows <= rowEnd; r += part.TileRows)
                 part.Tile(weights + r * rowBytes, rowBytes, units, _qs, _d, _blockSums, _tokens, y + r, rows, scratch);
+            if (part.Interleaved)
+            {
+                // rows and chunk bounds are multiples of eight
+                for (; r < rowEnd; r += InterleavedKernels.GroupRows)
+                    part.GroupTile(weights + r * rowBytes, rowBytes, units, _qs, _d, _blockSums, _tokens, y + r, rows, scratch);
+                return;
+            }
             // leftover rows: the one-token kernel computes the same per-row arithmetic
             for (int t = 0; t < _tokens && r < rowEnd; t++)
             {

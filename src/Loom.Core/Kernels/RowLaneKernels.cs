@@ -297,6 +297,14 @@ internal static unsafe class RowLaneKernels
                     TileLevels(block + 6 * rowBytes, offset), TileLevels(block + 7 * rowBytes, offset));
             }
         }
+        RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset);
+    }
+
+    /// <summary>Every token over a sixteen-row tile already in <paramref name="scratch"/> (<see cref="WideTileBytesPerBlock"/> per block).</summary>
+    /// <remarks><paramref name="offset"/>: 0 for Q8_0's signed levels, else the unsigned levels' offset (Q4_0 8, Q5_0 16).</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void RunWideTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    {
         int cols = 32 * blocks;
         for (int t = 0; t < tokens; t++)
         {
@@ -389,8 +397,9 @@ internal static unsafe class RowLaneKernels
         HalfToSingle(halves).Store(scales);
     }
 
+    /// <summary>Every token over an eight-row tile already in <paramref name="scratch"/> (<see cref="TileBytesPerBlock"/> per block).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    internal static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
     {
         int cols = 32 * blocks;
         for (int t = 0; t < tokens; t++)

@@ -34,6 +34,32 @@ public sealed unsafe class WeightMatrix
         RowBytes = GgmlTypeInfo.RowBytes(type, cols);
     }
 
+    /// <summary>
+    /// True when the rows were reorganised in place, eight at a time, into the row-lane order of the kernels
+    /// (see <see cref="CreateInterleaved"/>); <see cref="Data"/> then no longer holds GGML rows.
+    /// </summary>
+    public bool Interleaved { get; private init; }
+
+    /// <summary>
+    /// A matrix over <paramref name="data"/>, reorganised in place into the interleaved layout that makes one-token
+    /// products of Q4_0 and Q5_0 faster (llama.cpp repacks such weights at load for the same reason). The memory must be
+    /// writable and must not be read as GGML rows afterwards (a copy-on-write map of the model file serves). Types and
+    /// shapes that gain nothing (other types, rows not a multiple of eight, a CPU without AVX2, Inf/NaN scales) are left
+    /// as they are. Products and <see cref="DequantizeRow"/> give bit for bit what the original layout gives.
+    /// </summary>
+    public static WeightMatrix CreateInterleaved(GgmlType type, byte* data, int rows, int cols)
+    {
+        var matrix = new WeightMatrix(type, data, rows, cols);
+        if (!InterleavedKernels.Supports(type) || rows == 0 || rows % InterleavedKernels.GroupRows != 0
+            || KernelIsaSupport.Best == KernelIsa.Portable || !InterleavedKernels.ScalesFinite(type, data, rows, matrix.Blocks))
+            return matrix;
+        var buffer = new byte[InterleavedKernels.GroupRows * matrix.RowBytes];
+        fixed (byte* b = buffer) InterleavedKernels.Interleave(type, data, rows, matrix.Blocks, b);
+        return new WeightMatrix(type, data, rows, cols) { Interleaved = true };
+    }
+
+    private int Blocks => Cols / GgmlTypeInfo.BlockSize(Type);
+
     /// <summary>Whether Loom's matrix kernels handle weights of <paramref name="type"/>.</summary>
     public static bool IsSupported(GgmlType type) => DotKernels.IsSupported(type);
 
@@ -105,7 +131,22 @@ public sealed unsafe class WeightMatrix
     {
         if ((uint)r >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(r), r, $"row must be in [0, {Rows})");
         if (destination.Length < Cols) throw new ArgumentException($"destination holds {destination.Length} floats, a row has {Cols}", nameof(destination));
+        if (Interleaved)
+        {
+            // rebuilt in GGML layout in a per-thread buffer (look-ups run per token: no allocation once warm)
+            if (t_row is null || t_row.Length < RowBytes) t_row = new byte[RowBytes];
+            fixed (byte* rebuilt = t_row)
+            fixed (float* dst = destination)
+            {
+                int group = r / InterleavedKernels.GroupRows;
+                InterleavedKernels.DeinterleaveRow(Type, Data + group * InterleavedKernels.GroupRows * RowBytes, Blocks, r % InterleavedKernels.GroupRows, rebuilt);
+                Dequantizer.DequantizeUnchecked(Type, rebuilt, dst, Cols);
+            }
+            return;
+        }
         fixed (float* dst = destination)
             Dequantizer.DequantizeUnchecked(Type, Data + r * RowBytes, dst, Cols);
     }
+
+    [ThreadStatic] private static byte[]? t_row;
 }

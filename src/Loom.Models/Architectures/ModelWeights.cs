@@ -4,7 +4,7 @@ using Loom.Models.Gguf;
 
 namespace Loom.Models.Architectures;
 
-/// <summary>A linear layer y = W·x (+ b); W stays in the memory map, the optional bias is a small float copy.</summary>
+/// <summary>A linear layer y = W·x (+ b); W stays in the memory map (interleaved in place where that helps), the optional bias is a small float copy.</summary>
 public sealed class Linear(WeightMatrix weight, float[]? bias)
 {
     public WeightMatrix Weight { get; } = weight;
@@ -135,7 +135,9 @@ public sealed class ModelWeights
         public WeightMatrix Matrix(string name, int cols, int rows)
         {
             var tensor = Require(name, [cols, rows]);
-            return new WeightMatrix(tensor.Type, file.DataPointer(tensor), rows, cols);
+            return file.IsPrivateCopy
+                ? WeightMatrix.CreateInterleaved(tensor.Type, file.DataPointer(tensor), rows, cols)
+                : new WeightMatrix(tensor.Type, file.DataPointer(tensor), rows, cols);
         }
 
         public Linear Linear(string prefix, int inputSize, int outputSize) =>

@@ -34,10 +34,14 @@ public sealed class TransformerModel : IDisposable
     /// <summary>The bound tensors (views into the memory map, valid until the model is disposed).</summary>
     public ModelWeights Weights { get; }
 
-    /// <summary>Opens a GGUF file and binds its weights; the model owns (and disposes) the file.</summary>
+    /// <summary>
+    /// Opens a GGUF file and binds its weights; the model owns (and disposes) the file. The file is mapped copy-on-write:
+    /// Q4_0 and Q5_0 matrices are reorganised in place into the kernels' interleaved layout (the file on disk is never
+    /// changed), so <see cref="File"/>'s data for those tensors is no longer in GGML layout.
+    /// </summary>
     public static TransformerModel Load(string path)
     {
-        var file = GgufFile.Open(path);
+        var file = GgufFile.OpenPrivateCopy(path);
         try
         {
             var config = ModelConfig.FromGguf(file);

@@ -40,18 +40,21 @@ public sealed unsafe class GgufFile : IDisposable
     public IReadOnlyList<GgufTensorInfo> Tensors { get; }
     private readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
 
-    private GgufFile(string path)
+    private GgufFile(string path, bool privateCopy)
     {
+        IsPrivateCopy = privateCopy;
         Path = path;
         var info = new FileInfo(path);
         if (!info.Exists) throw new FileNotFoundException($"model file not found: {path}", path);
         FileSize = info.Length;
         if (FileSize < 24) throw new GgufFormatException($"{path}: file is {FileSize} bytes, too small to be GGUF (the header alone is 24)");
 
-        _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        // Copy-on-write: pages stay shared with the page cache until written, and writes never reach the file.
+        var access = privateCopy ? MemoryMappedFileAccess.CopyOnWrite : MemoryMappedFileAccess.Read;
+        _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, access);
         try
         {
-            _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            _view = _map.CreateViewAccessor(0, 0, access);
             byte* p = null;
             _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
             _base = p + _view.PointerOffset;
@@ -140,7 +143,16 @@ public sealed unsafe class GgufFile : IDisposable
         }
     }
 
-    public static GgufFile Open(string path) => new(path);
+    public static GgufFile Open(string path) => new(path, privateCopy: false);
+
+    /// <summary>
+    /// Opens the file mapped copy-on-write, so that tensor data may be reorganised in place (as the model loader does
+    /// for interleaved weights): written pages become private to this process, and the file itself never changes.
+    /// </summary>
+    public static GgufFile OpenPrivateCopy(string path) => new(path, privateCopy: true);
+
+    /// <summary>True when the map is a private copy-on-write one (<see cref="OpenPrivateCopy"/>), whose tensor data may be written.</summary>
+    public bool IsPrivateCopy { get; }
 
     public GgufTensorInfo? FindTensor(string name) => _tensorsByName.GetValueOrDefault(name);
 

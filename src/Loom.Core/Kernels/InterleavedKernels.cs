@@ -1,0 +1,298 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Loom.Core.Quantization;
+
+namespace Loom.Core.Kernels;
+
+/// <summary>
+/// Q4_0 and Q5_0 weights reorganised in place, eight rows at a time, into the row-lane order of the tile kernels
+/// (<see cref="RowLaneKernels"/>), so that a one-token product needs no horizontal adds, scale gathers or nibble
+/// reordering: each 32-bit lane of a vector is one row. The layout takes exactly the bytes of the eight rows it replaces.
+/// </summary>
+/// <remarks>
+/// Per block of the eight rows (<c>8 × block bytes</c>, blocks one after the other):
+/// <list type="bullet">
+/// <item>four 32-byte vectors v_k (k = 0..3): lane r holds row r's packed bytes 4k..4k+3. Their low nibbles are the levels
+/// of elements 4k..4k+3 (tile group k), their high nibbles those of elements 16+4k.. (group k+4);</item>
+/// <item>Q5_0 only: a 32-byte bit plane: bit k of byte i of lane r is row r's fifth bit of element 4k+i (group k);</item>
+/// <item>the eight rows' fp16 scales.</item>
+/// </list>
+/// Every row's integer block sums and float operations are those of the tile and one-token kernels, so results are
+/// bit-identical to the original layout's (tests check it). Scales must be finite (checked before reorganising).
+/// </remarks>
+internal static unsafe class InterleavedKernels
+{
+    /// <summary>Rows reorganised together.</summary>
+    public const int GroupRows = 8;
+
+    private const int NibbleBytes = 128, PlaneBytes = 32, ScaleBytes = 16;
+
+    public static bool Supports(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q5_0;
+
+    /// <summary>Bytes one block of a group occupies (eight blocks of the type).</summary>
+    public static int GroupBlockBytes(GgmlType type) => GroupRows * GgmlTypeInfo.BlockBytes(type);
+
+    private static int ScalesAt(GgmlType type) => type == GgmlType.Q5_0 ? NibbleBytes + PlaneBytes : NibbleBytes;
+
+    /// <summary>
+    /// Whether every block scale of the rows is finite (the interleaved kernels convert scales without an Inf/NaN path).
+    /// </summary>
+    public static bool ScalesFinite(GgmlType type, byte* data, long rows, int blocks)
+    {
+        int blockBytes = GgmlTypeInfo.BlockBytes(type);
+        long count = rows * blocks;
+        for (long i = 0; i < count; i++)
+            if ((*(ushort*)(data + i * blockBytes) & 0x7C00) == 0x7C00) return false;
+        return true;
+    }
+
+    /// <summary>Reorganises <paramref name="rows"/> (a multiple of eight) rows in place; <paramref name="buffer"/> holds eight rows.</summary>
+    public static void Interleave(GgmlType type, byte* data, int rows, int blocks, byte* buffer)
+    {
+        int blockBytes = GgmlTypeInfo.BlockBytes(type), groupBlockBytes = GroupBlockBytes(type);
+        long rowBytes = (long)blocks * blockBytes;
+        for (long g = 0; g < rows / GroupRows; g++)
+        {
+            byte* group = data + g * GroupRows * rowBytes;
+            Buffer.MemoryCopy(group, buffer, GroupRows * rowBytes, GroupRows * rowBytes);
+            for (int b = 0; b < blocks; b++)
+            {
+                byte* destination = group + (long)b * groupBlockBytes;
+                for (int r = 0; r < GroupRows; r++)
+                    InterleaveBlock(type, buffer + r * rowBytes + (long)b * blockBytes, destination, r);
+            }
+        }
+    }
+
+    /// <summary>Writes row <paramref name="lane"/> of a group back in the type's own layout (for look-ups and the portable path).</summary>
+    public static void DeinterleaveRow(GgmlType type, byte* group, int blocks, int lane, byte* row)
+    {
+        int blockBytes = GgmlTypeInfo.BlockBytes(type), groupBlockBytes = GroupBlockBytes(type);
+        for (int b = 0; b < blocks; b++)
+            DeinterleaveBlock(type, group + (long)b * groupBlockBytes, lane, row + (long)b * blockBytes);
+    }
+
+    private static void InterleaveBlock(GgmlType type, byte* block, byte* destination, int lane)
+    {
+        int scalesAt = ScalesAt(type);
+        *(ushort*)(destination + scalesAt + 2 * lane) = *(ushort*)block;
+        byte* qs = block + (type == GgmlType.Q5_0 ? 6 : 2);
+        for (int k = 0; k < 4; k++)
+            *(uint*)(destination + 32 * k + 4 * lane) = *(uint*)(qs + 4 * k);
+        if (type != GgmlType.Q5_0) return;
+        uint qh = *(uint*)(block + 2);
+        uint plane = 0;
+        for (int k = 0; k < 8; k++)
+            for (int i = 0; i < 4; i++)
+                plane |= ((qh >> (4 * k + i)) & 1u) << (8 * i + k);
+        *(uint*)(destination + NibbleBytes + 4 * lane) = plane;
+    }
+
+    private static void DeinterleaveBlock(GgmlType type, byte* source, int lane, byte* block)
+    {
+        *(ushort*)block = *(ushort*)(source + ScalesAt(type) + 2 * lane);
+        byte* qs = block + (type == GgmlType.Q5_0 ? 6 : 2);
+        for (int k = 0; k < 4; k++)
+            *(uint*)(qs + 4 * k) = *(uint*)(source + 32 * k + 4 * lane);
+        if (type != GgmlType.Q5_0) return;
+        uint plane = *(uint*)(source + NibbleBytes + 4 * lane), qh = 0;
+        for (int k = 0; k < 8; k++)
+            for (int i = 0; i < 4; i++)
+                qh |= ((plane >> (8 * i + k)) & 1u) << (4 * k + i);
+        *(uint*)(block + 2) = qh;
+    }
+
+    /// <summary>
+    /// The kernel for a call of <paramref name="tokens"/> tokens on interleaved weights, with the tile kernels' signature
+    /// (rows = the first group of the tile, rowBytes = the type's row size). It computes <see cref="RowsPerCall"/> rows.
+    /// Null on the portable path, which rebuilds each row (<see cref="DeinterleaveRow"/>) for its one-token kernel.
+    /// </summary>
+    public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Select(GgmlType type, KernelIsa isa, int tokens) => isa switch
+    {
+        KernelIsa.Portable => null,
+        KernelIsa.Avx512 when tokens >= DotKernels.WideTileMinTokens => type == GgmlType.Q4_0 ? &WideTileQ4_0 : &WideTileQ5_0,
+        _ when tokens >= MatMulJob.TileMinTokens => type == GgmlType.Q4_0 ? &TileQ4_0 : &TileQ5_0,
+        _ => type == GgmlType.Q4_0 ? &DirectQ4_0 : &DirectQ5_0,
+    };
+
+    /// <summary>The eight-row kernel of the same call (for a tail group when <see cref="Select"/>'s kernel takes sixteen).</summary>
+    public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> SelectGroup(GgmlType type, KernelIsa isa, int tokens) =>
+        Select(type, isa == KernelIsa.Avx512 ? KernelIsa.Avx2 : isa, tokens);
+
+    /// <summary>Rows one call of <see cref="Select"/>'s kernel computes.</summary>
+    public static int RowsPerCall(KernelIsa isa, int tokens) =>
+        isa == KernelIsa.Avx512 && tokens >= DotKernels.WideTileMinTokens ? RowLaneKernels.WideTileRows : GroupRows;
+
+    // ---- few tokens: straight from the interleaved weights ----
+
+    private static void DirectQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 8);
+
+    private static void DirectQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 16);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset)
+    {
+        int groupBlockBytes = offset == 8 ? GroupRows * 18 : GroupRows * 22;
+        int cols = 32 * blocks;
+        for (int t = 0; t < tokens; t++)
+        {
+            sbyte* xq = qs + (long)t * cols;
+            float* dx = d + (long)t * blocks;
+            short* xs = sums + (long)t * blocks;
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            byte* block = group;
+            int b = 0;
+            for (; b + 8 <= blocks; b += 8, block += 8 * groupBlockBytes)
+            {
+                a0 = DirectBlock(block, b, xq, dx, xs, offset, a0);
+                a1 = DirectBlock(block + groupBlockBytes, b + 1, xq, dx, xs, offset, a1);
+                a2 = DirectBlock(block + 2 * groupBlockBytes, b + 2, xq, dx, xs, offset, a2);
+                a3 = DirectBlock(block + 3 * groupBlockBytes, b + 3, xq, dx, xs, offset, a3);
+                a4 = DirectBlock(block + 4 * groupBlockBytes, b + 4, xq, dx, xs, offset, a4);
+                a5 = DirectBlock(block + 5 * groupBlockBytes, b + 5, xq, dx, xs, offset, a5);
+                a6 = DirectBlock(block + 6 * groupBlockBytes, b + 6, xq, dx, xs, offset, a6);
+                a7 = DirectBlock(block + 7 * groupBlockBytes, b + 7, xq, dx, xs, offset, a7);
+            }
+            var tail = Vector256<float>.Zero;
+            for (; b < blocks; b++, block += groupBlockBytes) tail = DirectBlock(block, b, xq, dx, xs, offset, tail);
+            ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
+        }
+    }
+
+    /// <summary>One interleaved block against one token: the tile kernel's integer sums and float steps, per row lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> DirectBlock(byte* block, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
+    {
+        var x = (int*)(xq + 32 * b);
+        var mask = Vector256.Create((byte)0x0F);
+        var v0 = Vector256.Load(block);
+        var v1 = Vector256.Load(block + 32);
+        var v2 = Vector256.Load(block + 64);
+        var v3 = Vector256.Load(block + 96);
+        Vector256<byte> l0 = v0 & mask, l1 = v1 & mask, l2 = v2 & mask, l3 = v3 & mask;
+        Vector256<byte> h0 = High(v0), h1 = High(v1), h2 = High(v2), h3 = High(v3);
+        if (offset == 16)
+        {
+            var plane = Vector256.Load(block + NibbleBytes).AsUInt16();
+            var fifth = Vector256.Create((byte)0x10);
+            l0 |= (plane << 4).AsByte() & fifth;
+            l1 |= (plane << 3).AsByte() & fifth;
+            l2 |= (plane << 2).AsByte() & fifth;
+            l3 |= (plane << 1).AsByte() & fifth;
+            h0 |= plane.AsByte() & fifth;
+            h1 |= (plane >> 1).AsByte() & fifth;
+            h2 |= (plane >> 2).AsByte() & fifth;
+            h3 |= (plane >> 3).AsByte() & fifth;
+        }
+        Vector256<int> isum;
+        if (AvxVnni.IsSupported)
+        {
+            var even = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, l0, Bytes(x[0]));
+            var odd = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, l1, Bytes(x[1]));
+            even = AvxVnni.MultiplyWideningAndAdd(even, l2, Bytes(x[2]));
+            odd = AvxVnni.MultiplyWideningAndAdd(odd, l3, Bytes(x[3]));
+            even = AvxVnni.MultiplyWideningAndAdd(even, h0, Bytes(x[4]));
+            odd = AvxVnni.MultiplyWideningAndAdd(odd, h1, Bytes(x[5]));
+            even = AvxVnni.MultiplyWideningAndAdd(even, h2, Bytes(x[6]));
+            odd = AvxVnni.MultiplyWideningAndAdd(odd, h3, Bytes(x[7]));
+            isum = even + odd;
+        }
+        else
+        {
+            // four pair sums of at most 2·31·127 each stay within int16 (eight, for Q4_0's 2·15·127)
+            var s = Avx2.MultiplyAddAdjacent(l0, Bytes(x[0])) + Avx2.MultiplyAddAdjacent(l1, Bytes(x[1]))
+                + Avx2.MultiplyAddAdjacent(l2, Bytes(x[2])) + Avx2.MultiplyAddAdjacent(l3, Bytes(x[3]));
+            var u = Avx2.MultiplyAddAdjacent(h0, Bytes(x[4])) + Avx2.MultiplyAddAdjacent(h1, Bytes(x[5]))
+                + Avx2.MultiplyAddAdjacent(h2, Bytes(x[6])) + Avx2.MultiplyAddAdjacent(h3, Bytes(x[7]));
+            var ones = Vector256.Create((short)1);
+            isum = offset == 8 ? Avx2.MultiplyAddAdjacent(s + u, ones) : Avx2.MultiplyAddAdjacent(s, ones) + Avx2.MultiplyAddAdjacent(u, ones);
+        }
+        isum -= Vector256.Create(offset * xs[b]);
+        var scale = FiniteScales(block + (offset == 16 ? NibbleBytes + PlaneBytes : NibbleBytes)) * Vector256.Create(dx[b]);
+        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), scale, acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> High(Vector256<byte> packed) => (packed.AsUInt16() >> 4).AsByte() & Vector256.Create((byte)0x0F);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Bytes(int four) => Vector256.Create(four).AsSByte();
+
+    /// <summary>Eight finite fp16 scales as floats, exactly: the magnitude moved into a float's place and rebased by 2^112.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> FiniteScales(byte* halves)
+    {
+        var h = Avx2.ConvertToVector256Int32((ushort*)halves);
+        return (((h << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828e33f);
+    }
+
+    // ---- many tokens: unpack the group(s) into tile scratch once, then the tile kernels' token loop ----
+
+    private static void TileQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    {
+        Unpack(group, blocks, 8, scratch, RowLaneKernels.TileBytesPerBlock, 32, 256);
+        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+    }
+
+    private static void TileQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    {
+        Unpack(group, blocks, 16, scratch, RowLaneKernels.TileBytesPerBlock, 32, 256);
+        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+    }
+
+    private static void WideTileQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    {
+        UnpackWide(group, rowBytes, blocks, 8, scratch);
+        RowLaneKernels.RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+    }
+
+    private static void WideTileQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    {
+        UnpackWide(group, rowBytes, blocks, 16, scratch);
+        RowLaneKernels.RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+    }
+
+    /// <summary>Two consecutive groups into the sixteen-row tile's halves (rows 0–7 at 64·g, rows 8–15 at 64·g + 32, scales at 512 and 544).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void UnpackWide(byte* group, long rowBytes, int blocks, int offset, byte* scratch)
+    {
+        Unpack(group, blocks, offset, scratch, RowLaneKernels.WideTileBytesPerBlock, 64, 512);
+        Unpack(group + GroupRows * rowBytes, blocks, offset, scratch + 32, RowLaneKernels.WideTileBytesPerBlock, 64, 512);
+    }
+
+    /// <summary>
+    /// A group's levels as eight 32-byte tile groups <paramref name="groupStride"/> apart and its scales as floats at
+    /// <paramref name="scalesAt"/>, per block <paramref name="blockStride"/> bytes apart.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Unpack(byte* group, int blocks, int offset, byte* scratch, int blockStride, int groupStride, int scalesAt)
+    {
+        int groupBlockBytes = offset == 8 ? GroupRows * 18 : GroupRows * 22;
+        var mask = Vector256.Create((byte)0x0F);
+        var fifth = Vector256.Create((byte)0x10);
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* source = group + (long)b * groupBlockBytes;
+            byte* destination = scratch + (long)b * blockStride;
+            var plane = offset == 16 ? Vector256.Load(source + NibbleBytes).AsUInt16() : default;
+            for (int k = 0; k < 4; k++)
+            {
+                var v = Vector256.Load(source + 32 * k);
+                var low = v & mask;
+                var high = High(v);
+                if (offset == 16)
+                {
+                    low |= (plane << (4 - k)).AsByte() & fifth;
+                    high |= (plane >> k).AsByte() & fifth;
+                }
+                low.Store(destination + groupStride * k);
+                high.Store(destination + groupStride * (k + 4));
+            }
+            var halves = Avx2.ConvertToVector256Int32((ushort*)(source + (offset == 16 ? NibbleBytes + PlaneBytes : NibbleBytes))).AsUInt32();
+            SimdHelpers.HalfToSingle(halves).Store((float*)(destination + scalesAt));
+        }
+    }
+}

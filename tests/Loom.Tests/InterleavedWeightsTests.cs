@@ -1,0 +1,121 @@
+using Loom.Core;
+using Loom.Core.Kernels;
+using Loom.Core.Quantization;
+using Loom.Core.Threading;
+using Loom.Models.Architectures;
+using Loom.Tests.Conformance;
+
+namespace Loom.Tests;
+
+/// <summary>
+/// Q4_0/Q5_0 matrices reorganised in place into the interleaved row-lane layout must give bit for bit the products and
+/// rows of the original layout, on every path, for any token count and thread count; shapes that cannot be interleaved
+/// are left alone; and a model load must never change the file.
+/// </summary>
+[Collection(ConformanceCollection.Name)]
+public unsafe class InterleavedWeightsTests(ConformanceModels models)
+{
+    public static TheoryData<GgmlType, string, int, int> Cases()
+    {
+        var data = new TheoryData<GgmlType, string, int, int>();
+        foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q5_0 })
+            foreach (var isa in Enum.GetNames<KernelIsa>())
+            {
+                data.Add(type, isa, 24, 96);   // a sixteen-row tile and an eight-row group left over; three blocks, all tail
+                data.Add(type, isa, 64, 800);  // 25 blocks: three groups of eight and a tail
+            }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void ProductsAndRowsMatchTheOriginalLayoutBitForBit(GgmlType type, string isaName, int rows, int cols)
+    {
+        var isa = Enum.Parse<KernelIsa>(isaName);
+        if (!KernelIsaSupport.IsSupported(isa)) return; // runs where the CPU has it (AVX-512 on Zen 4/5)
+        var rng = new Random(97 + rows + (int)type);
+        var original = KernelMatrixTests.RandomWeights(type, rows, cols, rng);
+        var reorganised = (byte[])original.Clone();
+        const int MaxTokens = 17;
+        var x = KernelMatrixTests.RandomInputs(MaxTokens * cols, rng);
+        using var single = new LoomThreadPool(1);
+        using var two = new LoomThreadPool(2);
+        fixed (byte* o = original)
+        fixed (byte* w = reorganised)
+        fixed (float* xp = x)
+        {
+            var plain = new WeightMatrix(type, o, rows, cols);
+            var interleaved = WeightMatrix.CreateInterleaved(type, w, rows, cols);
+            Assert.True(interleaved.Interleaved);
+            Assert.False(original.AsSpan().SequenceEqual(reorganised), "the bytes were not reorganised");
+
+            foreach (int tokens in new[] { 1, 3, 8, 17 })
+                foreach (var pool in new[] { single, two })
+                {
+                    var expected = new float[tokens * rows];
+                    var actual = new float[tokens * rows];
+                    fixed (float* e = expected)
+                    fixed (float* a = actual)
+                    {
+                        plain.Multiply(xp, e, tokens, pool, isa);
+                        interleaved.Multiply(xp, a, tokens, pool, isa);
+                    }
+                    for (int i = 0; i < expected.Length; i++)
+                        Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                            $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads, token {i / rows} row {i % rows}: {actual[i]:R} interleaved, {expected[i]:R} original");
+                }
+
+            var expectedRow = new float[cols];
+            var actualRow = new float[cols];
+            for (int r = 0; r < rows; r++)
+            {
+                plain.DequantizeRow(r, expectedRow);
+                interleaved.DequantizeRow(r, actualRow);
+                Assert.Equal(expectedRow, actualRow);
+            }
+        }
+    }
+
+    [Fact]
+    public void ShapesAndScalesThatCannotBeInterleavedAreLeftAlone()
+    {
+        var rng = new Random(5);
+        AssertLeftAlone(GgmlType.Q4_0, KernelMatrixTests.RandomWeights(GgmlType.Q4_0, 12, 64, rng), 12, 64); // rows not a multiple of 8
+        AssertLeftAlone(GgmlType.Q8_0, KernelMatrixTests.RandomWeights(GgmlType.Q8_0, 16, 64, rng), 16, 64); // a type without the layout
+        var infinite = KernelMatrixTests.RandomWeights(GgmlType.Q5_0, 16, 64, rng);
+        BitConverter.TryWriteBytes(infinite.AsSpan(5 * 22, 2), (ushort)0x7C00); // one block's scale is +Inf
+        AssertLeftAlone(GgmlType.Q5_0, infinite, 16, 64);
+    }
+
+    private static void AssertLeftAlone(GgmlType type, byte[] weights, int rows, int cols)
+    {
+        var before = (byte[])weights.Clone();
+        fixed (byte* w = weights)
+            Assert.False(WeightMatrix.CreateInterleaved(type, w, rows, cols).Interleaved);
+        Assert.Equal(before, weights);
+    }
+
+    /// <summary>The loader reorganises Q4_0 weights (quantized by llama.cpp) in its copy-on-write map; the file's bytes stay as they were.</summary>
+    [Fact]
+    public void LoadingAModelNeverChangesTheFile()
+    {
+        string path = models.Quantized(TestModelFactory.ByName("llama-spm"), "Q4_0");
+        var before = File.ReadAllBytes(path);
+        float[] first, second;
+        using (var model = TransformerModel.Load(path))
+        {
+            Assert.Equal(KernelIsaSupport.Best != KernelIsa.Portable, model.Weights.Layers[0].Up.Weight.Interleaved);
+            first = Logits(model);
+        }
+        Assert.Equal(before, File.ReadAllBytes(path));
+        using (var model = TransformerModel.Load(path))
+            second = Logits(model);
+        Assert.Equal(first, second);
+    }
+
+    private static float[] Logits(TransformerModel model)
+    {
+        using var session = new Loom.Inference.InferenceSession(model, 16);
+        return session.Evaluate([1, 5, 9]).ToArray();
+    }
+}
