@@ -8,7 +8,7 @@ using Loom.Tests.Conformance;
 namespace Loom.Tests;
 
 /// <summary>
-/// Q4_0/Q5_0 matrices reorganised in place into the interleaved row-lane layout must give bit for bit the products and
+/// Q8_0/Q4_0/Q5_0 matrices reorganised in place into the interleaved row-lane layout must give bit for bit the products and
 /// rows of the original layout, on every path, for any token count and thread count; shapes that cannot be interleaved
 /// are left alone; and a model load must never change the file.
 /// </summary>
@@ -18,7 +18,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
     public static TheoryData<GgmlType, string, int, int> Cases()
     {
         var data = new TheoryData<GgmlType, string, int, int>();
-        foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q5_0 })
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q5_0 })
             foreach (var isa in Enum.GetNames<KernelIsa>())
             {
                 data.Add(type, isa, 24, 96);   // a sixteen-row tile and an eight-row group left over; three blocks, all tail
@@ -81,7 +81,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
     {
         var rng = new Random(5);
         AssertLeftAlone(GgmlType.Q4_0, KernelMatrixTests.RandomWeights(GgmlType.Q4_0, 12, 64, rng), 12, 64); // rows not a multiple of 8
-        AssertLeftAlone(GgmlType.Q8_0, KernelMatrixTests.RandomWeights(GgmlType.Q8_0, 16, 64, rng), 16, 64); // a type without the layout
+        AssertLeftAlone(GgmlType.Q6_K, KernelMatrixTests.RandomWeights(GgmlType.Q6_K, 16, 256, rng), 16, 256); // a type without the layout
         var infinite = KernelMatrixTests.RandomWeights(GgmlType.Q5_0, 16, 64, rng);
         BitConverter.TryWriteBytes(infinite.AsSpan(5 * 22, 2), (ushort)0x7C00); // one block's scale is +Inf
         AssertLeftAlone(GgmlType.Q5_0, infinite, 16, 64);

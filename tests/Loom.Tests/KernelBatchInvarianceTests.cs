@@ -74,6 +74,7 @@ public unsafe class KernelBatchInvarianceTests
     [InlineData(GgmlType.Q6_K, false)]
     [InlineData(GgmlType.Q4_1, false)]
     [InlineData(GgmlType.F16, false)]
+    [InlineData(GgmlType.Q8_0, true)]
     [InlineData(GgmlType.Q4_0, true)]
     [InlineData(GgmlType.Q5_0, true)]
     public void RepeatedCallsStayIdenticalThroughJitTierUp(GgmlType type, bool interleaved)

@@ -103,7 +103,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
                 // every call, one token included, runs row groups straight from the interleaved layout
                 part.Tile = InterleavedKernels.Select(matrix.Type, isa, tokens);
                 part.GroupTile = InterleavedKernels.SelectGroup(matrix.Type, isa, tokens);
-                part.TileRows = InterleavedKernels.RowsPerCall(isa, tokens);
+                part.TileRows = InterleavedKernels.RowsPerCall(matrix.Type, isa, tokens);
             }
             else
             {

@@ -72,7 +72,7 @@ internal static unsafe class RowLaneKernels
 
     /// <summary>Integer dot of 32 signed weight levels with 32 signed activation levels (eight partial sums).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> SignedDot(Vector256<sbyte> w, Vector256<sbyte> x) => DotUnsignedSigned(Avx2.Abs(w).AsByte(), Avx2.Sign(x, w));
+    internal static Vector256<int> SignedDot(Vector256<sbyte> w, Vector256<sbyte> x) => DotUnsignedSigned(Avx2.Abs(w).AsByte(), Avx2.Sign(x, w));
 
     /// <summary>Transposes eight rows of eight 32-bit groups: on return v_g lane r = group g of row r.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

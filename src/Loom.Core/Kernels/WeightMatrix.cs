@@ -42,7 +42,7 @@ public sealed unsafe class WeightMatrix
 
     /// <summary>
     /// A matrix over <paramref name="data"/>, reorganised in place into the interleaved layout that makes one-token
-    /// products of Q4_0 and Q5_0 faster (llama.cpp repacks such weights at load for the same reason). The memory must be
+    /// products of Q8_0, Q4_0 and Q5_0 faster, and tiles of many tokens need no transposition (llama.cpp repacks such weights at load for the same reason). The memory must be
     /// writable and must not be read as GGML rows afterwards (a copy-on-write map of the model file serves). Types and
     /// shapes that gain nothing (other types, rows not a multiple of eight, a CPU without AVX2, Inf/NaN scales) are left
     /// as they are. Products and <see cref="DequantizeRow"/> give bit for bit what the original layout gives.

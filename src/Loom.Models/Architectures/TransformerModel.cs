@@ -36,7 +36,7 @@ public sealed class TransformerModel : IDisposable
 
     /// <summary>
     /// Opens a GGUF file and binds its weights; the model owns (and disposes) the file. The file is mapped copy-on-write:
-    /// Q4_0 and Q5_0 matrices are reorganised in place into the kernels' interleaved layout (the file on disk is never
+    /// Q8_0, Q4_0 and Q5_0 matrices are reorganised in place into the kernels' interleaved layout (the file on disk is never
     /// changed), so <see cref="File"/>'s data for those tensors is no longer in GGML layout.
     /// </summary>
     public static TransformerModel Load(string path)
