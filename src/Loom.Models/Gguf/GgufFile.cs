@@ -50,8 +50,18 @@ public sealed unsafe class GgufFile : IDisposable
         if (FileSize < 24) throw new GgufFormatException($"{path}: file is {FileSize} bytes, too small to be GGUF (the header alone is 24)");
 
         // Copy-on-write: pages stay shared with the page cache until written, and writes never reach the file.
+        // The file is opened for reading only, so read-only model files work either way.
         var access = privateCopy ? MemoryMappedFileAccess.CopyOnWrite : MemoryMappedFileAccess.Read;
-        _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, access);
+        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        try
+        {
+            _map = MemoryMappedFile.CreateFromFile(stream, null, 0, access, HandleInheritability.None, leaveOpen: false);
+        }
+        catch
+        {
+            stream.Dispose();
+            throw;
+        }
         try
         {
             _view = _map.CreateViewAccessor(0, 0, access);
