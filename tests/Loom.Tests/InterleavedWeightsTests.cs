@@ -45,7 +45,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
         fixed (float* xp = x)
         {
             var plain = new WeightMatrix(type, o, rows, cols);
-            var interleaved = WeightMatrix.CreateInterleaved(type, w, rows, cols);
+            var interleaved = WeightMatrix.CreateOptimized(type, w, rows, cols);
             Assert.True(interleaved.Interleaved);
             Assert.False(original.AsSpan().SequenceEqual(reorganised), "the bytes were not reorganised");
 
@@ -76,6 +76,48 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
         }
     }
 
+    /// <summary>
+    /// F16 matrices checked finite take the lighter one-token kernel (input pre-scaled by 2^112): the same bits as the
+    /// plain kernel, also for subnormal weights, tails shorter than a vector, and inputs too large to scale.
+    /// </summary>
+    [Theory]
+    [InlineData("Avx2", 803)]
+    [InlineData("Avx512", 803)]
+    [InlineData("Avx2", 64)]
+    [InlineData("Avx512", 1024)]
+    public void FiniteF16DecodeMatchesThePlainKernelBitForBit(string isaName, int cols)
+    {
+        var isa = Enum.Parse<KernelIsa>(isaName);
+        if (!KernelIsaSupport.IsSupported(isa)) return;
+        const int rows = 21;
+        var rng = new Random(cols);
+        var weights = KernelMatrixTests.RandomWeights(GgmlType.F16, rows, cols, rng);
+        var x = KernelMatrixTests.RandomInputs(cols, rng);
+        using var pool = new LoomThreadPool(2);
+        fixed (byte* w = weights)
+        fixed (float* xp = x)
+        {
+            var plain = new WeightMatrix(GgmlType.F16, w, rows, cols);
+            var optimized = WeightMatrix.CreateOptimized(GgmlType.F16, w, rows, cols);
+            Assert.True(optimized.FiniteHalves);
+            foreach (float largest in new[] { 0f, 30000f, 70000f, float.NaN })
+            {
+                if (largest != 0) x[cols / 2] = largest;
+                var expected = new float[rows];
+                var actual = new float[rows];
+                fixed (float* e = expected)
+                fixed (float* a = actual)
+                {
+                    plain.Multiply(xp, e, 1, pool, isa);
+                    optimized.Multiply(xp, a, 1, pool, isa);
+                }
+                for (int r = 0; r < rows; r++)
+                    Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(actual[r]),
+                        $"{isa} cols {cols}, input up to {largest}, row {r}: {actual[r]:R} finite-F16 kernel, {expected[r]:R} plain");
+            }
+        }
+    }
+
     [Fact]
     public void ShapesAndScalesThatCannotBeInterleavedAreLeftAlone()
     {
@@ -85,13 +127,17 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
         var infinite = KernelMatrixTests.RandomWeights(GgmlType.Q5_0, 16, 64, rng);
         BitConverter.TryWriteBytes(infinite.AsSpan(5 * 22, 2), (ushort)0x7C00); // one block's scale is +Inf
         AssertLeftAlone(GgmlType.Q5_0, infinite, 16, 64);
+        var nan = KernelMatrixTests.RandomWeights(GgmlType.F16, 4, 64, rng);
+        BitConverter.TryWriteBytes(nan.AsSpan(2 * 100, 2), (ushort)0x7E00); // one weight is NaN
+        fixed (byte* w = nan)
+            Assert.False(WeightMatrix.CreateOptimized(GgmlType.F16, w, 4, 64).FiniteHalves);
     }
 
     private static void AssertLeftAlone(GgmlType type, byte[] weights, int rows, int cols)
     {
         var before = (byte[])weights.Clone();
         fixed (byte* w = weights)
-            Assert.False(WeightMatrix.CreateInterleaved(type, w, rows, cols).Interleaved);
+            Assert.False(WeightMatrix.CreateOptimized(type, w, rows, cols).Interleaved);
         Assert.Equal(before, weights);
     }
 

@@ -108,6 +108,74 @@ internal static unsafe class FloatKernels
         return sum;
     }
 
+    // Decode on F16 matrices known to hold no Inf/NaN (checked once, see WeightMatrix.CreateOptimized): the input comes
+    // scaled by 2^112 (exact while |x| < 2^15, which the caller checks), so the rebasing multiply moves out of the loop.
+    // A half's bits shifted into place read as a float are exactly w·2^-112 (subnormal halves included), hence
+    // w_raw·(x·2^112) is exactly the product w·x and every FMA rounds as in DotF16Avx2/Avx512: the same bits, three
+    // operations fewer per vector and no magnitude tracking.
+
+    /// <summary>The scale an input gets for <see cref="DotF16ScaledAvx2"/> and <see cref="DotF16ScaledAvx512"/>.</summary>
+    public const float F16InputScale = HalfRebase;
+
+    /// <summary>Inputs below this magnitude stay finite once scaled by <see cref="F16InputScale"/>.</summary>
+    public const float F16ScaledInputLimit = 32768f;
+
+    private const float HalfUnscale = 1.925929944387236e-34f; // 2^-112
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> RawHalves(ushort* p) =>
+        ((WidenSigned(p) << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> RawHalves512(ushort* p) =>
+        ((WidenSigned512(p) << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>Whether none of the halves is Inf or NaN (all exponent bits set).</summary>
+    public static bool HalvesFinite(ushort* halves, long count)
+    {
+        long i = 0;
+        var exponent = Vector256.Create((ushort)0x7C00);
+        for (; i + 16 <= count; i += 16)
+            if (Vector256.EqualsAny(Vector256.Load(halves + i) & exponent, exponent)) return false;
+        for (; i < count; i++)
+            if ((halves[i] & 0x7C00) == 0x7C00) return false;
+        return true;
+    }
+
+    public static float DotF16ScaledAvx2(byte* row, int cols, in ActivationRow x)
+    {
+        var w = (ushort*)row;
+        float* xs = x.X;
+        Vector256<float> a0 = default, a1 = default;
+        int c = 0;
+        for (; c + 16 <= cols; c += 16)
+        {
+            a0 = Fma.MultiplyAdd(RawHalves(w + c), Vector256.Load(xs + c), a0);
+            a1 = Fma.MultiplyAdd(RawHalves(w + c + 8), Vector256.Load(xs + c + 8), a1);
+        }
+        for (; c + 8 <= cols; c += 8) a0 = Fma.MultiplyAdd(RawHalves(w + c), Vector256.Load(xs + c), a0);
+        float sum = Vector256.Sum(a0 + a1);
+        for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * (xs[c] * HalfUnscale);
+        return sum;
+    }
+
+    public static float DotF16ScaledAvx512(byte* row, int cols, in ActivationRow x)
+    {
+        var w = (ushort*)row;
+        float* xs = x.X;
+        Vector512<float> a0 = default, a1 = default;
+        int c = 0;
+        for (; c + 32 <= cols; c += 32)
+        {
+            a0 = Avx512F.FusedMultiplyAdd(RawHalves512(w + c), Vector512.Load(xs + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(RawHalves512(w + c + 16), Vector512.Load(xs + c + 16), a1);
+        }
+        for (; c + 16 <= cols; c += 16) a0 = Avx512F.FusedMultiplyAdd(RawHalves512(w + c), Vector512.Load(xs + c), a0);
+        float sum = Vector512.Sum(a0 + a1);
+        for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * (xs[c] * HalfUnscale);
+        return sum;
+    }
+
     /// <summary>Rows holding Inf or NaN: the general conversion, so they propagate exactly as in ggml.</summary>
     private static float DotF16WithSpecialsAvx2(ushort* w, int cols, float* xs)
     {

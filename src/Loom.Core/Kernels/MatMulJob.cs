@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Loom.Core.Threading;
@@ -39,6 +40,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
         /// <summary>Interleaved weights: the eight-row kernel for a last group that <see cref="Tile"/>'s sixteen rows leave over.</summary>
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> GroupTile;
         public bool Interleaved;
+        /// <summary>The part's kernel takes the input scaled by <see cref="FloatKernels.F16InputScale"/> (one-token F16 on finite weights).</summary>
+        public bool ScaledInput;
         public GgmlType Type;
         public byte* Weights;
         public long RowBytes;
@@ -56,6 +59,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
     private bool _halfSums;
     private ActivationKind _kind;
     private float* _x;
+    private float* _scaledX;
     private sbyte* _qs;
     private float* _d;
     private float* _s;
@@ -97,6 +101,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             part.Dot = DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
             part.Interleaved = matrix.Interleaved;
+            part.ScaledInput = false;
             part.Type = matrix.Type;
             if (matrix.Interleaved)
             {
@@ -127,7 +132,11 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _chunkCount += (matrix.Rows + part.RowsPerChunk - 1) / part.RowsPerChunk;
             blockSums |= matrix.Type is GgmlType.Q4_0 or GgmlType.Q5_0 && isa != KernelIsa.Portable;
         }
-        if (_kind == ActivationKind.Float) return;
+        if (_kind == ActivationKind.Float)
+        {
+            PrepareScaledInput(matrices, isa);
+            return;
+        }
 
         long levels = (long)tokens * _cols;
         long scales = levels / (_kind == ActivationKind.Q8K ? 256 : 32);
@@ -147,6 +156,31 @@ internal sealed unsafe class MatMulJob : IParallelWork
             pool.Run(_quantize, _quantizeChunks);
         }
         else QuantizeTokens(0, tokens);
+    }
+
+    /// <summary>
+    /// One token against F16 matrices known finite: the input is scaled once (<see cref="FloatKernels.F16InputScale"/>)
+    /// and those parts take the lighter kernel, which gives the same bits. Inputs too large to scale keep the plain one.
+    /// </summary>
+    private void PrepareScaledInput(ReadOnlySpan<WeightMatrix> matrices, KernelIsa isa)
+    {
+        _scaledX = null;
+        if (_tokens != 1 || isa == KernelIsa.Portable) return;
+        bool any = false;
+        foreach (var matrix in matrices) any |= matrix.FiniteHalves;
+        if (!any) return;
+        var input = new ReadOnlySpan<float>(_x, _cols);
+        float largest = TensorPrimitives.MaxMagnitude(input);
+        if (!(Math.Abs(largest) < FloatKernels.F16ScaledInputLimit)) return;
+        Reserve(Align((long)_cols * sizeof(float)));
+        _scaledX = (float*)_base;
+        TensorPrimitives.Multiply(input, FloatKernels.F16InputScale, new Span<float>(_scaledX, _cols));
+        for (int i = 0; i < matrices.Length; i++)
+        {
+            if (!matrices[i].FiniteHalves) continue;
+            _parts[i].ScaledInput = true;
+            _parts[i].Dot = isa == KernelIsa.Avx512 ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
+        }
     }
 
     private void QuantizeTokens(int start, int end)
@@ -240,7 +274,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             }
             for (; t < _tokens; t++)
             {
-                var activation = Activation(t);
+                var activation = part.ScaledInput ? new ActivationRow(_scaledX, null, null, null, null) : Activation(t);
                 float* yt = y + (long)t * rows;
                 for (int r = tileStart; r < tileEnd; r++)
                     yt[r] = dot(weights + r * rowBytes, units, activation);

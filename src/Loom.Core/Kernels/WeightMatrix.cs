@@ -36,22 +36,29 @@ public sealed unsafe class WeightMatrix
 
     /// <summary>
     /// True when the rows were reorganised in place, eight at a time, into the row-lane order of the kernels
-    /// (see <see cref="CreateInterleaved"/>); <see cref="Data"/> then no longer holds GGML rows.
+    /// (see <see cref="CreateOptimized"/>); <see cref="Data"/> then no longer holds GGML rows.
     /// </summary>
     public bool Interleaved { get; private init; }
 
+    /// <summary>True for an F16 matrix checked to hold no Inf or NaN (<see cref="CreateOptimized"/>): decode then takes a lighter kernel.</summary>
+    public bool FiniteHalves { get; private init; }
+
     /// <summary>
-    /// A matrix over <paramref name="data"/>, reorganised in place into the interleaved layout that makes one-token
-    /// products of Q8_0, Q4_0 and Q5_0 faster, and tiles of many tokens need no transposition (llama.cpp repacks such weights at load for the same reason). The memory must be
-    /// writable and must not be read as GGML rows afterwards (a copy-on-write map of the model file serves). Types and
-    /// shapes that gain nothing (other types, rows not a multiple of eight, a CPU without AVX2, Inf/NaN scales) are left
-    /// as they are. Products and <see cref="DequantizeRow"/> give bit for bit what the original layout gives.
+    /// A matrix over <paramref name="data"/>, prepared for the fastest kernels. Q8_0, Q4_0 and Q5_0 are reorganised in
+    /// place into the interleaved layout that makes one-token products faster and spares tiles of many tokens their
+    /// transposition (llama.cpp repacks such weights at load for the same reason): the memory must be writable and must
+    /// not be read as GGML rows afterwards (a copy-on-write map of the model file serves). F16 weights are checked once
+    /// for Inf/NaN. Shapes that gain nothing (rows not a multiple of eight, a CPU without AVX2, Inf/NaN scales) are left
+    /// as they are. Products and <see cref="DequantizeRow"/> give bit for bit what a plain matrix gives.
     /// </summary>
-    public static WeightMatrix CreateInterleaved(GgmlType type, byte* data, int rows, int cols)
+    public static WeightMatrix CreateOptimized(GgmlType type, byte* data, int rows, int cols)
     {
         var matrix = new WeightMatrix(type, data, rows, cols);
-        if (!InterleavedKernels.Supports(type) || rows == 0 || rows % InterleavedKernels.GroupRows != 0
-            || KernelIsaSupport.Best == KernelIsa.Portable || !InterleavedKernels.ScalesFinite(type, data, rows, matrix.Blocks))
+        if (KernelIsaSupport.Best == KernelIsa.Portable || rows == 0) return matrix;
+        if (type == GgmlType.F16)
+            return FloatKernels.HalvesFinite((ushort*)data, (long)rows * cols) ? new WeightMatrix(type, data, rows, cols) { FiniteHalves = true } : matrix;
+        if (!InterleavedKernels.Supports(type) || rows % InterleavedKernels.GroupRows != 0
+            || !InterleavedKernels.ScalesFinite(type, data, rows, matrix.Blocks))
             return matrix;
         var buffer = new byte[InterleavedKernels.GroupRows * matrix.RowBytes];
         fixed (byte* b = buffer) InterleavedKernels.Interleave(type, data, rows, matrix.Blocks, b);

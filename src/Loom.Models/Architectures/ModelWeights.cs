@@ -136,7 +136,7 @@ public sealed class ModelWeights
         {
             var tensor = Require(name, [cols, rows]);
             return file.IsPrivateCopy
-                ? WeightMatrix.CreateInterleaved(tensor.Type, file.DataPointer(tensor), rows, cols)
+                ? WeightMatrix.CreateOptimized(tensor.Type, file.DataPointer(tensor), rows, cols)
                 : new WeightMatrix(tensor.Type, file.DataPointer(tensor), rows, cols);
         }
 
