@@ -197,6 +197,29 @@ internal static unsafe class KQuantKernels
         return v.AsSByte() - Vector128.Create((sbyte)32);
     }
 
+    /// <summary>
+    /// A super-block's fp16 scale as <see cref="Fp.ReadHalf"/> gives it, normal numbers rebased in a general register:
+    /// the general conversion's multiply sends each scale through the vector unit and back before it is used there.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float ReadScale(byte* p)
+    {
+        uint bits = Unsafe.ReadUnaligned<ushort>(p);
+        if ((bits & 0x7C00) - 0x0400u < 0x7800u) // exponent 1..30
+            return BitConverter.UInt32BitsToSingle(((bits & 0x8000) << 16) | (((bits & 0x7FFF) << 13) + 0x38000000));
+        return Fp.HalfToFloat((ushort)bits);
+    }
+
+    /// <summary>Each byte's high nibble moved down: one GF(2) affine transform where GFNI is present, else shift and mask.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> HighNibbles(Vector256<byte> v)
+    {
+        if (Gfni.V256.IsSupported)
+            // result bit i (row byte 7−i of the matrix) = input bit i+4, for i < 4
+            return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(0x1020408000000000UL).AsByte(), 0);
+        return ShiftRight(v, 4) & Low4;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> ShiftRight(Vector256<byte> v, int count) => Vector256.ShiftRightLogical(v.AsUInt16(), count).AsByte();
 
@@ -308,7 +331,7 @@ internal static unsafe class KQuantKernels
     {
         var raw = Vector256.Load(qs + 32 * c);
         var lo = raw & Low4;
-        var hi = ShiftRight(raw, 4) & Low4;
+        var hi = HighNibbles(raw);
         if (five)
         {
             var sixteen = Vector256.Create((byte)16);
@@ -352,8 +375,8 @@ internal static unsafe class KQuantKernels
             var sumi = ChunkK45(qs, qh, q8, scales, 0, five) + ChunkK45(qs, qh, q8, scales, 1, five)
                 + ChunkK45(qs, qh, q8, scales, 2, five) + ChunkK45(qs, qh, q8, scales, 3, five);
             float dx = x.D[i];
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
-            minAcc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 2) * dx), Avx.ConvertToVector256Single(MinTimesSums(sm, x.BSums + i * 16)), minAcc);
+            acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
+            minAcc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 2) * dx), Avx.ConvertToVector256Single(MinTimesSums(sm, x.BSums + i * 16)), minAcc);
         }
         return Sum(acc - minAcc);
     }
@@ -376,34 +399,55 @@ internal static unsafe class KQuantKernels
         Sse.Prefetch0(p + 192);
     }
 
+    /// <summary>
+    /// The levels (0..63) of one 128-element half of a Q6_K super-block, as four 32-element chunks: low nibbles of ql
+    /// bytes 0..31 and 32..63, then their high nibbles, each with its two qh bits (0-1, 2-3, 4-5, 6-7) as bits 4-5.
+    /// With GFNI one affine transform per chunk moves the bits into place already masked (nine operations instead of thirteen).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(byte* ql, byte* qhBits)
+    {
+        var ql0 = Vector256.Load(ql);
+        var ql1 = Vector256.Load(ql + 32);
+        var qh = Vector256.Load(qhBits);
+        var high2 = Vector256.Create((byte)0x30);
+        if (Gfni.V256.IsSupported)
+            return ((ql0 & Low4) | BitPairTo45(qh, 0), (ql1 & Low4) | BitPairTo45(qh, 2), HighNibbles(ql0) | (qh & high2), HighNibbles(ql1) | BitPairTo45(qh, 6));
+        return ((ql0 & Low4) | (ShiftLeft(qh, 4) & high2), (ql1 & Low4) | (ShiftLeft(qh, 2) & high2),
+            (ShiftRight(ql0, 4) & Low4) | (qh & high2), (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2));
+    }
+
+    /// <summary>Bits <paramref name="low"/> and <paramref name="low"/>+1 of each byte moved to bits 4-5, the rest cleared (GFNI).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> BitPairTo45(Vector256<byte> v, int low)
+    {
+        // result bit i takes the input bits set in matrix byte 7−i: byte 3 (bit 4) ← bit low, byte 2 (bit 5) ← bit low+1
+        ulong matrix = (1UL << low) << 24 | (2UL << low) << 16;
+        return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(matrix).AsByte(), 0);
+    }
+
+    /// <summary>Σ scale·(level·q) of 128-element half <paramref name="n"/> of a Q6_K super-block into eight lanes (written out per half so the JIT keeps constant masks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> HalfQ6K(byte* row, sbyte* q8, Vector256<short> half, int n)
+    {
+        var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n);
+        sbyte* q = q8 + 128 * n;
+        return ScaledDot(w1, Vector256.Load(q), PairScales(half, 0)) + ScaledDot(w2, Vector256.Load(q + 32), PairScales(half, 2))
+            + ScaledDot(w3, Vector256.Load(q + 64), PairScales(half, 4)) + ScaledDot(w4, Vector256.Load(q + 96), PairScales(half, 6));
+    }
+
     public static float DotQ6KAvx2(byte* row, int superBlocks, in ActivationRow x)
     {
         var acc = Vector256<float>.Zero;
-        var high2 = Vector256.Create((byte)0x30);
         for (int i = 0; i < superBlocks; i++, row += 210)
         {
             PrefetchAhead(row);
             sbyte* q8 = x.Qs + i * 256;
             var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
             // levels are stored +32 (0..63): dot with them and take 32·Σ sc·bsum away.
-            var sumi = Vector256<int>.Zero - Q6KOffsets(scales16, x.BSums + i * 16);
-            for (int n = 0; n < 2; n++)
-            {
-                var ql0 = Vector256.Load(row + 64 * n);
-                var ql1 = Vector256.Load(row + 64 * n + 32);
-                var qh = Vector256.Load(row + 128 + 32 * n);
-                var w1 = (ql0 & Low4) | (ShiftLeft(qh, 4) & high2);
-                var w2 = (ql1 & Low4) | (ShiftLeft(qh, 2) & high2);
-                var w3 = (ShiftRight(ql0, 4) & Low4) | (qh & high2);
-                var w4 = (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2);
-                sbyte* q = q8 + 128 * n;
-                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
-                sumi += ScaledDot(w1, Vector256.Load(q), PairScales(half, 0));
-                sumi += ScaledDot(w2, Vector256.Load(q + 32), PairScales(half, 2));
-                sumi += ScaledDot(w3, Vector256.Load(q + 64), PairScales(half, 4));
-                sumi += ScaledDot(w4, Vector256.Load(q + 96), PairScales(half, 6));
-            }
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 208) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
+            var sumi = HalfQ6K(row, q8, LowHalfScales(scales16), 0) + HalfQ6K(row, q8, HighHalfScales(scales16), 1)
+                - Q6KOffsets(scales16, x.BSums + i * 16);
+            acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 208) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
         }
         return Sum(acc);
     }
@@ -443,7 +487,7 @@ internal static unsafe class KQuantKernels
         {
             var sm = ScalesAndMinsK4(row + 4);
             var scales = WidenScales(sm);
-            float d = Fp.ReadHalf(row), dmin = Fp.ReadHalf(row + 2);
+            float d = ReadScale(row), dmin = ReadScale(row + 2);
             m0 = Fma.MultiplyAdd(Vector256.Create(dmin * x[0].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[0].BSums + i * 16)), m0);
             m1 = Fma.MultiplyAdd(Vector256.Create(dmin * x[1].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[1].BSums + i * 16)), m1);
             m2 = Fma.MultiplyAdd(Vector256.Create(dmin * x[2].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[2].BSums + i * 16)), m2);
@@ -476,7 +520,6 @@ internal static unsafe class KQuantKernels
     public static void Dot4Q6KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result)
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        var high2 = Vector256.Create((byte)0x30);
         for (int i = 0; i < superBlocks; i++, row += 210)
         {
             var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
@@ -486,19 +529,11 @@ internal static unsafe class KQuantKernels
             var s3 = Vector256<int>.Zero - Q6KOffsets(scales16, x[3].BSums + i * 16);
             for (int n = 0; n < 2; n++)
             {
-                var ql0 = Vector256.Load(row + 64 * n);
-                var ql1 = Vector256.Load(row + 64 * n + 32);
-                var qh = Vector256.Load(row + 128 + 32 * n);
+                var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n);
                 var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
                 for (int k = 0; k < 4; k++)
                 {
-                    var w = k switch
-                    {
-                        0 => (ql0 & Low4) | (ShiftLeft(qh, 4) & high2),
-                        1 => (ql1 & Low4) | (ShiftLeft(qh, 2) & high2),
-                        2 => (ShiftRight(ql0, 4) & Low4) | (qh & high2),
-                        _ => (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2),
-                    };
+                    var w = k switch { 0 => w1, 1 => w2, 2 => w3, _ => w4 };
                     var scales = PairScales(half, 2 * k);
                     int o = i * 256 + 128 * n + 32 * k;
                     s0 += ScaledDot(w, Vector256.Load(x[0].Qs + o), scales);
@@ -507,7 +542,7 @@ internal static unsafe class KQuantKernels
                     s3 += ScaledDot(w, Vector256.Load(x[3].Qs + o), scales);
                 }
             }
-            float d = Fp.ReadHalf(row + 208);
+            float d = ReadScale(row + 208);
             a0 = Fma.MultiplyAdd(Vector256.Create(d * x[0].D[i]), Avx.ConvertToVector256Single(s0), a0);
             a1 = Fma.MultiplyAdd(Vector256.Create(d * x[1].D[i]), Avx.ConvertToVector256Single(s1), a1);
             a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
