@@ -151,17 +151,6 @@ internal static unsafe class KQuantKernels
         get => Vector256.Create((byte)0x0F);
     }
 
-    /// <summary>
-    /// Widens 8 byte scales (bytes 0..7 of <paramref name="scales"/>) to int16 in both 128-bit lanes, for <see cref="PairScales"/>;
-    /// kept in a register so the kernels' accumulators never go through the stack.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> WidenScales(Vector128<byte> scales)
-    {
-        var wide = Avx2.ConvertToVector256Int16(scales);
-        return Avx2.Permute4x64(wide.AsInt64(), 0b01_00_01_00).AsInt16();
-    }
-
     /// <summary>Scales 0..7 of 16 widened ones, in both lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<short> LowHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b01_00_01_00).AsInt16();
@@ -170,7 +159,7 @@ internal static unsafe class KQuantKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<short> HighHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b11_10_11_10).AsInt16();
 
-    /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="WidenScales"/>).</summary>
+    /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="LowHalfScales"/> or <see cref="HighHalfScales"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<short> PairScales(Vector256<short> widened, int k)
     {
@@ -178,10 +167,13 @@ internal static unsafe class KQuantKernels
         return Avx2.Shuffle(widened.AsByte(), pick.AsByte()).AsInt16();
     }
 
-    /// <summary>Int16 vector of scale <paramref name="k"/> everywhere (from <see cref="WidenScales"/>).</summary>
+    /// <summary>
+    /// Int16 vector of the unsigned byte scale <paramref name="k"/> everywhere, from <see cref="ScalesAndMinsK4"/>'s bytes in both
+    /// 128-bit lanes: one shuffle picks byte k for each low byte and zeroes each high byte (index 0x80).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> OneScale(Vector256<short> widened, int k) =>
-        Avx2.Shuffle(widened.AsByte(), Vector256.Create((short)(0x0100 + 0x0202 * k)).AsByte()).AsInt16();
+    private static Vector256<short> OneScale(Vector256<byte> scalesAndMins, int k) =>
+        Avx2.Shuffle(scalesAndMins, Vector256.Create((short)(0x8000 + k)).AsByte()).AsInt16();
 
     /// <summary>Q3_K's 16 scales (−32..31) in a register, unpacked as <see cref="Dequantizer.UnpackQ3KScales"/> does.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -316,14 +308,14 @@ internal static unsafe class KQuantKernels
 
     /// <summary>
     /// min_k·(bsum_2k + bsum_2k+1) of the eight 32-element sub-blocks in lane k. Kept in a vector (the kernels scale
-    /// it by dmin·d_x in float lanes) rather than summed horizontally once per super-block.
+    /// it by dmin·d_x in float lanes) rather than summed horizontally once per super-block. Takes <see cref="ScalesAndMinsK4"/>'s bytes in both 128-bit lanes.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> MinTimesSums(Vector128<byte> scalesAndMins, short* bsums)
+    private static Vector256<int> MinTimesSums(Vector256<byte> scalesAndMins, short* bsums)
     {
-        // each min covers two adjacent groups of 16, so repeat it: m0 m0 m1 m1 ... m7 m7.
-        var minsPerGroup = Avx2.ConvertToVector256Int16(Ssse3.Shuffle(scalesAndMins, Vector128.Create((byte)8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
-        return Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), minsPerGroup);
+        // each min covers two adjacent groups of 16, so repeat it, widened by zeroing the high bytes: m0 m0 m1 m1 ... m7 m7.
+        var pick = Vector256.Create(0x8009800980088008UL, 0x800B800B800A800AUL, 0x800D800D800C800CUL, 0x800F800F800E800EUL).AsByte();
+        return Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), Avx2.Shuffle(scalesAndMins, pick).AsInt16());
     }
 
     /// <summary>The levels of 64 elements <paramref name="c"/>·64.. of a Q4_K/Q5_K super-block: low nibbles then high nibbles, Q5_K's fifth bits added.</summary>
@@ -346,7 +338,7 @@ internal static unsafe class KQuantKernels
 
     /// <summary>Σ scale·(level·q) of 64 elements <paramref name="c"/>·64.. into eight lanes (written out per c so the scale shuffles get constant masks).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> ChunkK45(byte* qs, Vector256<byte> qh, sbyte* q8, Vector256<short> scales, int c, bool five)
+    private static Vector256<int> ChunkK45(byte* qs, Vector256<byte> qh, sbyte* q8, Vector256<byte> scales, int c, bool five)
     {
         var (lo, hi) = LevelsK45(qs, qh, c, five);
         return ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c)) + ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
@@ -371,14 +363,14 @@ internal static unsafe class KQuantKernels
             PrefetchAhead(row);
             sbyte* q8 = x.Qs + i * 256;
             var sm = ScalesAndMinsK4(row + 4);
-            var scales = WidenScales(sm);
+            var scales = Vector256.Create(sm, sm);
             var qh = five ? Vector256.Load(row + 16) : default;
             byte* qs = row + (five ? 48 : 16);
             var sumi = ChunkK45(qs, qh, q8, scales, 0, five) + ChunkK45(qs, qh, q8, scales, 1, five)
                 + ChunkK45(qs, qh, q8, scales, 2, five) + ChunkK45(qs, qh, q8, scales, 3, five);
             float dx = x.D[i];
             acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
-            minAcc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 2) * dx), Avx.ConvertToVector256Single(MinTimesSums(sm, x.BSums + i * 16)), minAcc);
+            minAcc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 2) * dx), Avx.ConvertToVector256Single(MinTimesSums(scales, x.BSums + i * 16)), minAcc);
         }
         return Sum(acc - minAcc);
     }
@@ -488,12 +480,12 @@ internal static unsafe class KQuantKernels
         for (int i = 0; i < superBlocks; i++, row += blockBytes)
         {
             var sm = ScalesAndMinsK4(row + 4);
-            var scales = WidenScales(sm);
+            var scales = Vector256.Create(sm, sm);
             float d = ReadScale(row), dmin = ReadScale(row + 2);
-            m0 = Fma.MultiplyAdd(Vector256.Create(dmin * x[0].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[0].BSums + i * 16)), m0);
-            m1 = Fma.MultiplyAdd(Vector256.Create(dmin * x[1].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[1].BSums + i * 16)), m1);
-            m2 = Fma.MultiplyAdd(Vector256.Create(dmin * x[2].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[2].BSums + i * 16)), m2);
-            m3 = Fma.MultiplyAdd(Vector256.Create(dmin * x[3].D[i]), Avx.ConvertToVector256Single(MinTimesSums(sm, x[3].BSums + i * 16)), m3);
+            m0 = Fma.MultiplyAdd(Vector256.Create(dmin * x[0].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[0].BSums + i * 16)), m0);
+            m1 = Fma.MultiplyAdd(Vector256.Create(dmin * x[1].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[1].BSums + i * 16)), m1);
+            m2 = Fma.MultiplyAdd(Vector256.Create(dmin * x[2].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[2].BSums + i * 16)), m2);
+            m3 = Fma.MultiplyAdd(Vector256.Create(dmin * x[3].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[3].BSums + i * 16)), m3);
             var qh = five ? Vector256.Load(row + 16) : default;
             byte* qs = row + (five ? 48 : 16);
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
