@@ -161,11 +161,12 @@ internal static unsafe class KQuantKernels
 
     /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="LowHalfScales"/> or <see cref="HighHalfScales"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> PairScales(Vector256<short> widened, int k)
-    {
-        var pick = Vector256.Create(Vector128.Create((short)(0x0100 + 0x0202 * k)), Vector128.Create((short)(0x0302 + 0x0202 * k)));
-        return Avx2.Shuffle(widened.AsByte(), pick.AsByte()).AsInt16();
-    }
+    private static Vector256<short> PairScales(Vector256<short> widened, int k) => Avx2.Shuffle(widened.AsByte(), PairPick(k)).AsInt16();
+
+    /// <summary>The shuffle mask of <see cref="PairScales"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> PairPick(int k) =>
+        Vector256.Create(Vector128.Create((short)(0x0100 + 0x0202 * k)), Vector128.Create((short)(0x0302 + 0x0202 * k))).AsByte();
 
     /// <summary>
     /// Int16 vector of the unsigned byte scale <paramref name="k"/> everywhere, from <see cref="ScalesAndMinsK4"/>'s bytes in both
@@ -202,13 +203,15 @@ internal static unsafe class KQuantKernels
         return Fp.HalfToFloat((ushort)bits);
     }
 
+    /// <summary>GF(2) affine matrix moving each byte's high nibble down: result bit i (matrix byte 7−i) = input bit i+4, for i &lt; 4.</summary>
+    private const ulong HighNibbleMatrix = 0x1020408000000000;
+
     /// <summary>Each byte's high nibble moved down: one GF(2) affine transform where GFNI is present, else shift and mask.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> HighNibbles(Vector256<byte> v)
     {
         if (Gfni.V256.IsSupported)
-            // result bit i (row byte 7−i of the matrix) = input bit i+4, for i < 4
-            return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(0x1020408000000000UL).AsByte(), 0);
+            return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(HighNibbleMatrix).AsByte(), 0);
         return ShiftRight(v, 4) & Low4;
     }
 
@@ -394,54 +397,69 @@ internal static unsafe class KQuantKernels
     }
 
     /// <summary>
+    /// The Q6_K kernels' masks, made once per call and passed down: the JIT reloaded each vector constant in every
+    /// iteration otherwise (ten loads per super-block on top of the data; about 11% of the one-token kernel's time).
+    /// </summary>
+    private readonly struct Q6KConstants
+    {
+        public readonly Vector256<byte> Low4 = Vector256.Create((byte)0x0F);
+        public readonly Vector256<byte> High2 = Vector256.Create((byte)0x30);
+        // GF(2) affine matrices (result bit i takes the input bits set in matrix byte 7−i)
+        public readonly Vector256<byte> Bits01To45 = BitPairTo45(0), Bits23To45 = BitPairTo45(2), Bits67To45 = BitPairTo45(6);
+        public readonly Vector256<byte> HighNibble = Vector256.Create(HighNibbleMatrix).AsByte();
+        public readonly Vector256<byte> Pick0 = PairPick(0), Pick2 = PairPick(2), Pick4 = PairPick(4), Pick6 = PairPick(6);
+
+        public Q6KConstants() { }
+
+        /// <summary>Bits <paramref name="low"/>, <paramref name="low"/>+1 of a byte to bits 4-5 (matrix bytes 3 and 2), the rest cleared.</summary>
+        private static Vector256<byte> BitPairTo45(int low) => Vector256.Create((1UL << low) << 24 | (2UL << low) << 16).AsByte();
+    }
+
+    /// <summary>
     /// The levels (0..63) of one 128-element half of a Q6_K super-block, as four 32-element chunks: low nibbles of ql
     /// bytes 0..31 and 32..63, then their high nibbles, each with its two qh bits (0-1, 2-3, 4-5, 6-7) as bits 4-5.
     /// With GFNI one affine transform per chunk moves the bits into place already masked (nine operations instead of thirteen).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(byte* ql, byte* qhBits)
+    private static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(byte* ql, byte* qhBits, in Q6KConstants k)
     {
         var ql0 = Vector256.Load(ql);
         var ql1 = Vector256.Load(ql + 32);
         var qh = Vector256.Load(qhBits);
-        var high2 = Vector256.Create((byte)0x30);
         if (Gfni.V256.IsSupported)
-            return ((ql0 & Low4) | BitPairTo45(qh, 0), (ql1 & Low4) | BitPairTo45(qh, 2), HighNibbles(ql0) | (qh & high2), HighNibbles(ql1) | BitPairTo45(qh, 6));
-        return ((ql0 & Low4) | (ShiftLeft(qh, 4) & high2), (ql1 & Low4) | (ShiftLeft(qh, 2) & high2),
-            (ShiftRight(ql0, 4) & Low4) | (qh & high2), (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2));
+            return ((ql0 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits01To45, 0), (ql1 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits23To45, 0),
+                Gfni.V256.GaloisFieldAffineTransform(ql0, k.HighNibble, 0) | (qh & k.High2),
+                Gfni.V256.GaloisFieldAffineTransform(ql1, k.HighNibble, 0) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits67To45, 0));
+        return ((ql0 & k.Low4) | (ShiftLeft(qh, 4) & k.High2), (ql1 & k.Low4) | (ShiftLeft(qh, 2) & k.High2),
+            (ShiftRight(ql0, 4) & k.Low4) | (qh & k.High2), (ShiftRight(ql1, 4) & k.Low4) | (ShiftRight(qh, 2) & k.High2));
     }
 
-    /// <summary>Bits <paramref name="low"/> and <paramref name="low"/>+1 of each byte moved to bits 4-5, the rest cleared (GFNI).</summary>
+    /// <summary>Σ scale·(level·q) of 128-element half <paramref name="n"/> of a Q6_K super-block into eight lanes (written out per half).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> BitPairTo45(Vector256<byte> v, int low)
+    private static Vector256<int> HalfQ6K(byte* row, sbyte* q8, Vector256<short> half, int n, in Q6KConstants k)
     {
-        // result bit i takes the input bits set in matrix byte 7−i: byte 3 (bit 4) ← bit low, byte 2 (bit 5) ← bit low+1
-        ulong matrix = (1UL << low) << 24 | (2UL << low) << 16;
-        return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(matrix).AsByte(), 0);
-    }
-
-    /// <summary>Σ scale·(level·q) of 128-element half <paramref name="n"/> of a Q6_K super-block into eight lanes (written out per half so the JIT keeps constant masks).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> HalfQ6K(byte* row, sbyte* q8, Vector256<short> half, int n)
-    {
-        var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n);
+        var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n, k);
         sbyte* q = q8 + 128 * n;
-        return ScaledDot(w1, Vector256.Load(q), PairScales(half, 0)) + ScaledDot(w2, Vector256.Load(q + 32), PairScales(half, 2))
-            + ScaledDot(w3, Vector256.Load(q + 64), PairScales(half, 4)) + ScaledDot(w4, Vector256.Load(q + 96), PairScales(half, 6));
+        var scales = half.AsByte();
+        return ScaledDot(w1, Vector256.Load(q), Avx2.Shuffle(scales, k.Pick0).AsInt16()) + ScaledDot(w2, Vector256.Load(q + 32), Avx2.Shuffle(scales, k.Pick2).AsInt16())
+            + ScaledDot(w3, Vector256.Load(q + 64), Avx2.Shuffle(scales, k.Pick4).AsInt16()) + ScaledDot(w4, Vector256.Load(q + 96), Avx2.Shuffle(scales, k.Pick6).AsInt16());
     }
 
     public static float DotQ6KAvx2(byte* row, int superBlocks, in ActivationRow x)
     {
         var acc = Vector256<float>.Zero;
-        for (int i = 0; i < superBlocks; i++, row += 210)
+        var k = new Q6KConstants();
+        sbyte* q8 = x.Qs;
+        short* bsums = x.BSums;
+        float* dx = x.D;
+        for (byte* end = row + 210 * superBlocks; row < end; row += 210, q8 += 256, bsums += 16, dx++)
         {
             PrefetchAhead(row);
-            sbyte* q8 = x.Qs + i * 256;
             var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
             // levels are stored +32 (0..63): dot with them and take 32·Σ sc·bsum away.
-            var sumi = HalfQ6K(row, q8, LowHalfScales(scales16), 0) + HalfQ6K(row, q8, HighHalfScales(scales16), 1)
-                - Q6KOffsets(scales16, x.BSums + i * 16);
-            acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 208) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
+            var sumi = HalfQ6K(row, q8, LowHalfScales(scales16), 0, k) + HalfQ6K(row, q8, HighHalfScales(scales16), 1, k)
+                - Q6KOffsets(scales16, bsums);
+            acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 208) * *dx), Avx.ConvertToVector256Single(sumi), acc);
         }
         return Sum(acc);
     }
@@ -514,6 +532,7 @@ internal static unsafe class KQuantKernels
     public static void Dot4Q6KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result)
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        var constants = new Q6KConstants();
         for (int i = 0; i < superBlocks; i++, row += 210)
         {
             var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
@@ -523,7 +542,7 @@ internal static unsafe class KQuantKernels
             var s3 = Vector256<int>.Zero - Q6KOffsets(scales16, x[3].BSums + i * 16);
             for (int n = 0; n < 2; n++)
             {
-                var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n);
+                var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n, constants);
                 var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
                 for (int k = 0; k < 4; k++)
                 {
