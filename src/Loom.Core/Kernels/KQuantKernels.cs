@@ -151,17 +151,6 @@ internal static unsafe class KQuantKernels
         get => Vector256.Create((byte)0x0F);
     }
 
-    /// <summary>
-    /// Widens 8 byte scales (bytes 0..7 of <paramref name="scales"/>) to int16 in both 128-bit lanes, for <see cref="PairScales"/>;
-    /// kept in a register so the kernels' accumulators never go through the stack.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> WidenScales(Vector128<byte> scales)
-    {
-        var wide = Avx2.ConvertToVector256Int16(scales);
-        return Avx2.Permute4x64(wide.AsInt64(), 0b01_00_01_00).AsInt16();
-    }
-
     /// <summary>Scales 0..7 of 16 widened ones, in both lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<short> LowHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b01_00_01_00).AsInt16();
@@ -170,18 +159,22 @@ internal static unsafe class KQuantKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<short> HighHalfScales(Vector256<short> scales16) => Avx2.Permute4x64(scales16.AsInt64(), 0b11_10_11_10).AsInt16();
 
-    /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="WidenScales"/>).</summary>
+    /// <summary>Int16 vector: scale <paramref name="k"/> in the low 128 bits, scale <paramref name="k"/>+1 in the high (from <see cref="LowHalfScales"/> or <see cref="HighHalfScales"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> PairScales(Vector256<short> widened, int k)
-    {
-        var pick = Vector256.Create(Vector128.Create((short)(0x0100 + 0x0202 * k)), Vector128.Create((short)(0x0302 + 0x0202 * k)));
-        return Avx2.Shuffle(widened.AsByte(), pick.AsByte()).AsInt16();
-    }
+    private static Vector256<short> PairScales(Vector256<short> widened, int k) => Avx2.Shuffle(widened.AsByte(), PairPick(k)).AsInt16();
 
-    /// <summary>Int16 vector of scale <paramref name="k"/> everywhere (from <see cref="WidenScales"/>).</summary>
+    /// <summary>The shuffle mask of <see cref="PairScales"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> OneScale(Vector256<short> widened, int k) =>
-        Avx2.Shuffle(widened.AsByte(), Vector256.Create((short)(0x0100 + 0x0202 * k)).AsByte()).AsInt16();
+    private static Vector256<byte> PairPick(int k) =>
+        Vector256.Create(Vector128.Create((short)(0x0100 + 0x0202 * k)), Vector128.Create((short)(0x0302 + 0x0202 * k))).AsByte();
+
+    /// <summary>
+    /// Int16 vector of the unsigned byte scale <paramref name="k"/> everywhere, from <see cref="ScalesAndMinsK4"/>'s bytes in both
+    /// 128-bit lanes: one shuffle picks byte k for each low byte and zeroes each high byte (index 0x80).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> OneScale(Vector256<byte> scalesAndMins, int k) =>
+        Avx2.Shuffle(scalesAndMins, Vector256.Create((short)(0x8000 + k)).AsByte()).AsInt16();
 
     /// <summary>Q3_K's 16 scales (−32..31) in a register, unpacked as <see cref="Dequantizer.UnpackQ3KScales"/> does.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -197,11 +190,44 @@ internal static unsafe class KQuantKernels
         return v.AsSByte() - Vector128.Create((sbyte)32);
     }
 
+    /// <summary>
+    /// A super-block's fp16 scale as <see cref="Fp.ReadHalf"/> gives it, normal numbers rebased in a general register:
+    /// the general conversion's multiply sends each scale through the vector unit and back before it is used there.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float ReadScale(byte* p)
+    {
+        uint bits = Unsafe.ReadUnaligned<ushort>(p);
+        if ((bits & 0x7C00) - 0x0400u < 0x7800u) // exponent 1..30
+            return BitConverter.UInt32BitsToSingle(((bits & 0x8000) << 16) | (((bits & 0x7FFF) << 13) + 0x38000000));
+        return Fp.HalfToFloat((ushort)bits);
+    }
+
+    /// <summary>GF(2) affine matrix moving each byte's high nibble down: result bit i (matrix byte 7−i) = input bit i+4, for i &lt; 4.</summary>
+    private const ulong HighNibbleMatrix = 0x1020408000000000;
+
+    /// <summary>Each byte's high nibble moved down: one GF(2) affine transform where GFNI is present, else shift and mask.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> HighNibbles(Vector256<byte> v)
+    {
+        if (Gfni.V256.IsSupported)
+            return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(HighNibbleMatrix).AsByte(), 0);
+        return ShiftRight(v, 4) & Low4;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> ShiftRight(Vector256<byte> v, int count) => Vector256.ShiftRightLogical(v.AsUInt16(), count).AsByte();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> ShiftLeft(Vector256<byte> v, int count) => Vector256.ShiftLeft(v.AsUInt16(), count).AsByte();
+
+    /// <summary>
+    /// Q6_K's level offset, 32·Σ_g scale_g·bsum_g, left in eight int32 lanes (groups 2k and 2k+1 in lane k) for the
+    /// caller to subtract from its lane sums: no horizontal sum and no trip through a general register per super-block.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Q6KOffsets(Vector256<short> scales16, short* bsums) =>
+        Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), scales16) << 5;
 
     /// <summary>Σ_g (per-16 scale_g)·bsum_g over the 16 groups of a super-block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -269,114 +295,173 @@ internal static unsafe class KQuantKernels
         return Sum(acc);
     }
 
-    /// <summary>Q4_K/Q5_K's 12 packed bytes → 8 scales (bytes 0..7) and 8 mins (bytes 8..15).</summary>
+    /// <summary>Q4_K/Q5_K's 12 packed bytes → 8 scales (bytes 0..7) and 8 mins (bytes 8..15), unpacked in a vector register.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector128<byte> ScalesAndMinsK4(byte* packed)
     {
-        const uint m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-        uint a0 = Unsafe.ReadUnaligned<uint>(packed), a1 = Unsafe.ReadUnaligned<uint>(packed + 4), a2 = Unsafe.ReadUnaligned<uint>(packed + 8);
-        uint scalesLow = a0 & m6;
-        uint scalesHigh = (a2 & m4) | (((a0 >> 6) & m2) << 4);
-        uint minsLow = a1 & m6;
-        uint minsHigh = ((a2 >> 4) & m4) | (((a1 >> 6) & m2) << 4);
-        return Vector128.Create(scalesLow, scalesHigh, minsLow, minsHigh).AsByte();
+        // 32-bit words a0 a1 a2 (and 4 bytes of the levels after them, unused). Bytes of
+        //   scales 0..3 = a0 & 0x3f, scales 4..7 = (a2 & 0x0f) | top two bits of a0's bytes at bits 4-5,
+        //   mins 0..3 = a1 & 0x3f,   mins 4..7 = (a2 >> 4 & 0x0f) | top two bits of a1's bytes at bits 4-5.
+        var a = Vector128.Load((uint*)packed);
+        var low = Avx2.ShiftRightLogicalVariable(Sse2.Shuffle(a, 0b10_01_10_00), Vector128.Create(0u, 0, 0, 4))
+            & Vector128.Create(0x3f3f3f3fu, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f);
+        var top = Sse2.ShiftRightLogical(Sse2.Shuffle(a, 0b01_01_00_00), 2) & Vector128.Create(0u, 0x30303030, 0, 0x30303030);
+        return (low | top).AsByte();
     }
 
-    /// <summary>Σ_j min_j·(bsum_2j + bsum_2j+1) for the eight 32-element sub-blocks.</summary>
+    /// <summary>
+    /// min_k·(bsum_2k + bsum_2k+1) of the eight 32-element sub-blocks in lane k. Kept in a vector (the kernels scale
+    /// it by dmin·d_x in float lanes) rather than summed horizontally once per super-block. Takes <see cref="ScalesAndMinsK4"/>'s bytes in both 128-bit lanes.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int MinTimesSums(Vector128<byte> scalesAndMins, short* bsums)
+    private static Vector256<int> MinTimesSums(Vector256<byte> scalesAndMins, short* bsums)
     {
-        var mins = Sse2.UnpackHigh(scalesAndMins.AsUInt64(), scalesAndMins.AsUInt64()).AsByte();
-        // each min covers two adjacent groups of 16, so repeat it: m0 m0 m1 m1 ... m7 m7.
-        var minsPerGroup = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mins, mins));
-        return Vector256.Sum(Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), minsPerGroup));
+        // each min covers two adjacent groups of 16, so repeat it, widened by zeroing the high bytes: m0 m0 m1 m1 ... m7 m7.
+        var pick = Vector256.Create(0x8009800980088008UL, 0x800B800B800A800AUL, 0x800D800D800C800CUL, 0x800F800F800E800EUL).AsByte();
+        return Avx2.MultiplyAddAdjacent(Vector256.Load(bsums), Avx2.Shuffle(scalesAndMins, pick).AsInt16());
     }
 
-    public static float DotQ4KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    /// <summary>The levels of 64 elements <paramref name="c"/>·64.. of a Q4_K/Q5_K super-block: low nibbles then high nibbles, Q5_K's fifth bits added.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<byte> Low, Vector256<byte> High) LevelsK45(byte* qs, Vector256<byte> qh, int c, bool five)
     {
-        var acc = Vector256<float>.Zero;
-        float minTotal = 0;
-        for (int i = 0; i < superBlocks; i++, row += 144)
+        var raw = Vector256.Load(qs + 32 * c);
+        var lo = raw & Low4;
+        var hi = HighNibbles(raw);
+        if (five)
         {
-            sbyte* q8 = x.Qs + i * 256;
-            var sm = ScalesAndMinsK4(row + 4);
-            var scales = WidenScales(sm);
-            int summ = MinTimesSums(sm, x.BSums + i * 16);
-            var sumi = Vector256<int>.Zero;
-            for (int c = 0; c < 4; c++)
-            {
-                var raw = Vector256.Load(row + 16 + 32 * c);
-                var lo = raw & Low4;
-                var hi = ShiftRight(raw, 4) & Low4;
-                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c));
-                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
-            }
-            float dx = x.D[i];
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
-            minTotal += Fp.ReadHalf(row + 2) * dx * summ;
+            var sixteen = Vector256.Create((byte)16);
+            var bitLo = Vector256.Create((byte)(1 << (2 * c)));
+            var bitHi = Vector256.Create((byte)(2 << (2 * c)));
+            lo |= Vector256.Equals(qh & bitLo, bitLo) & sixteen;
+            hi |= Vector256.Equals(qh & bitHi, bitHi) & sixteen;
         }
-        return Sum(acc) - minTotal;
+        return (lo, hi);
     }
 
-    public static float DotQ5KAvx2(byte* row, int superBlocks, in ActivationRow x)
+    /// <summary>Σ scale·(level·q) of 64 elements <paramref name="c"/>·64.. into eight lanes (written out per c so the scale shuffles get constant masks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> ChunkK45(byte* qs, Vector256<byte> qh, sbyte* q8, Vector256<byte> scales, int c, bool five)
+    {
+        var (lo, hi) = LevelsK45(qs, qh, c, five);
+        return ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c)) + ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
+    }
+
+    public static float DotQ4KAvx2(byte* row, int superBlocks, in ActivationRow x) => DotK45(row, superBlocks, x, five: false);
+
+    public static float DotQ5KAvx2(byte* row, int superBlocks, in ActivationRow x) => DotK45(row, superBlocks, x, five: true);
+
+    /// <summary>
+    /// Per super-block: d·d_x·Σ lanes of the scaled level dots, less dmin·d_x·Σ lanes of min·bsum, both accumulated in
+    /// float lanes and summed once per row (<see cref="Dot4K45"/> does the same per token).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotK45(byte* row, int superBlocks, in ActivationRow x, bool five)
     {
         var acc = Vector256<float>.Zero;
-        float minTotal = 0;
-        var sixteen = Vector256.Create((byte)16);
-        for (int i = 0; i < superBlocks; i++, row += 176)
+        var minAcc = Vector256<float>.Zero;
+        int blockBytes = five ? 176 : 144;
+        for (int i = 0; i < superBlocks; i++, row += blockBytes)
         {
+            PrefetchAhead(row);
             sbyte* q8 = x.Qs + i * 256;
             var sm = ScalesAndMinsK4(row + 4);
-            var scales = WidenScales(sm);
-            int summ = MinTimesSums(sm, x.BSums + i * 16);
-            var qh = Vector256.Load(row + 16);
-            var sumi = Vector256<int>.Zero;
-            for (int c = 0; c < 4; c++)
-            {
-                var raw = Vector256.Load(row + 48 + 32 * c);
-                var bitLo = Vector256.Create((byte)(1 << (2 * c)));
-                var bitHi = Vector256.Create((byte)(2 << (2 * c)));
-                var lo = (raw & Low4) | (Vector256.Equals(qh & bitLo, bitLo) & sixteen);
-                var hi = (ShiftRight(raw, 4) & Low4) | (Vector256.Equals(qh & bitHi, bitHi) & sixteen);
-                sumi += ScaledDot(lo, Vector256.Load(q8 + 64 * c), OneScale(scales, 2 * c));
-                sumi += ScaledDot(hi, Vector256.Load(q8 + 64 * c + 32), OneScale(scales, 2 * c + 1));
-            }
+            var scales = Vector256.Create(sm, sm);
+            var qh = five ? Vector256.Load(row + 16) : default;
+            byte* qs = row + (five ? 48 : 16);
+            var sumi = ChunkK45(qs, qh, q8, scales, 0, five) + ChunkK45(qs, qh, q8, scales, 1, five)
+                + ChunkK45(qs, qh, q8, scales, 2, five) + ChunkK45(qs, qh, q8, scales, 3, five);
             float dx = x.D[i];
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
-            minTotal += Fp.ReadHalf(row + 2) * dx * summ;
+            acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row) * dx), Avx.ConvertToVector256Single(sumi), acc);
+            minAcc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 2) * dx), Avx.ConvertToVector256Single(MinTimesSums(scales, x.BSums + i * 16)), minAcc);
         }
-        return Sum(acc) - minTotal;
+        return Sum(acc - minAcc);
+    }
+
+    /// <summary>How far ahead of the super-block in hand <see cref="PrefetchAhead"/> asks for the row (about 20 Q6_K super-blocks).</summary>
+    private const int PrefetchDistance = 4096;
+
+    /// <summary>
+    /// Asks for the four cache lines <see cref="PrefetchDistance"/> bytes past <paramref name="p"/>, which covers a super-block
+    /// of up to 256 bytes per call. The one-token kernels stream each row once; on Zen 4 the hardware prefetcher alone
+    /// left one thread of Q6_K at about 17 GB/s where F16 reaches 24; this brings it to 20–22 (Q4_K about 14 to 16).
+    /// Non-temporal, as the weights are not read again before the next token: a little faster than prefetcht0 at one
+    /// and two threads, and it leaves L2 to the activations and the KV cache.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchAhead(byte* p)
+    {
+        p += PrefetchDistance;
+        Sse.PrefetchNonTemporal(p);
+        Sse.PrefetchNonTemporal(p + 64);
+        Sse.PrefetchNonTemporal(p + 128);
+        Sse.PrefetchNonTemporal(p + 192);
+    }
+
+    /// <summary>
+    /// The Q6_K kernels' masks, made once per call and passed down: the JIT reloaded each vector constant in every
+    /// iteration otherwise (ten loads per super-block on top of the data; about 11% of the one-token kernel's time).
+    /// </summary>
+    private readonly struct Q6KConstants
+    {
+        public readonly Vector256<byte> Low4 = Vector256.Create((byte)0x0F);
+        public readonly Vector256<byte> High2 = Vector256.Create((byte)0x30);
+        // GF(2) affine matrices (result bit i takes the input bits set in matrix byte 7−i)
+        public readonly Vector256<byte> Bits01To45 = BitPairTo45(0), Bits23To45 = BitPairTo45(2), Bits67To45 = BitPairTo45(6);
+        public readonly Vector256<byte> HighNibble = Vector256.Create(HighNibbleMatrix).AsByte();
+        public readonly Vector256<byte> Pick0 = PairPick(0), Pick2 = PairPick(2), Pick4 = PairPick(4), Pick6 = PairPick(6);
+
+        public Q6KConstants() { }
+
+        /// <summary>Bits <paramref name="low"/>, <paramref name="low"/>+1 of a byte to bits 4-5 (matrix bytes 3 and 2), the rest cleared.</summary>
+        private static Vector256<byte> BitPairTo45(int low) => Vector256.Create((1UL << low) << 24 | (2UL << low) << 16).AsByte();
+    }
+
+    /// <summary>
+    /// The levels (0..63) of one 128-element half of a Q6_K super-block, as four 32-element chunks: low nibbles of ql
+    /// bytes 0..31 and 32..63, then their high nibbles, each with its two qh bits (0-1, 2-3, 4-5, 6-7) as bits 4-5.
+    /// With GFNI one affine transform per chunk moves the bits into place already masked (nine operations instead of thirteen).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(byte* ql, byte* qhBits, in Q6KConstants k)
+    {
+        var ql0 = Vector256.Load(ql);
+        var ql1 = Vector256.Load(ql + 32);
+        var qh = Vector256.Load(qhBits);
+        if (Gfni.V256.IsSupported)
+            return ((ql0 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits01To45, 0), (ql1 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits23To45, 0),
+                Gfni.V256.GaloisFieldAffineTransform(ql0, k.HighNibble, 0) | (qh & k.High2),
+                Gfni.V256.GaloisFieldAffineTransform(ql1, k.HighNibble, 0) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits67To45, 0));
+        return ((ql0 & k.Low4) | (ShiftLeft(qh, 4) & k.High2), (ql1 & k.Low4) | (ShiftLeft(qh, 2) & k.High2),
+            (ShiftRight(ql0, 4) & k.Low4) | (qh & k.High2), (ShiftRight(ql1, 4) & k.Low4) | (ShiftRight(qh, 2) & k.High2));
+    }
+
+    /// <summary>Σ scale·(level·q) of 128-element half <paramref name="n"/> of a Q6_K super-block into eight lanes (written out per half).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> HalfQ6K(byte* row, sbyte* q8, Vector256<short> half, int n, in Q6KConstants k)
+    {
+        var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n, k);
+        sbyte* q = q8 + 128 * n;
+        var scales = half.AsByte();
+        return ScaledDot(w1, Vector256.Load(q), Avx2.Shuffle(scales, k.Pick0).AsInt16()) + ScaledDot(w2, Vector256.Load(q + 32), Avx2.Shuffle(scales, k.Pick2).AsInt16())
+            + ScaledDot(w3, Vector256.Load(q + 64), Avx2.Shuffle(scales, k.Pick4).AsInt16()) + ScaledDot(w4, Vector256.Load(q + 96), Avx2.Shuffle(scales, k.Pick6).AsInt16());
     }
 
     public static float DotQ6KAvx2(byte* row, int superBlocks, in ActivationRow x)
     {
         var acc = Vector256<float>.Zero;
-        var high2 = Vector256.Create((byte)0x30);
-        for (int i = 0; i < superBlocks; i++, row += 210)
+        var k = new Q6KConstants();
+        sbyte* q8 = x.Qs;
+        short* bsums = x.BSums;
+        float* dx = x.D;
+        for (byte* end = row + 210 * superBlocks; row < end; row += 210, q8 += 256, bsums += 16, dx++)
         {
-            sbyte* q8 = x.Qs + i * 256;
+            PrefetchAhead(row);
             var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
             // levels are stored +32 (0..63): dot with them and take 32·Σ sc·bsum away.
-            int offset = 32 * ScaledBlockSums(scales16, x.BSums + i * 16);
-            var sumi = Vector256<int>.Zero;
-            for (int n = 0; n < 2; n++)
-            {
-                var ql0 = Vector256.Load(row + 64 * n);
-                var ql1 = Vector256.Load(row + 64 * n + 32);
-                var qh = Vector256.Load(row + 128 + 32 * n);
-                var w1 = (ql0 & Low4) | (ShiftLeft(qh, 4) & high2);
-                var w2 = (ql1 & Low4) | (ShiftLeft(qh, 2) & high2);
-                var w3 = (ShiftRight(ql0, 4) & Low4) | (qh & high2);
-                var w4 = (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2);
-                sbyte* q = q8 + 128 * n;
-                var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
-                sumi += ScaledDot(w1, Vector256.Load(q), PairScales(half, 0));
-                sumi += ScaledDot(w2, Vector256.Load(q + 32), PairScales(half, 2));
-                sumi += ScaledDot(w3, Vector256.Load(q + 64), PairScales(half, 4));
-                sumi += ScaledDot(w4, Vector256.Load(q + 96), PairScales(half, 6));
-            }
-            sumi -= Vector256.CreateScalar(offset);
-            acc = Fma.MultiplyAdd(Vector256.Create(Fp.ReadHalf(row + 208) * x.D[i]), Avx.ConvertToVector256Single(sumi), acc);
+            var sumi = HalfQ6K(row, q8, LowHalfScales(scales16), 0, k) + HalfQ6K(row, q8, HighHalfScales(scales16), 1, k)
+                - Q6KOffsets(scales16, bsums);
+            acc = Fma.MultiplyAdd(Vector256.Create(ReadScale(row + 208) * *dx), Avx.ConvertToVector256Single(sumi), acc);
         }
         return Sum(acc);
     }
@@ -410,33 +495,23 @@ internal static unsafe class KQuantKernels
     private static void Dot4K45(byte* row, int superBlocks, ActivationRow* x, float* result, bool five)
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
-        var sixteen = Vector256.Create((byte)16);
+        Vector256<float> m0 = default, m1 = default, m2 = default, m3 = default;
         int blockBytes = five ? 176 : 144;
         for (int i = 0; i < superBlocks; i++, row += blockBytes)
         {
             var sm = ScalesAndMinsK4(row + 4);
-            var scales = WidenScales(sm);
-            float d = Fp.ReadHalf(row), dmin = Fp.ReadHalf(row + 2);
-            m0 += dmin * x[0].D[i] * MinTimesSums(sm, x[0].BSums + i * 16);
-            m1 += dmin * x[1].D[i] * MinTimesSums(sm, x[1].BSums + i * 16);
-            m2 += dmin * x[2].D[i] * MinTimesSums(sm, x[2].BSums + i * 16);
-            m3 += dmin * x[3].D[i] * MinTimesSums(sm, x[3].BSums + i * 16);
+            var scales = Vector256.Create(sm, sm);
+            float d = ReadScale(row), dmin = ReadScale(row + 2);
+            m0 = Fma.MultiplyAdd(Vector256.Create(dmin * x[0].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[0].BSums + i * 16)), m0);
+            m1 = Fma.MultiplyAdd(Vector256.Create(dmin * x[1].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[1].BSums + i * 16)), m1);
+            m2 = Fma.MultiplyAdd(Vector256.Create(dmin * x[2].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[2].BSums + i * 16)), m2);
+            m3 = Fma.MultiplyAdd(Vector256.Create(dmin * x[3].D[i]), Avx.ConvertToVector256Single(MinTimesSums(scales, x[3].BSums + i * 16)), m3);
             var qh = five ? Vector256.Load(row + 16) : default;
             byte* qs = row + (five ? 48 : 16);
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
             for (int c = 0; c < 4; c++)
             {
-                var raw = Vector256.Load(qs + 32 * c);
-                var lo = raw & Low4;
-                var hi = ShiftRight(raw, 4) & Low4;
-                if (five)
-                {
-                    var bitLo = Vector256.Create((byte)(1 << (2 * c)));
-                    var bitHi = Vector256.Create((byte)(2 << (2 * c)));
-                    lo |= Vector256.Equals(qh & bitLo, bitLo) & sixteen;
-                    hi |= Vector256.Equals(qh & bitHi, bitHi) & sixteen;
-                }
+                var (lo, hi) = LevelsK45(qs, qh, c, five);
                 var scLo = OneScale(scales, 2 * c);
                 var scHi = OneScale(scales, 2 * c + 1);
                 int o = i * 256 + 64 * c;
@@ -450,38 +525,30 @@ internal static unsafe class KQuantKernels
             a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
             a3 = Fma.MultiplyAdd(Vector256.Create(d * x[3].D[i]), Avx.ConvertToVector256Single(s3), a3);
         }
-        result[0] = Sum(a0) - m0;
-        result[1] = Sum(a1) - m1;
-        result[2] = Sum(a2) - m2;
-        result[3] = Sum(a3) - m3;
+        result[0] = Sum(a0 - m0);
+        result[1] = Sum(a1 - m1);
+        result[2] = Sum(a2 - m2);
+        result[3] = Sum(a3 - m3);
     }
 
     public static void Dot4Q6KAvx2(byte* row, int superBlocks, ActivationRow* x, float* result)
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        var high2 = Vector256.Create((byte)0x30);
+        var constants = new Q6KConstants();
         for (int i = 0; i < superBlocks; i++, row += 210)
         {
             var scales16 = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(row + 192)));
-            Vector256<int> s0 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[0].BSums + i * 16));
-            Vector256<int> s1 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[1].BSums + i * 16));
-            Vector256<int> s2 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[2].BSums + i * 16));
-            Vector256<int> s3 = Vector256.CreateScalar(-32 * ScaledBlockSums(scales16, x[3].BSums + i * 16));
+            var s0 = Vector256<int>.Zero - Q6KOffsets(scales16, x[0].BSums + i * 16);
+            var s1 = Vector256<int>.Zero - Q6KOffsets(scales16, x[1].BSums + i * 16);
+            var s2 = Vector256<int>.Zero - Q6KOffsets(scales16, x[2].BSums + i * 16);
+            var s3 = Vector256<int>.Zero - Q6KOffsets(scales16, x[3].BSums + i * 16);
             for (int n = 0; n < 2; n++)
             {
-                var ql0 = Vector256.Load(row + 64 * n);
-                var ql1 = Vector256.Load(row + 64 * n + 32);
-                var qh = Vector256.Load(row + 128 + 32 * n);
+                var (w1, w2, w3, w4) = LevelsQ6K(row + 64 * n, row + 128 + 32 * n, constants);
                 var half = n == 0 ? LowHalfScales(scales16) : HighHalfScales(scales16);
                 for (int k = 0; k < 4; k++)
                 {
-                    var w = k switch
-                    {
-                        0 => (ql0 & Low4) | (ShiftLeft(qh, 4) & high2),
-                        1 => (ql1 & Low4) | (ShiftLeft(qh, 2) & high2),
-                        2 => (ShiftRight(ql0, 4) & Low4) | (qh & high2),
-                        _ => (ShiftRight(ql1, 4) & Low4) | (ShiftRight(qh, 2) & high2),
-                    };
+                    var w = k switch { 0 => w1, 1 => w2, 2 => w3, _ => w4 };
                     var scales = PairScales(half, 2 * k);
                     int o = i * 256 + 128 * n + 32 * k;
                     s0 += ScaledDot(w, Vector256.Load(x[0].Qs + o), scales);
@@ -490,7 +557,7 @@ internal static unsafe class KQuantKernels
                     s3 += ScaledDot(w, Vector256.Load(x[3].Qs + o), scales);
                 }
             }
-            float d = Fp.ReadHalf(row + 208);
+            float d = ReadScale(row + 208);
             a0 = Fma.MultiplyAdd(Vector256.Create(d * x[0].D[i]), Avx.ConvertToVector256Single(s0), a0);
             a1 = Fma.MultiplyAdd(Vector256.Create(d * x[1].D[i]), Avx.ConvertToVector256Single(s1), a1);
             a2 = Fma.MultiplyAdd(Vector256.Create(d * x[2].D[i]), Avx.ConvertToVector256Single(s2), a2);
