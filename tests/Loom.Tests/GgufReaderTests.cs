@@ -69,6 +69,30 @@ public class GgufReaderTests
         Assert.Contains("string length", Assert.Throws<GgufFormatException>(() => GgufFile.Open(TempFile(hugeString))).Message);
     }
 
+    /// <summary>Tensors whose data overlap are rejected: the loader reorganises some tensors in place, so each must own its bytes.</summary>
+    [Fact]
+    public void OverlappingTensorDataIsRejected()
+    {
+        var source = File.ReadAllBytes(SharedData.PathTo("models/stories260K/stories260K.gguf"));
+        GgufTensorInfo first, second;
+        using (var file = GgufFile.Open(SharedData.PathTo("models/stories260K/stories260K.gguf")))
+        {
+            var ordered = file.Tensors.OrderBy(t => t.DataOffset).ToArray();
+            (first, second) = (ordered[0], ordered[1]);
+            Assert.True(second.ByteSize <= source.Length - first.DataOffset);
+            // the second tensor's description: name, dimension count, dimensions, type, then its offset relative to the data start
+            var name = System.Text.Encoding.UTF8.GetBytes(second.Name);
+            int at = source.AsSpan().IndexOf(name) + name.Length + 4 + 8 * second.Dimensions.Length + 4;
+            long dataStart = file.DataStart;
+            Assert.Equal(second.DataOffset - dataStart, BitConverter.ToInt64(source, at));
+            var overlapping = (byte[])source.Clone();
+            BitConverter.GetBytes(first.DataOffset - dataStart).CopyTo(overlapping, at);
+            var error = Assert.Throws<GgufFormatException>(() => GgufFile.Open(TempFile(overlapping)));
+            Assert.Contains("overlap", error.Message);
+            Assert.Contains(second.Name, error.Message);
+        }
+    }
+
     [Fact]
     public void MissingFileGivesFileNotFound()
     {

@@ -144,6 +144,12 @@ public sealed unsafe class GgufFile : IDisposable
                 if (!_tensorsByName.TryAdd(name, t)) throw new GgufFormatException($"{path}: tensor '{name}' appears twice");
                 tensors.Add(t);
             }
+            // Each tensor owns its bytes (llama.cpp requires them consecutive): the model loader reorganises some in place.
+            var byOffset = tensors.OrderBy(t => t.DataOffset).ToArray();
+            for (int i = 1; i < byOffset.Length; i++)
+                if (byOffset[i - 1].DataOffset + byOffset[i - 1].ByteSize > byOffset[i].DataOffset)
+                    throw new GgufFormatException($"{path}: the data of tensors '{byOffset[i - 1].Name}' and '{byOffset[i].Name}' overlap " +
+                                                  $"(bytes {byOffset[i].DataOffset}–{byOffset[i - 1].DataOffset + byOffset[i - 1].ByteSize - 1}); the file is corrupt");
             Tensors = tensors;
         }
         catch
