@@ -73,8 +73,12 @@ internal static unsafe class FloatKernels
     private static Vector256<int> WidenSigned(ushort* p) => Avx2.ConvertToVector256Int32((short*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> FiniteHalfToSingle(Vector256<int> signExtended) =>
-        ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(HalfRebase);
+    private static Vector256<float> FiniteHalfToSingle(Vector256<int> signExtended) => RawHalves(signExtended) * Vector256.Create(HalfRebase);
+
+    /// <summary>Sign-extended halves shifted into a float's place: exactly w·2^-112 for finite halves (subnormal ones included).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> RawHalves(Vector256<int> signExtended) =>
+        ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<uint> TrackMagnitude(Vector256<int> signExtended, Vector256<uint> max) =>
@@ -122,13 +126,6 @@ internal static unsafe class FloatKernels
 
     private const float HalfUnscale = 1.925929944387236e-34f; // 2^-112
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> RawHalves(ushort* p) =>
-        ((WidenSigned(p) << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> RawHalves512(ushort* p) =>
-        ((WidenSigned512(p) << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
     /// <summary>Whether none of the halves is Inf or NaN (all exponent bits set).</summary>
     public static bool HalvesFinite(ushort* halves, long count)
@@ -150,10 +147,10 @@ internal static unsafe class FloatKernels
         int c = 0;
         for (; c + 16 <= cols; c += 16)
         {
-            a0 = Fma.MultiplyAdd(RawHalves(w + c), Vector256.Load(xs + c), a0);
-            a1 = Fma.MultiplyAdd(RawHalves(w + c + 8), Vector256.Load(xs + c + 8), a1);
+            a0 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c)), Vector256.Load(xs + c), a0);
+            a1 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c + 8)), Vector256.Load(xs + c + 8), a1);
         }
-        for (; c + 8 <= cols; c += 8) a0 = Fma.MultiplyAdd(RawHalves(w + c), Vector256.Load(xs + c), a0);
+        for (; c + 8 <= cols; c += 8) a0 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c)), Vector256.Load(xs + c), a0);
         float sum = Vector256.Sum(a0 + a1);
         for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * (xs[c] * HalfUnscale);
         return sum;
@@ -167,10 +164,10 @@ internal static unsafe class FloatKernels
         int c = 0;
         for (; c + 32 <= cols; c += 32)
         {
-            a0 = Avx512F.FusedMultiplyAdd(RawHalves512(w + c), Vector512.Load(xs + c), a0);
-            a1 = Avx512F.FusedMultiplyAdd(RawHalves512(w + c + 16), Vector512.Load(xs + c + 16), a1);
+            a0 = Avx512F.FusedMultiplyAdd(RawHalves(WidenSigned512(w + c)), Vector512.Load(xs + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(RawHalves(WidenSigned512(w + c + 16)), Vector512.Load(xs + c + 16), a1);
         }
-        for (; c + 16 <= cols; c += 16) a0 = Avx512F.FusedMultiplyAdd(RawHalves512(w + c), Vector512.Load(xs + c), a0);
+        for (; c + 16 <= cols; c += 16) a0 = Avx512F.FusedMultiplyAdd(RawHalves(WidenSigned512(w + c)), Vector512.Load(xs + c), a0);
         float sum = Vector512.Sum(a0 + a1);
         for (; c < cols; c++) sum += Fp.HalfToFloat(w[c]) * (xs[c] * HalfUnscale);
         return sum;
@@ -225,8 +222,11 @@ internal static unsafe class FloatKernels
     private static Vector512<int> WidenSigned512(ushort* p) => Avx512F.ConvertToVector512Int32(Vector256.Load((short*)p));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> FiniteHalfToSingle(Vector512<int> signExtended) =>
-        ((signExtended << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(HalfRebase);
+    private static Vector512<float> FiniteHalfToSingle(Vector512<int> signExtended) => RawHalves(signExtended) * Vector512.Create(HalfRebase);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> RawHalves(Vector512<int> signExtended) =>
+        ((signExtended << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<uint> TrackMagnitude(Vector512<int> signExtended, Vector512<uint> max) =>

@@ -33,7 +33,7 @@ internal static unsafe class InterleavedKernels
     public static bool Supports(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0;
 
     /// <summary>Bytes one block of a group occupies (eight blocks of the type).</summary>
-    public static int GroupBlockBytes(GgmlType type) => GroupRows * GgmlTypeInfo.BlockBytes(type);
+    private static int GroupBlockBytes(GgmlType type) => GroupRows * GgmlTypeInfo.BlockBytes(type);
 
     /// <summary>The unsigned levels' offset the kernels take away (Q4_0 8, Q5_0 16), or 0 for Q8_0's signed levels.</summary>
     private static int Offset(GgmlType type) => type switch { GgmlType.Q4_0 => 8, GgmlType.Q5_0 => 16, _ => 0 };
@@ -169,113 +169,52 @@ internal static unsafe class InterleavedKernels
         Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 16);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset)
+    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset) =>
+        RowLaneKernels.RunPhases<InterleavedBlocks>(group, blocks, qs, d, sums, tokens, y, yStride, offset);
+
+    /// <summary>Blocks read straight from the interleaved weights: the tile kernels' integer sums and float steps, per row lane.</summary>
+    private struct InterleavedBlocks : RowLaneKernels.IRowLaneBlocks
     {
-        int groupBlockBytes = GroupBlockBytes(offset);
-        int cols = 32 * blocks;
-        for (int t = 0; t < tokens; t++)
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Accumulate(byte* group, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
         {
-            sbyte* xq = qs + (long)t * cols;
-            float* dx = d + (long)t * blocks;
-            short* xs = offset != 0 ? sums + (long)t * blocks : null;
-            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-            byte* block = group;
-            int b = 0;
-            for (; b + 8 <= blocks; b += 8, block += 8 * groupBlockBytes)
+            byte* block = group + b * GroupBlockBytes(offset);
+            var x = (int*)(xq + 32 * b);
+            Vector256<int> isum;
+            if (offset == 0)
+                isum = RowLaneKernels.SignedGroupsDot((sbyte*)block, x);
+            else
             {
-                a0 = DirectBlock(block, b, xq, dx, xs, offset, a0);
-                a1 = DirectBlock(block + groupBlockBytes, b + 1, xq, dx, xs, offset, a1);
-                a2 = DirectBlock(block + 2 * groupBlockBytes, b + 2, xq, dx, xs, offset, a2);
-                a3 = DirectBlock(block + 3 * groupBlockBytes, b + 3, xq, dx, xs, offset, a3);
-                a4 = DirectBlock(block + 4 * groupBlockBytes, b + 4, xq, dx, xs, offset, a4);
-                a5 = DirectBlock(block + 5 * groupBlockBytes, b + 5, xq, dx, xs, offset, a5);
-                a6 = DirectBlock(block + 6 * groupBlockBytes, b + 6, xq, dx, xs, offset, a6);
-                a7 = DirectBlock(block + 7 * groupBlockBytes, b + 7, xq, dx, xs, offset, a7);
+                var mask = Vector256.Create((byte)0x0F);
+                var v0 = Vector256.Load(block);
+                var v1 = Vector256.Load(block + 32);
+                var v2 = Vector256.Load(block + 64);
+                var v3 = Vector256.Load(block + 96);
+                Vector256<byte> l0 = v0 & mask, l1 = v1 & mask, l2 = v2 & mask, l3 = v3 & mask;
+                Vector256<byte> h0 = High(v0), h1 = High(v1), h2 = High(v2), h3 = High(v3);
+                if (offset == 16)
+                {
+                    var plane = Vector256.Load(block + NibbleBytes).AsUInt16();
+                    var fifth = Vector256.Create((byte)0x10);
+                    l0 |= (plane << 4).AsByte() & fifth;
+                    l1 |= (plane << 3).AsByte() & fifth;
+                    l2 |= (plane << 2).AsByte() & fifth;
+                    l3 |= (plane << 1).AsByte() & fifth;
+                    h0 |= plane.AsByte() & fifth;
+                    h1 |= (plane >> 1).AsByte() & fifth;
+                    h2 |= (plane >> 2).AsByte() & fifth;
+                    h3 |= (plane >> 3).AsByte() & fifth;
+                }
+                isum = RowLaneKernels.UnsignedGroupsDot(l0, l1, l2, l3, h0, h1, h2, h3, x, offset) - Vector256.Create(offset * xs[b]);
             }
-            var tail = Vector256<float>.Zero;
-            for (; b < blocks; b++, block += groupBlockBytes) tail = DirectBlock(block, b, xq, dx, xs, offset, tail);
-            ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
+            // scales were checked finite before interleaving
+            var scale = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(block + ScalesAt(offset)))) * Vector256.Create(dx[b]);
+            return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), scale, acc);
         }
     }
-
-    /// <summary>One interleaved block against one token: the tile kernel's integer sums and float steps, per row lane.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> DirectBlock(byte* block, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
-    {
-        var x = (int*)(xq + 32 * b);
-        if (offset == 0)
-        {
-            var signed = (sbyte*)block;
-            var q8sum = (SignedGroup(signed, 0, x) + SignedGroup(signed, 1, x)) + (SignedGroup(signed, 2, x) + SignedGroup(signed, 3, x))
-                + ((SignedGroup(signed, 4, x) + SignedGroup(signed, 5, x)) + (SignedGroup(signed, 6, x) + SignedGroup(signed, 7, x)));
-            return Fma.MultiplyAdd(Avx.ConvertToVector256Single(q8sum), FiniteScales(block + LevelBytes) * Vector256.Create(dx[b]), acc);
-        }
-        var mask = Vector256.Create((byte)0x0F);
-        var v0 = Vector256.Load(block);
-        var v1 = Vector256.Load(block + 32);
-        var v2 = Vector256.Load(block + 64);
-        var v3 = Vector256.Load(block + 96);
-        Vector256<byte> l0 = v0 & mask, l1 = v1 & mask, l2 = v2 & mask, l3 = v3 & mask;
-        Vector256<byte> h0 = High(v0), h1 = High(v1), h2 = High(v2), h3 = High(v3);
-        if (offset == 16)
-        {
-            var plane = Vector256.Load(block + NibbleBytes).AsUInt16();
-            var fifth = Vector256.Create((byte)0x10);
-            l0 |= (plane << 4).AsByte() & fifth;
-            l1 |= (plane << 3).AsByte() & fifth;
-            l2 |= (plane << 2).AsByte() & fifth;
-            l3 |= (plane << 1).AsByte() & fifth;
-            h0 |= plane.AsByte() & fifth;
-            h1 |= (plane >> 1).AsByte() & fifth;
-            h2 |= (plane >> 2).AsByte() & fifth;
-            h3 |= (plane >> 3).AsByte() & fifth;
-        }
-        Vector256<int> isum;
-        if (AvxVnni.IsSupported)
-        {
-            var even = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, l0, Bytes(x[0]));
-            var odd = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, l1, Bytes(x[1]));
-            even = AvxVnni.MultiplyWideningAndAdd(even, l2, Bytes(x[2]));
-            odd = AvxVnni.MultiplyWideningAndAdd(odd, l3, Bytes(x[3]));
-            even = AvxVnni.MultiplyWideningAndAdd(even, h0, Bytes(x[4]));
-            odd = AvxVnni.MultiplyWideningAndAdd(odd, h1, Bytes(x[5]));
-            even = AvxVnni.MultiplyWideningAndAdd(even, h2, Bytes(x[6]));
-            odd = AvxVnni.MultiplyWideningAndAdd(odd, h3, Bytes(x[7]));
-            isum = even + odd;
-        }
-        else
-        {
-            // four pair sums of at most 2·31·127 each stay within int16 (eight, for Q4_0's 2·15·127)
-            var s = Avx2.MultiplyAddAdjacent(l0, Bytes(x[0])) + Avx2.MultiplyAddAdjacent(l1, Bytes(x[1]))
-                + Avx2.MultiplyAddAdjacent(l2, Bytes(x[2])) + Avx2.MultiplyAddAdjacent(l3, Bytes(x[3]));
-            var u = Avx2.MultiplyAddAdjacent(h0, Bytes(x[4])) + Avx2.MultiplyAddAdjacent(h1, Bytes(x[5]))
-                + Avx2.MultiplyAddAdjacent(h2, Bytes(x[6])) + Avx2.MultiplyAddAdjacent(h3, Bytes(x[7]));
-            var ones = Vector256.Create((short)1);
-            isum = offset == 8 ? Avx2.MultiplyAddAdjacent(s + u, ones) : Avx2.MultiplyAddAdjacent(s, ones) + Avx2.MultiplyAddAdjacent(u, ones);
-        }
-        isum -= Vector256.Create(offset * xs[b]);
-        var scale = FiniteScales(block + ScalesAt(offset)) * Vector256.Create(dx[b]);
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), scale, acc);
-    }
-
-    /// <summary>Group <paramref name="k"/> of a Q8_0 block (eight rows' signed levels) against the activation's bytes 4k..4k+3.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> SignedGroup(sbyte* block, int k, int* x) =>
-        RowLaneKernels.SignedDot(Vector256.Load(block + 32 * k), Vector256.Create(x[k]).AsSByte());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> High(Vector256<byte> packed) => (packed.AsUInt16() >> 4).AsByte() & Vector256.Create((byte)0x0F);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<sbyte> Bytes(int four) => Vector256.Create(four).AsSByte();
-
-    /// <summary>Eight finite fp16 scales as floats, exactly: the magnitude moved into a float's place and rebased by 2^112.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> FiniteScales(byte* halves)
-    {
-        var h = Avx2.ConvertToVector256Int32((ushort*)halves);
-        return (((h << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828e33f);
-    }
 
     // ---- many tokens: unpack the group(s) into tile scratch once, then the tile kernels' token loop ----
 

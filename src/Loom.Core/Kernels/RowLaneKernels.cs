@@ -67,12 +67,17 @@ internal static unsafe class RowLaneKernels
     private static Vector256<float> FiniteHalves(Vector256<int> halves, ref Vector256<uint> magnitudes)
     {
         magnitudes = Avx2.Max(magnitudes, (halves << 17).AsUInt32());
-        return ((((halves << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle()) * Vector256.Create(HalfRebase);
+        return FiniteHalfScales(halves);
     }
+
+    /// <summary>Eight finite halves (low 16 bits of each lane) as floats, exactly: the magnitude moved into a float's place and rebased by 2^112.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> FiniteHalfScales(Vector256<int> halves) =>
+        ((((halves << 16) >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle()) * Vector256.Create(HalfRebase);
 
     /// <summary>Integer dot of 32 signed weight levels with 32 signed activation levels (eight partial sums).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<int> SignedDot(Vector256<sbyte> w, Vector256<sbyte> x) => DotUnsignedSigned(Avx2.Abs(w).AsByte(), Avx2.Sign(x, w));
+    private static Vector256<int> SignedDot(Vector256<sbyte> w, Vector256<sbyte> x) => DotUnsignedSigned(Avx2.Abs(w).AsByte(), Avx2.Sign(x, w));
 
     /// <summary>Transposes eight rows of eight 32-bit groups: on return v_g lane r = group g of row r.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -330,7 +335,7 @@ internal static unsafe class RowLaneKernels
         }
     }
 
-    /// <summary>One block of a sixteen-row tile against one token (see <see cref="TileBlock"/>).</summary>
+    /// <summary>One block of a sixteen-row tile against one token (see <see cref="ScratchBlocks"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> WideTileBlock(byte* scratch, int b, sbyte* xq, float* dx, short* xs, int offset, Vector512<float> acc)
     {
@@ -399,7 +404,23 @@ internal static unsafe class RowLaneKernels
 
     /// <summary>Every token over an eight-row tile already in <paramref name="scratch"/> (<see cref="TileBytesPerBlock"/> per block).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    internal static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset) =>
+        RunPhases<ScratchBlocks>(scratch, blocks, qs, d, sums, tokens, y, yStride, offset);
+
+    /// <summary>Where an eight-row tile's blocks come from, and how one of them meets one token.</summary>
+    internal interface IRowLaneBlocks
+    {
+        /// <summary>acc + float(isum_b)·scale_b·d_x,b for block <paramref name="b"/> of the eight rows at <paramref name="source"/>, per row lane.</summary>
+        static abstract Vector256<float> Accumulate(byte* source, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc);
+    }
+
+    /// <summary>
+    /// Every token over eight rows: blocks in full groups of eight feed the eight phase accumulators, the rest a tail
+    /// sum, added in the fixed tree every row-lane kernel uses (the one-token kernels' order, for batch invariance).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void RunPhases<TBlocks>(byte* source, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset)
+        where TBlocks : struct, IRowLaneBlocks
     {
         int cols = 32 * blocks;
         for (int t = 0; t < tokens; t++)
@@ -411,70 +432,77 @@ internal static unsafe class RowLaneKernels
             int b = 0;
             for (; b + 8 <= blocks; b += 8)
             {
-                a0 = TileBlock(scratch, b, xq, dx, xs, offset, a0);
-                a1 = TileBlock(scratch, b + 1, xq, dx, xs, offset, a1);
-                a2 = TileBlock(scratch, b + 2, xq, dx, xs, offset, a2);
-                a3 = TileBlock(scratch, b + 3, xq, dx, xs, offset, a3);
-                a4 = TileBlock(scratch, b + 4, xq, dx, xs, offset, a4);
-                a5 = TileBlock(scratch, b + 5, xq, dx, xs, offset, a5);
-                a6 = TileBlock(scratch, b + 6, xq, dx, xs, offset, a6);
-                a7 = TileBlock(scratch, b + 7, xq, dx, xs, offset, a7);
+                a0 = TBlocks.Accumulate(source, b, xq, dx, xs, offset, a0);
+                a1 = TBlocks.Accumulate(source, b + 1, xq, dx, xs, offset, a1);
+                a2 = TBlocks.Accumulate(source, b + 2, xq, dx, xs, offset, a2);
+                a3 = TBlocks.Accumulate(source, b + 3, xq, dx, xs, offset, a3);
+                a4 = TBlocks.Accumulate(source, b + 4, xq, dx, xs, offset, a4);
+                a5 = TBlocks.Accumulate(source, b + 5, xq, dx, xs, offset, a5);
+                a6 = TBlocks.Accumulate(source, b + 6, xq, dx, xs, offset, a6);
+                a7 = TBlocks.Accumulate(source, b + 7, xq, dx, xs, offset, a7);
             }
             var tail = Vector256<float>.Zero;
-            for (; b < blocks; b++) tail = TileBlock(scratch, b, xq, dx, xs, offset, tail);
+            for (; b < blocks; b++) tail = TBlocks.Accumulate(source, b, xq, dx, xs, offset, tail);
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
         }
     }
 
-    /// <summary>One block of the tile against one token: eight row lanes of isum, converted, scaled and accumulated.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> TileBlock(byte* scratch, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
+    /// <summary>Blocks transposed into tile scratch: levels as eight 32-byte groups, then eight float scales.</summary>
+    private struct ScratchBlocks : IRowLaneBlocks
     {
-        var g = (sbyte*)(scratch + b * TileBytesPerBlock);
-        var x = (int*)(xq + 32 * b);
-        Vector256<int> isum;
-        if (offset != 0)
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Accumulate(byte* scratch, int b, sbyte* xq, float* dx, short* xs, int offset, Vector256<float> acc)
         {
-            if (AvxVnni.IsSupported)
-            {
-                var even = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load((byte*)g), Vector256.Create(x[0]).AsSByte());
-                var odd = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Load((byte*)g + 32), Vector256.Create(x[1]).AsSByte());
-                for (int k = 2; k < 8; k += 2)
-                {
-                    even = AvxVnni.MultiplyWideningAndAdd(even, Vector256.Load((byte*)g + 32 * k), Vector256.Create(x[k]).AsSByte());
-                    odd = AvxVnni.MultiplyWideningAndAdd(odd, Vector256.Load((byte*)g + 32 * k + 32), Vector256.Create(x[k + 1]).AsSByte());
-                }
-                isum = even + odd;
-            }
-            else
-            {
-                // four pair sums of at most 2·31·127 each stay within int16 (eight, for Q4_0's 2·15·127)
-                var s = Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g), Vector256.Create(x[0]).AsSByte())
-                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 32), Vector256.Create(x[1]).AsSByte())
-                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 64), Vector256.Create(x[2]).AsSByte())
-                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 96), Vector256.Create(x[3]).AsSByte());
-                var u = Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 128), Vector256.Create(x[4]).AsSByte())
-                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 160), Vector256.Create(x[5]).AsSByte())
-                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 192), Vector256.Create(x[6]).AsSByte())
-                    + Avx2.MultiplyAddAdjacent(Vector256.Load((byte*)g + 224), Vector256.Create(x[7]).AsSByte());
-                var ones = Vector256.Create((short)1);
-                isum = offset == 8 ? Avx2.MultiplyAddAdjacent(s + u, ones) : Avx2.MultiplyAddAdjacent(s, ones) + Avx2.MultiplyAddAdjacent(u, ones);
-            }
-            isum -= Vector256.Create(offset * xs[b]);
+            var g = scratch + b * TileBytesPerBlock;
+            var x = (int*)(xq + 32 * b);
+            var isum = offset == 0
+                ? SignedGroupsDot((sbyte*)g, x)
+                : UnsignedGroupsDot(Vector256.Load(g), Vector256.Load(g + 32), Vector256.Load(g + 64), Vector256.Load(g + 96),
+                    Vector256.Load(g + 128), Vector256.Load(g + 160), Vector256.Load(g + 192), Vector256.Load(g + 224), x, offset) - Vector256.Create(offset * xs[b]);
+            var scale = Vector256.Load((float*)(g + 256)) * Vector256.Create(dx[b]);
+            return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), scale, acc);
         }
-        else
-        {
-            isum = (TileSignedDot(g, 0, x) + TileSignedDot(g, 1, x)) + (TileSignedDot(g, 2, x) + TileSignedDot(g, 3, x))
-                + ((TileSignedDot(g, 4, x) + TileSignedDot(g, 5, x)) + (TileSignedDot(g, 6, x) + TileSignedDot(g, 7, x)));
-        }
-        var scale = Vector256.Load((float*)(g + 256)) * Vector256.Create(dx[b]);
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), scale, acc);
     }
 
-    /// <summary>Group <paramref name="k"/> of a Q8_0 tile block against the activation's four bytes k, broadcast.</summary>
+    /// <summary>Σ over the eight groups of eight rows' unsigned levels (Q4_0/Q5_0) times the activation's bytes 4k..4k+3, per row lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> TileSignedDot(sbyte* tileBlock, int k, int* x) =>
-        SignedDot(Vector256.Load(tileBlock + 32 * k), Vector256.Create(x[k]).AsSByte());
+    internal static Vector256<int> UnsignedGroupsDot(Vector256<byte> g0, Vector256<byte> g1, Vector256<byte> g2, Vector256<byte> g3,
+        Vector256<byte> g4, Vector256<byte> g5, Vector256<byte> g6, Vector256<byte> g7, int* x, int offset)
+    {
+        if (AvxVnni.IsSupported)
+        {
+            var even = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, g0, Bytes(x[0]));
+            var odd = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, g1, Bytes(x[1]));
+            even = AvxVnni.MultiplyWideningAndAdd(even, g2, Bytes(x[2]));
+            odd = AvxVnni.MultiplyWideningAndAdd(odd, g3, Bytes(x[3]));
+            even = AvxVnni.MultiplyWideningAndAdd(even, g4, Bytes(x[4]));
+            odd = AvxVnni.MultiplyWideningAndAdd(odd, g5, Bytes(x[5]));
+            even = AvxVnni.MultiplyWideningAndAdd(even, g6, Bytes(x[6]));
+            odd = AvxVnni.MultiplyWideningAndAdd(odd, g7, Bytes(x[7]));
+            return even + odd;
+        }
+        // four pair sums of at most 2·31·127 each stay within int16 (eight, for Q4_0's 2·15·127)
+        var s = Avx2.MultiplyAddAdjacent(g0, Bytes(x[0])) + Avx2.MultiplyAddAdjacent(g1, Bytes(x[1]))
+            + Avx2.MultiplyAddAdjacent(g2, Bytes(x[2])) + Avx2.MultiplyAddAdjacent(g3, Bytes(x[3]));
+        var u = Avx2.MultiplyAddAdjacent(g4, Bytes(x[4])) + Avx2.MultiplyAddAdjacent(g5, Bytes(x[5]))
+            + Avx2.MultiplyAddAdjacent(g6, Bytes(x[6])) + Avx2.MultiplyAddAdjacent(g7, Bytes(x[7]));
+        var ones = Vector256.Create((short)1);
+        return offset == 8 ? Avx2.MultiplyAddAdjacent(s + u, ones) : Avx2.MultiplyAddAdjacent(s, ones) + Avx2.MultiplyAddAdjacent(u, ones);
+    }
+
+    /// <summary>Σ over the eight groups of eight rows' signed Q8_0 levels (32 bytes apart) times the activation's bytes 4k..4k+3, per row lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<int> SignedGroupsDot(sbyte* groups, int* x) =>
+        (SignedGroupDot(groups, 0, x) + SignedGroupDot(groups, 1, x)) + (SignedGroupDot(groups, 2, x) + SignedGroupDot(groups, 3, x))
+        + ((SignedGroupDot(groups, 4, x) + SignedGroupDot(groups, 5, x)) + (SignedGroupDot(groups, 6, x) + SignedGroupDot(groups, 7, x)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SignedGroupDot(sbyte* groups, int k, int* x) =>
+        SignedDot(Vector256.Load(groups + 32 * k), Bytes(x[k]));
+
+    /// <summary>Four activation bytes in every 32-bit lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<sbyte> Bytes(int four) => Vector256.Create(four).AsSByte();
 
     /// <summary>Per-thread tile scratch, grown when a matrix needs more (never per call once warm).</summary>
     [ThreadStatic] private static byte[]? t_scratch;
