@@ -9,7 +9,7 @@ namespace Loom.Tests;
 
 /// <summary>
 /// Q8_0/Q4_0/Q5_0 matrices reorganised in place into the interleaved row-lane layout must give bit for bit the products and
-/// rows of the original layout, on every path, for any token count and thread count; shapes that cannot be interleaved
+/// rows of the original layout (Q4_K/Q6_K: their own arithmetic, the same on every path), on every path, for any token count and thread count; shapes that cannot be interleaved
 /// are left alone; and a model load must never change the file.
 /// </summary>
 [Collection(ConformanceCollection.Name)]
@@ -65,14 +65,88 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
                             $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads, token {i / rows} row {i % rows}: {actual[i]:R} interleaved, {expected[i]:R} original");
                 }
 
-            var expectedRow = new float[cols];
-            var actualRow = new float[cols];
+            AssertRowsMatch(plain, interleaved);
+        }
+    }
+
+    public static TheoryData<GgmlType, int, int, byte> KQuantCases()
+    {
+        var data = new TheoryData<GgmlType, int, int, byte>();
+        foreach (var type in new[] { GgmlType.Q4_K, GgmlType.Q6_K })
+        {
+            data.Add(type, 24, 256, 0);    // one super-block; three groups of eight rows
+            data.Add(type, 64, 2304, 0);   // nine super-blocks
+            data.Add(type, 16, 512, 0xFF); // every level, scale and min at its extreme: the int16 sums must not overflow
+            data.Add(type, 16, 512, 0x7F);
+            data.Add(type, 32, 2048, 1);   // quantized from floats, as in a real model
+        }
+        return data;
+    }
+
+    /// <summary>
+    /// Q4_K/Q6_K matrices reorganised in place have their own arithmetic (exact integer sums per super-block, then one
+    /// fused multiply-add chain): every path, token count and thread count gives the same bits as the scalar form, the
+    /// products stay within rounding of the original layout's, and rows read back unchanged.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(KQuantCases))]
+    public void KQuantProductsAreTheSameOnEveryPathAndCloseToTheOriginalLayout(GgmlType type, int rows, int cols, byte fill)
+    {
+        var rng = new Random(31 + rows + cols + fill);
+        var original = KernelMatrixTests.RandomWeights(type, rows, cols, rng);
+        if (fill == 1)
+        {
+            var values = KernelMatrixTests.RandomInputs(rows * cols, rng);
+            long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
             for (int r = 0; r < rows; r++)
-            {
-                plain.DequantizeRow(r, expectedRow);
-                interleaved.DequantizeRow(r, actualRow);
-                Assert.Equal(expectedRow, actualRow);
-            }
+                Quantizer.Quantize(type, values.AsSpan(r * cols, cols), original.AsSpan((int)(r * rowBytes), (int)rowBytes));
+        }
+        else if (fill != 0)
+        {
+            // keep the fp16 scales (finite, small) and set everything else to the pattern
+            var scales = KernelMatrixTests.RandomWeights(type, rows, cols, rng);
+            Array.Fill(original, fill);
+            int blockBytes = GgmlTypeInfo.BlockBytes(type);
+            foreach (int offset in type == GgmlType.Q4_K ? new[] { 0, 2 } : new[] { 208 })
+                for (int b = 0; b < original.Length / blockBytes; b++)
+                    Array.Copy(scales, b * blockBytes + offset, original, b * blockBytes + offset, 2);
+        }
+        var reorganised = (byte[])original.Clone();
+        const int MaxTokens = 17;
+        var x = KernelMatrixTests.RandomInputs(MaxTokens * cols, rng);
+        if (fill > 1) Array.Fill(x, fill == 0xFF ? 1f : -1f); // every activation level ±127
+        using var single = new LoomThreadPool(1);
+        using var two = new LoomThreadPool(2);
+        fixed (byte* o = original)
+        fixed (byte* w = reorganised)
+        fixed (float* xp = x)
+        {
+            var plain = new WeightMatrix(type, o, rows, cols);
+            var interleaved = WeightMatrix.CreateOptimized(type, w, rows, cols);
+            if (KernelIsaSupport.Best == KernelIsa.Portable) return;
+            Assert.True(interleaved.Interleaved);
+
+            var scalar = new float[MaxTokens * rows];
+            fixed (float* r = scalar) interleaved.Multiply(xp, r, MaxTokens, single, KernelIsa.Portable);
+            var reference = new float[MaxTokens * rows];
+            fixed (float* r = reference) plain.Multiply(xp, r, MaxTokens, single, KernelIsa.Portable);
+            float largest = reference.Max(Math.Abs);
+            for (int i = 0; i < scalar.Length; i++)
+                Assert.True(Math.Abs(scalar[i] - reference[i]) <= 1e-5f * largest,
+                    $"{type} token {i / rows} row {i % rows}: {scalar[i]:R} interleaved, {reference[i]:R} original layout");
+
+            foreach (var isa in Enum.GetValues<KernelIsa>().Where(KernelIsaSupport.IsSupported))
+                foreach (int tokens in new[] { 1, 3, 8, 17 })
+                    foreach (var pool in new[] { single, two })
+                    {
+                        var actual = new float[tokens * rows];
+                        fixed (float* a = actual) interleaved.Multiply(xp, a, tokens, pool, isa);
+                        for (int i = 0; i < actual.Length; i++)
+                            Assert.True(BitConverter.SingleToInt32Bits(scalar[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                                $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads, token {i / rows} row {i % rows}: {actual[i]:R}, scalar form {scalar[i]:R}");
+                    }
+
+            AssertRowsMatch(plain, interleaved);
         }
     }
 
@@ -123,7 +197,10 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
     {
         var rng = new Random(5);
         AssertLeftAlone(GgmlType.Q4_0, KernelMatrixTests.RandomWeights(GgmlType.Q4_0, 12, 64, rng), 12, 64); // rows not a multiple of 8
-        AssertLeftAlone(GgmlType.Q6_K, KernelMatrixTests.RandomWeights(GgmlType.Q6_K, 16, 256, rng), 16, 256); // a type without the layout
+        AssertLeftAlone(GgmlType.Q5_K, KernelMatrixTests.RandomWeights(GgmlType.Q5_K, 16, 256, rng), 16, 256); // a type without the layout
+        var infiniteMin = KernelMatrixTests.RandomWeights(GgmlType.Q4_K, 8, 256, rng);
+        BitConverter.TryWriteBytes(infiniteMin.AsSpan(3 * 144 + 2, 2), (ushort)0xFC00); // one super-block's dmin is -Inf
+        AssertLeftAlone(GgmlType.Q4_K, infiniteMin, 8, 256);
         var infinite = KernelMatrixTests.RandomWeights(GgmlType.Q5_0, 16, 64, rng);
         BitConverter.TryWriteBytes(infinite.AsSpan(5 * 22, 2), (ushort)0x7C00); // one block's scale is +Inf
         AssertLeftAlone(GgmlType.Q5_0, infinite, 16, 64);
@@ -131,6 +208,18 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
         BitConverter.TryWriteBytes(nan.AsSpan(2 * 100, 2), (ushort)0x7E00); // one weight is NaN
         fixed (byte* w = nan)
             Assert.False(WeightMatrix.CreateOptimized(GgmlType.F16, w, 4, 64).FiniteHalves);
+    }
+
+    private static void AssertRowsMatch(WeightMatrix plain, WeightMatrix interleaved)
+    {
+        var expectedRow = new float[plain.Cols];
+        var actualRow = new float[plain.Cols];
+        for (int r = 0; r < plain.Rows; r++)
+        {
+            plain.DequantizeRow(r, expectedRow);
+            interleaved.DequantizeRow(r, actualRow);
+            Assert.Equal(expectedRow, actualRow);
+        }
     }
 
     private static void AssertLeftAlone(GgmlType type, byte[] weights, int rows, int cols)

@@ -9,7 +9,8 @@ namespace Loom.Core.Kernels;
 /// Q8_0, Q4_0 and Q5_0 weights reorganised in place, eight rows at a time, into the row-lane order of the tile kernels
 /// (<see cref="RowLaneKernels"/>), so that a one-token product needs no horizontal adds, scale gathers or nibble
 /// reordering, and many tokens need no transposition: each 32-bit lane of a vector is one row. The layout takes
-/// exactly the bytes of the eight rows it replaces.
+/// exactly the bytes of the eight rows it replaces. Q4_K and Q6_K have their own layout and kernels
+/// (<see cref="InterleavedKQuantKernels"/>), reached through the same entry points.
 /// </summary>
 /// <remarks>
 /// Per block of the eight rows (<c>8 × block bytes</c>, blocks one after the other):
@@ -30,7 +31,7 @@ internal static unsafe class InterleavedKernels
 
     private const int NibbleBytes = 128, PlaneBytes = 32, LevelBytes = 256;
 
-    public static bool Supports(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0;
+    public static bool Supports(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0 || InterleavedKQuantKernels.Supports(type);
 
     /// <summary>Bytes one block of a group occupies (eight blocks of the type).</summary>
     private static int GroupBlockBytes(GgmlType type) => GroupRows * GgmlTypeInfo.BlockBytes(type);
@@ -55,6 +56,7 @@ internal static unsafe class InterleavedKernels
     /// </summary>
     public static bool ScalesFinite(GgmlType type, byte* data, long rows, int blocks)
     {
+        if (InterleavedKQuantKernels.Supports(type)) return InterleavedKQuantKernels.ScalesFinite(type, data, rows, blocks);
         int blockBytes = GgmlTypeInfo.BlockBytes(type);
         long count = rows * blocks;
         for (long i = 0; i < count; i++)
@@ -90,6 +92,11 @@ internal static unsafe class InterleavedKernels
 
     private static void InterleaveBlock(GgmlType type, byte* block, byte* destination, int lane)
     {
+        if (InterleavedKQuantKernels.Supports(type))
+        {
+            InterleavedKQuantKernels.InterleaveBlock(type, block, destination, lane);
+            return;
+        }
         int scalesAt = ScalesAt(type);
         *(ushort*)(destination + scalesAt + 2 * lane) = *(ushort*)block;
         byte* qs = block + LevelsAt(type);
@@ -106,6 +113,11 @@ internal static unsafe class InterleavedKernels
 
     private static void DeinterleaveBlock(GgmlType type, byte* source, int lane, byte* block)
     {
+        if (InterleavedKQuantKernels.Supports(type))
+        {
+            InterleavedKQuantKernels.DeinterleaveBlock(type, source, lane, block);
+            return;
+        }
         *(ushort*)block = *(ushort*)(source + ScalesAt(type) + 2 * lane);
         byte* qs = block + LevelsAt(type);
         for (int k = 0; k < LevelWords(type); k++)
@@ -125,6 +137,7 @@ internal static unsafe class InterleavedKernels
     /// </summary>
     public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Select(GgmlType type, KernelIsa isa, int tokens) => isa switch
     {
+        _ when InterleavedKQuantKernels.Supports(type) => InterleavedKQuantKernels.Select(type, isa),
         KernelIsa.Portable => null,
         KernelIsa.Avx512 when tokens >= WideTileMinTokens(type) => type switch
         {
@@ -148,7 +161,7 @@ internal static unsafe class InterleavedKernels
 
     /// <summary>Rows one call of <see cref="Select"/>'s kernel computes.</summary>
     public static int RowsPerCall(GgmlType type, KernelIsa isa, int tokens) =>
-        isa == KernelIsa.Avx512 && tokens >= WideTileMinTokens(type) ? RowLaneKernels.WideTileRows : GroupRows;
+        isa == KernelIsa.Avx512 && !InterleavedKQuantKernels.Supports(type) && tokens >= WideTileMinTokens(type) ? RowLaneKernels.WideTileRows : GroupRows;
 
     /// <summary>
     /// From this many tokens on, the AVX-512 path takes sixteen-row tiles. Unpacking interleaved nibbles costs far less

@@ -17,27 +17,35 @@ internal static unsafe class KQuantKernels
 
     public static float DotPortable(GgmlType type, byte* row, int superBlocks, in ActivationRow x)
     {
-        sbyte* levels = stackalloc sbyte[256];
-        int* scales = stackalloc int[16];
-        int* mins = stackalloc int[16];
         int blockBytes = GgmlTypeInfo.BlockBytes(type);
         float total = 0;
         for (int i = 0; i < superBlocks; i++, row += blockBytes)
         {
-            UnpackScalar(type, row, levels, scales, mins, out float d, out float dmin);
-            sbyte* q8 = x.Qs + i * 256;
-            short* bsums = x.BSums + i * 16;
-            int sumi = 0, summ = 0;
-            for (int g = 0; g < 16; g++)
-            {
-                int s = 0;
-                for (int j = 0; j < 16; j++) s += levels[g * 16 + j] * q8[g * 16 + j];
-                sumi += scales[g] * s;
-                summ += mins[g] * bsums[g];
-            }
+            var (sumi, summ, d, dmin) = IntegerSums(type, row, x.Qs + i * 256, x.BSums + i * 16);
             total += d * x.D[i] * sumi - dmin * x.D[i] * summ;
         }
         return total;
+    }
+
+    /// <summary>
+    /// A super-block's exact integer sums against Q8_K levels <paramref name="q8"/>: Σ_g scale_g·Σ level·q (levels with
+    /// their offsets applied) and Σ_g min_g·bsum_g, with its float scales d and dmin.
+    /// </summary>
+    public static (int Sumi, int Summ, float D, float Dmin) IntegerSums(GgmlType type, byte* block, sbyte* q8, short* bsums)
+    {
+        sbyte* levels = stackalloc sbyte[256];
+        int* scales = stackalloc int[16];
+        int* mins = stackalloc int[16];
+        UnpackScalar(type, block, levels, scales, mins, out float d, out float dmin);
+        int sumi = 0, summ = 0;
+        for (int g = 0; g < 16; g++)
+        {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += levels[g * 16 + j] * q8[g * 16 + j];
+            sumi += scales[g] * s;
+            summ += mins[g] * bsums[g];
+        }
+        return (sumi, summ, d, dmin);
     }
 
     /// <summary>Integer form of one super-block: w[e] = d·scale[e/16]·levels[e] − dmin·min[e/16].</summary>
@@ -204,7 +212,7 @@ internal static unsafe class KQuantKernels
     }
 
     /// <summary>GF(2) affine matrix moving each byte's high nibble down: result bit i (matrix byte 7−i) = input bit i+4, for i &lt; 4.</summary>
-    private const ulong HighNibbleMatrix = 0x1020408000000000;
+    internal const ulong HighNibbleMatrix = 0x1020408000000000;
 
     /// <summary>Each byte's high nibble moved down: one GF(2) affine transform where GFNI is present, else shift and mask.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -98,7 +98,9 @@ internal sealed unsafe class MatMulJob : IParallelWork
         {
             var matrix = matrices[i];
             ref var part = ref _parts[i];
-            part.Dot = DotKernels.Select(matrix.Type, isa);
+            // interleaved K-quants have their own arithmetic; the portable path runs it on rebuilt rows
+            part.Dot = matrix.Interleaved && isa == KernelIsa.Portable && InterleavedKQuantKernels.Supports(matrix.Type)
+                ? InterleavedKQuantKernels.PortableDot(matrix.Type) : DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
             part.Interleaved = matrix.Interleaved;
             part.ScaledInput = false;
@@ -234,14 +236,15 @@ internal sealed unsafe class MatMulJob : IParallelWork
         if (part.Tile != null)
         {
             byte* scratch = RowLaneKernels.Scratch(units);
+            short* sums = _kind == ActivationKind.Q8K ? _bsums : _blockSums;
             int r = rowStart;
             for (; r + part.TileRows <= rowEnd; r += part.TileRows)
-                part.Tile(weights + r * rowBytes, rowBytes, units, _qs, _d, _blockSums, _tokens, y + r, rows, scratch);
+                part.Tile(weights + r * rowBytes, rowBytes, units, _qs, _d, sums, _tokens, y + r, rows, scratch);
             if (part.Interleaved)
             {
                 // rows and chunk bounds are multiples of eight
                 for (; r < rowEnd; r += InterleavedKernels.GroupRows)
-                    part.GroupTile(weights + r * rowBytes, rowBytes, units, _qs, _d, _blockSums, _tokens, y + r, rows, scratch);
+                    part.GroupTile(weights + r * rowBytes, rowBytes, units, _qs, _d, sums, _tokens, y + r, rows, scratch);
                 return;
             }
             // leftover rows: the one-token kernel computes the same per-row arithmetic

@@ -1,0 +1,328 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Loom.Core.Quantization;
+
+namespace Loom.Core.Kernels;
+
+/// <summary>
+/// Q4_K and Q6_K weights reorganised in place, eight rows at a time, so that each 32-bit lane of a vector is one row
+/// (as <see cref="InterleavedKernels"/> does for the 32-element types): a super-block of eight rows is dotted with
+/// broadcast activation bytes, its scales unpacked once for all eight, and no horizontal adds are needed.
+/// </summary>
+/// <remarks>
+/// Per super-block of the eight rows (<c>8 × block bytes</c>, super-blocks one after the other), each 4-byte word w of
+/// the GGML block's packed part becomes the 32-byte vector w (lane r = row r's word w), followed by the eight rows'
+/// fp16 scales, each scale kind in 16 bytes:
+/// <list type="bullet">
+/// <item>Q4_K: words 0–2 are the packed 6-bit scales and mins, words 3–34 the nibbles (chunk c, word k at 3 + 8c + k);
+/// then the eight d and the eight dmin;</item>
+/// <item>Q6_K: words 0–3 the signed scales, then per 128-element half and i = 0..7 ql word i, ql word 8 + i and qh
+/// word i of that half (see <see cref="BlockOffset"/>); then the eight d.</item>
+/// </list>
+/// A row's arithmetic, whatever the kernel and token count: per super-block the exact integer sums
+/// isum = Σ_j scale_j·Σ level·q (Q6_K: levels − 32) and msum = Σ_j min_j·Σ q (Q4_K), then
+/// acc = fma(−msum, dmin·d_x, acc) after acc = fma(isum, d·d_x, acc), super-blocks in order. It differs from the GGML
+/// layout's kernels only in rounding; <see cref="DotPortable"/> is the same arithmetic in scalar code.
+/// </remarks>
+internal static unsafe class InterleavedKQuantKernels
+{
+    private const int GroupRows = InterleavedKernels.GroupRows;
+    private const int Q4KGroupBytes = GroupRows * 144, Q6KGroupBytes = GroupRows * 210;
+    private const int Q4KNibblesAt = 96, Q4KScalesAt = 1120, Q4KMinScalesAt = 1136;
+    private const int Q6KScalesAt = 0, Q6KLevelsAt = 128, Q6KHalfBytes = 768, Q6KScaleAt = 1664;
+
+    public static bool Supports(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q6_K;
+
+    /// <summary>Packed 4-byte words per block, and where the fp16 scales are and how many.</summary>
+    private static (int Words, int HalvesAt, int Halves) Shape(GgmlType type) => type == GgmlType.Q4_K ? (35, 0, 2) : (52, 208, 1);
+
+    /// <summary>
+    /// The GGML block offset of the layout's word <paramref name="w"/>. Q4_K keeps the block's order. Q6_K puts its signed
+    /// scales first and then, per 128-element half and per word i, ql word i, ql word 8 + i and qh word i side by side,
+    /// in the order the kernel reads them: one stream front to back (three streams a group apart ran at a quarter of
+    /// the speed from memory on Zen 4, while equal from cache).
+    /// </summary>
+    private static int BlockOffset(GgmlType type, int w)
+    {
+        if (type == GgmlType.Q4_K) return 4 + 4 * w;
+        if (w < 4) return 192 + 4 * w;
+        int v = w - 4, half = v / 24, i = v % 24 / 3;
+        return (v % 3) switch { 0 => 64 * half + 4 * i, 1 => 64 * half + 32 + 4 * i, _ => 128 + 32 * half + 4 * i };
+    }
+
+    /// <summary>Whether every fp16 scale (Q4_K: d and dmin, Q6_K: d) is finite; the kernels convert them without an Inf/NaN path.</summary>
+    public static bool ScalesFinite(GgmlType type, byte* data, long rows, int superBlocks)
+    {
+        var shape = Shape(type);
+        int blockBytes = GgmlTypeInfo.BlockBytes(type);
+        long count = rows * superBlocks;
+        for (long i = 0; i < count; i++)
+            for (int h = 0; h < shape.Halves; h++)
+                if ((*(ushort*)(data + i * blockBytes + shape.HalvesAt + 2 * h) & 0x7C00) == 0x7C00) return false;
+        return true;
+    }
+
+    public static void InterleaveBlock(GgmlType type, byte* block, byte* destination, int lane) => Move(type, block, destination, lane, toGroup: true);
+
+    public static void DeinterleaveBlock(GgmlType type, byte* source, int lane, byte* block) => Move(type, block, source, lane, toGroup: false);
+
+    /// <summary>Copies row <paramref name="lane"/>'s words and scales between its GGML block and the group's layout.</summary>
+    private static void Move(GgmlType type, byte* block, byte* group, int lane, bool toGroup)
+    {
+        var shape = Shape(type);
+        for (int w = 0; w < shape.Words; w++)
+        {
+            uint* laneWord = (uint*)(group + 32 * w + 4 * lane);
+            uint* blockWord = (uint*)(block + BlockOffset(type, w));
+            if (toGroup) *laneWord = *blockWord;
+            else *blockWord = *laneWord;
+        }
+        for (int h = 0; h < shape.Halves; h++)
+        {
+            ushort* laneHalf = (ushort*)(group + 32 * shape.Words + 16 * h + 2 * lane);
+            ushort* blockHalf = (ushort*)(block + shape.HalvesAt + 2 * h);
+            if (toGroup) *laneHalf = *blockHalf;
+            else *blockHalf = *laneHalf;
+        }
+    }
+
+    /// <summary>The eight-row kernel (the tile kernels' signature; sums are the Q8_K sums of 16), or null on the portable path.</summary>
+    public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Select(GgmlType type, KernelIsa isa) =>
+        isa == KernelIsa.Portable ? null : type == GgmlType.Q4_K ? &GroupQ4K : &GroupQ6K;
+
+    /// <summary>The same arithmetic in scalar code, on a row rebuilt in GGML layout (the portable path).</summary>
+    public static delegate*<byte*, int, in ActivationRow, float> PortableDot(GgmlType type) =>
+        type == GgmlType.Q4_K ? &DotPortableQ4K : &DotPortableQ6K;
+
+    private static float DotPortableQ4K(byte* row, int superBlocks, in ActivationRow x) => DotPortable(GgmlType.Q4_K, row, superBlocks, x);
+
+    private static float DotPortableQ6K(byte* row, int superBlocks, in ActivationRow x) => DotPortable(GgmlType.Q6_K, row, superBlocks, x);
+
+    private static float DotPortable(GgmlType type, byte* row, int superBlocks, in ActivationRow x)
+    {
+        int blockBytes = GgmlTypeInfo.BlockBytes(type);
+        float acc = 0;
+        for (int i = 0; i < superBlocks; i++, row += blockBytes)
+        {
+            var (isum, msum, d, dmin) = KQuantKernels.IntegerSums(type, row, x.Qs + 256 * i, x.BSums + 16 * i);
+            float dx = x.D[i];
+            acc = MathF.FusedMultiplyAdd(isum, d * dx, acc);
+            if (type == GgmlType.Q4_K) acc = MathF.FusedMultiplyAdd(-(float)msum, dmin * dx, acc);
+        }
+        return acc;
+    }
+
+    // ---- eight rows against each token ----
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GroupQ4K(byte* group, long rowBytes, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Group(GgmlType.Q4_K, group, superBlocks, qs, d, sums, tokens, y, yStride);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GroupQ6K(byte* group, long rowBytes, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Group(GgmlType.Q6_K, group, superBlocks, qs, d, sums, tokens, y, yStride);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Group(GgmlType type, byte* group, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride)
+    {
+        ref readonly var k = ref Masks;
+        int cols = 256 * superBlocks;
+        for (int t = 0; t < tokens; t++)
+        {
+            sbyte* xq = qs + (long)t * cols;
+            float* dx = d + (long)t * superBlocks;
+            short* bsums = sums + (long)t * (cols / 16);
+            var acc = Vector256<float>.Zero;
+            for (int b = 0; b < superBlocks; b++)
+                acc = type == GgmlType.Q4_K
+                    ? SuperBlockQ4K(group + (long)b * Q4KGroupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k)
+                    : SuperBlockQ6K(group + (long)b * Q6KGroupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k);
+            acc.Store(y + (long)t * yStride);
+        }
+    }
+
+    /// <summary>The kernels' masks, made once (building them per call of eight rows cost more than the arithmetic).</summary>
+    private static readonly Constants Masks = new();
+
+    private readonly struct Constants
+    {
+        public readonly Vector256<byte> Low4 = Vector256.Create((byte)0x0F);
+        public readonly Vector256<byte> High2 = Vector256.Create((byte)0x30);
+        public readonly Vector256<byte> HighNibble = Vector256.Create(KQuantKernels.HighNibbleMatrix).AsByte();
+        public readonly Vector256<byte> Bits01To45 = BitPairTo45(0), Bits23To45 = BitPairTo45(2), Bits67To45 = BitPairTo45(6);
+        /// <summary>Byte i of each 32-bit lane into both of its 16-bit halves, zero-extended (Q4_K's unsigned scales and mins).</summary>
+        public readonly Vector256<byte> Byte0 = Spread(0, 0, high: false), Byte1 = Spread(1, 0, high: false), Byte2 = Spread(2, 0, high: false), Byte3 = Spread(3, 0, high: false);
+        /// <summary>Byte i of each lane into the high byte of both halves (an arithmetic shift then sign-extends: Q6_K's scales).</summary>
+        public readonly Vector256<byte> High0 = Spread(0, 0, high: true), High1 = Spread(1, 0, high: true), High2Of = Spread(2, 0, high: true), High3 = Spread(3, 0, high: true);
+        /// <summary>Bytes 0, 1 (or 2, 3) of each lane into the high bytes of its two halves.</summary>
+        public readonly Vector256<byte> Pair01 = Spread(0, 1, high: true), Pair23 = Spread(2, 1, high: true);
+
+        public Constants() { }
+
+        private static Vector256<byte> BitPairTo45(int low) => Vector256.Create((1UL << low) << 24 | (2UL << low) << 16).AsByte();
+
+        /// <summary>
+        /// A byte shuffle whose 16-bit half j of each 32-bit lane takes that lane's byte <c>first + step·j</c> into its low
+        /// byte (<paramref name="high"/> false, the high byte zeroed) or its high byte (the low byte zeroed).
+        /// </summary>
+        /// <remarks>Only arithmetic on constants, so the JIT folds each mask into one vector constant.</remarks>
+        private static Vector256<byte> Spread(uint first, uint step, bool high)
+        {
+            uint Lane(uint lane)
+            {
+                uint a = 4 * lane + first, b = a + step;
+                return high ? 0x80u | a << 8 | 0x80u << 16 | b << 24 : a | 0x80u << 8 | b << 16 | 0x80u << 24;
+            }
+            return Vector256.Create(Lane(0), Lane(1), Lane(2), Lane(3), Lane(0), Lane(1), Lane(2), Lane(3)).AsByte();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> HighNibbles(Vector256<byte> v, in Constants k) =>
+        Gfni.V256.IsSupported ? Gfni.V256.GaloisFieldAffineTransform(v, k.HighNibble, 0) : (v.AsUInt16() >> 4).AsByte() & k.Low4;
+
+    /// <summary>Four activation bytes in every 32-bit lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Bytes(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Scale(Vector256<uint> scales, Vector256<byte> pick) => Avx2.Shuffle(scales.AsByte(), pick);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> SignedScale(Vector256<byte> scales, Vector256<byte> pick) => Avx2.Shuffle(scales, pick).AsInt16() >> 8;
+
+    /// <summary>
+    /// One Q4_K super-block of the eight rows against one token. The 6-bit scales and mins are unpacked per lane from the
+    /// three packed words; eight nibble dots per 32 elements stay within int16 (8·2·15·127), weighted by their scale in
+    /// one multiply-add.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> SuperBlockQ4K(byte* g, sbyte* x, float dx, short* bsums, Vector256<float> acc, in Constants k)
+    {
+        var a0 = Vector256.Load((uint*)g);
+        var a1 = Vector256.Load((uint*)(g + 32));
+        var a2 = Vector256.Load((uint*)(g + 64));
+        var six = Vector256.Create(0x3F3F3F3Fu);
+        var low = Vector256.Create(0x0F0F0F0Fu);
+        var top = Vector256.Create(0x30303030u);
+        var scales03 = a0 & six;
+        var scales47 = (a2 & low) | ((a0 >> 2) & top);
+        var mins03 = a1 & six;
+        var mins47 = ((a2 >> 4) & low) | ((a1 >> 2) & top);
+
+        byte* nibbles = g + Q4KNibblesAt;
+        var isum = ChunkQ4K(nibbles, x, Scale(scales03, k.Byte0), Scale(scales03, k.Byte1), k)
+            + ChunkQ4K(nibbles + 256, x + 64, Scale(scales03, k.Byte2), Scale(scales03, k.Byte3), k)
+            + ChunkQ4K(nibbles + 512, x + 128, Scale(scales47, k.Byte0), Scale(scales47, k.Byte1), k)
+            + ChunkQ4K(nibbles + 768, x + 192, Scale(scales47, k.Byte2), Scale(scales47, k.Byte3), k);
+        // min_j·(bsum_2j + bsum_2j+1): the pair of sums of 16 is one 32-bit word, the min spread into both halves
+        var b = (sbyte*)bsums;
+        var msum = (MinDot(mins03, k.Byte0, b) + MinDot(mins03, k.Byte1, b + 4)) + (MinDot(mins03, k.Byte2, b + 8) + MinDot(mins03, k.Byte3, b + 12))
+            + ((MinDot(mins47, k.Byte0, b + 16) + MinDot(mins47, k.Byte1, b + 20)) + (MinDot(mins47, k.Byte2, b + 24) + MinDot(mins47, k.Byte3, b + 28)));
+
+        var x8 = Vector256.Create(dx);
+        var dw = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q4KScalesAt)));
+        var dm = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q4KMinScalesAt)));
+        acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * x8, acc);
+        return Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum), dm * x8, acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> MinDot(Vector256<uint> mins, Vector256<byte> pick, sbyte* sumPair) =>
+        Avx2.MultiplyAddAdjacent(Scale(mins, pick).AsInt16(), Vector256.Create(*(int*)sumPair).AsInt16());
+
+    /// <summary>64 elements of a Q4_K super-block: the low nibbles of its eight words are sub-block 2c, the high ones 2c+1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> ChunkQ4K(byte* words, sbyte* x, Vector256<byte> lowScale, Vector256<byte> highScale, in Constants k)
+    {
+        Vector256<short> lo = default, hi = default;
+        for (int w = 0; w < 8; w++)
+        {
+            var v = Vector256.Load(words + 32 * w);
+            lo += Avx2.MultiplyAddAdjacent(v & k.Low4, Bytes(x + 4 * w));
+            hi += Avx2.MultiplyAddAdjacent(HighNibbles(v, k), Bytes(x + 32 + 4 * w));
+        }
+        return Avx2.MultiplyAddAdjacent(lo, lowScale.AsInt16()) + Avx2.MultiplyAddAdjacent(hi, highScale.AsInt16());
+    }
+
+    /// <summary>
+    /// One Q6_K super-block of the eight rows against one token. Levels are 0..63 (stored + 32): two byte dots of 4
+    /// elements stay within int16 (2·2·63·127) before the signed scale's multiply-add; the offset comes off as
+    /// 32·Σ scale_g·bsum_g.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> SuperBlockQ6K(byte* g, sbyte* x, float dx, short* bsums, Vector256<float> acc, in Constants k)
+    {
+        var s0 = Vector256.Load(g + Q6KScalesAt);
+        var s1 = Vector256.Load(g + Q6KScalesAt + 32);
+        var s2 = Vector256.Load(g + Q6KScalesAt + 64);
+        var s3 = Vector256.Load(g + Q6KScalesAt + 96);
+        // half n covers scales 8n..8n+7: sub-block 8n + 2i + (word ≥ 4) for the i-th level kind
+        var isum = HalfQ6K(g + Q6KLevelsAt, x,
+                SignedScale(s0, k.High0), SignedScale(s0, k.High1), SignedScale(s0, k.High2Of), SignedScale(s0, k.High3),
+                SignedScale(s1, k.High0), SignedScale(s1, k.High1), SignedScale(s1, k.High2Of), SignedScale(s1, k.High3), k)
+            + HalfQ6K(g + Q6KLevelsAt + Q6KHalfBytes, x + 128,
+                SignedScale(s2, k.High0), SignedScale(s2, k.High1), SignedScale(s2, k.High2Of), SignedScale(s2, k.High3),
+                SignedScale(s3, k.High0), SignedScale(s3, k.High1), SignedScale(s3, k.High2Of), SignedScale(s3, k.High3), k);
+        var b = (sbyte*)bsums;
+        var offset = ((OffsetDot(s0, k.Pair01, b) + OffsetDot(s0, k.Pair23, b + 4)) + (OffsetDot(s1, k.Pair01, b + 8) + OffsetDot(s1, k.Pair23, b + 12)))
+            + ((OffsetDot(s2, k.Pair01, b + 16) + OffsetDot(s2, k.Pair23, b + 20)) + (OffsetDot(s3, k.Pair01, b + 24) + OffsetDot(s3, k.Pair23, b + 28)));
+        isum -= offset << 5;
+        var dw = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q6KScaleAt)));
+        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Create(dx), acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> OffsetDot(Vector256<byte> scales, Vector256<byte> pick, sbyte* sumPair) =>
+        Avx2.MultiplyAddAdjacent(SignedScale(scales, pick), Vector256.Create(*(int*)sumPair).AsInt16());
+
+    /// <summary>
+    /// 128 elements: ql words 0–7 (<paramref name="ql"/>) and 8–15 with qh words 0–7. Element l of the half's first 32
+    /// comes from the low nibble of ql word l/4 and qh bits 0–1; +32 from ql words 8.. and bits 2–3; +64 and +96 from the
+    /// high nibbles with bits 4–5 and 6–7. Scales: e = sub-blocks 8n+0, 2, 4, 6 (words 0–3), o = 8n+1, 3, 5, 7 (words 4–7).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> HalfQ6K(byte* levels, sbyte* x,
+        Vector256<short> sc0, Vector256<short> sc1, Vector256<short> sc2, Vector256<short> sc3,
+        Vector256<short> sc4, Vector256<short> sc5, Vector256<short> sc6, Vector256<short> sc7, in Constants k)
+    {
+        var sum = QuarterQ6K(levels, x, 0, sc0, sc2, sc4, sc6, k) + QuarterQ6K(levels, x, 2, sc0, sc2, sc4, sc6, k);
+        return sum + QuarterQ6K(levels, x, 4, sc1, sc3, sc5, sc7, k) + QuarterQ6K(levels, x, 6, sc1, sc3, sc5, sc7, k);
+    }
+
+    /// <summary>Words <paramref name="w"/> and w+1 of each of the four level kinds, summed in int16, then scaled.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> QuarterQ6K(byte* levels, sbyte* x, int w,
+        Vector256<short> scale1, Vector256<short> scale2, Vector256<short> scale3, Vector256<short> scale4, in Constants k)
+    {
+        Vector256<short> p1 = default, p2 = default, p3 = default, p4 = default;
+        for (int i = w; i < w + 2; i++)
+        {
+            var a = Vector256.Load(levels + 96 * i);
+            var c = Vector256.Load(levels + 96 * i + 32);
+            var h = Vector256.Load(levels + 96 * i + 64);
+            Vector256<byte> w1, w2, w3, w4;
+            if (Gfni.V256.IsSupported)
+            {
+                w1 = (a & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(h, k.Bits01To45, 0);
+                w2 = (c & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(h, k.Bits23To45, 0);
+                w3 = Gfni.V256.GaloisFieldAffineTransform(a, k.HighNibble, 0) | (h & k.High2);
+                w4 = Gfni.V256.GaloisFieldAffineTransform(c, k.HighNibble, 0) | Gfni.V256.GaloisFieldAffineTransform(h, k.Bits67To45, 0);
+            }
+            else
+            {
+                w1 = (a & k.Low4) | (((h.AsUInt16() << 4).AsByte()) & k.High2);
+                w2 = (c & k.Low4) | (((h.AsUInt16() << 2).AsByte()) & k.High2);
+                w3 = ((a.AsUInt16() >> 4).AsByte() & k.Low4) | (h & k.High2);
+                w4 = ((c.AsUInt16() >> 4).AsByte() & k.Low4) | (((h.AsUInt16() >> 2).AsByte()) & k.High2);
+            }
+            p1 += Avx2.MultiplyAddAdjacent(w1, Bytes(x + 4 * i));
+            p2 += Avx2.MultiplyAddAdjacent(w2, Bytes(x + 32 + 4 * i));
+            p3 += Avx2.MultiplyAddAdjacent(w3, Bytes(x + 64 + 4 * i));
+            p4 += Avx2.MultiplyAddAdjacent(w4, Bytes(x + 96 + 4 * i));
+        }
+        return (Avx2.MultiplyAddAdjacent(p1, scale1) + Avx2.MultiplyAddAdjacent(p2, scale2))
+            + (Avx2.MultiplyAddAdjacent(p3, scale3) + Avx2.MultiplyAddAdjacent(p4, scale4));
+    }
+}
