@@ -137,7 +137,7 @@ internal static unsafe class InterleavedKernels
     /// </summary>
     public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Select(GgmlType type, KernelIsa isa, int tokens) => isa switch
     {
-        _ when InterleavedKQuantKernels.Supports(type) => InterleavedKQuantKernels.Select(type, isa),
+        _ when InterleavedKQuantKernels.Supports(type) => InterleavedKQuantKernels.Select(type, isa, tokens),
         KernelIsa.Portable => null,
         KernelIsa.Avx512 when tokens >= WideTileMinTokens(type) => type switch
         {

@@ -235,7 +235,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
         }
         if (part.Tile != null)
         {
-            byte* scratch = RowLaneKernels.Scratch(units);
+            byte* scratch = _kind == ActivationKind.Q8K ? RowLaneKernels.ScratchBytes(InterleavedKQuantKernels.TileBytes(units)) : RowLaneKernels.Scratch(units);
             short* sums = _kind == ActivationKind.Q8K ? _bsums : _blockSums;
             int r = rowStart;
             for (; r + part.TileRows <= rowEnd; r += part.TileRows)

@@ -508,9 +508,13 @@ internal static unsafe class RowLaneKernels
     [ThreadStatic] private static byte[]? t_scratch;
     [ThreadStatic] private static byte* t_scratchBase;
 
-    public static byte* Scratch(int blocks)
+    /// <summary>Scratch for a tile of <paramref name="blocks"/> 32-blocks.</summary>
+    public static byte* Scratch(int blocks) => ScratchBytes((long)blocks * WideTileBytesPerBlock);
+
+    /// <summary>At least <paramref name="size"/> bytes of per-thread scratch, 64-byte aligned.</summary>
+    public static byte* ScratchBytes(long size)
     {
-        int bytes = blocks * WideTileBytesPerBlock + 64;
+        int bytes = checked((int)size + 64);
         if (t_scratch is null || t_scratch.Length < bytes)
         {
             t_scratch = GC.AllocateUninitializedArray<byte>(bytes, pinned: true);
