@@ -127,53 +127,33 @@ internal static unsafe class InterleavedKQuantKernels
         return acc;
     }
 
-    // ---- eight rows against each token ----
+    // ---- eight rows against each token: straight from the layout, or (many tokens) from a group unpacked once ----
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GroupQ4K(byte* group, long rowBytes, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Group(GgmlType.Q4_K, group, superBlocks, qs, d, sums, tokens, y, yStride);
+        Run(GgmlType.Q4_K, tiled: false, group, superBlocks, qs, d, sums, tokens, y, yStride, scratch);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GroupQ6K(byte* group, long rowBytes, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Group(GgmlType.Q6_K, group, superBlocks, qs, d, sums, tokens, y, yStride);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Group(GgmlType type, byte* group, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride)
-    {
-        ref readonly var k = ref Masks;
-        int cols = 256 * superBlocks;
-        for (int t = 0; t < tokens; t++)
-        {
-            sbyte* xq = qs + (long)t * cols;
-            float* dx = d + (long)t * superBlocks;
-            short* bsums = sums + (long)t * (cols / 16);
-            var acc = Vector256<float>.Zero;
-            for (int b = 0; b < superBlocks; b++)
-                acc = type == GgmlType.Q4_K
-                    ? SuperBlockQ4K(group + (long)b * Q4KGroupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k)
-                    : SuperBlockQ6K(group + (long)b * Q6KGroupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k);
-            acc.Store(y + (long)t * yStride);
-        }
-    }
-
-    // ---- many tokens: a group unpacked once ----
+        Run(GgmlType.Q6_K, tiled: false, group, superBlocks, qs, d, sums, tokens, y, yStride, scratch);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TileQ4K(byte* group, long rowBytes, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Tile(GgmlType.Q4_K, group, superBlocks, qs, d, sums, tokens, y, yStride, scratch);
+        Run(GgmlType.Q4_K, tiled: true, group, superBlocks, qs, d, sums, tokens, y, yStride, scratch);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TileQ6K(byte* group, long rowBytes, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Tile(GgmlType.Q6_K, group, superBlocks, qs, d, sums, tokens, y, yStride, scratch);
+        Run(GgmlType.Q6_K, tiled: true, group, superBlocks, qs, d, sums, tokens, y, yStride, scratch);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Tile(GgmlType type, byte* group, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    private static void Run(GgmlType type, bool tiled, byte* group, int superBlocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
         ref readonly var k = ref Masks;
-        for (int b = 0; b < superBlocks; b++)
+        int groupBytes = type == GgmlType.Q4_K ? Q4KGroupBytes : Q6KGroupBytes;
+        for (int b = 0; tiled && b < superBlocks; b++)
         {
-            if (type == GgmlType.Q4_K) UnpackQ4K(group + (long)b * Q4KGroupBytes, scratch + (long)b * TileBlockBytes, k);
-            else UnpackQ6K(group + (long)b * Q6KGroupBytes, scratch + (long)b * TileBlockBytes, k);
+            if (type == GgmlType.Q4_K) UnpackQ4K(group + (long)b * groupBytes, scratch + (long)b * TileBlockBytes, k);
+            else UnpackQ6K(group + (long)b * groupBytes, scratch + (long)b * TileBlockBytes, k);
         }
         int cols = 256 * superBlocks;
         for (int t = 0; t < tokens; t++)
@@ -183,9 +163,18 @@ internal static unsafe class InterleavedKQuantKernels
             short* bsums = sums + (long)t * (cols / 16);
             var acc = Vector256<float>.Zero;
             for (int b = 0; b < superBlocks; b++)
-                acc = type == GgmlType.Q4_K
-                    ? TileBlockQ4K(scratch + (long)b * TileBlockBytes, xq + 256 * b, dx[b], (sbyte*)(bsums + 16 * b), acc)
-                    : TileBlockQ6K(scratch + (long)b * TileBlockBytes, xq + 256 * b, dx[b], (sbyte*)(bsums + 16 * b), acc);
+            {
+                byte* source = tiled ? scratch + (long)b * TileBlockBytes : group + (long)b * groupBytes;
+                sbyte* x = xq + 256 * b;
+                short* s = bsums + 16 * b;
+                acc = (type, tiled) switch
+                {
+                    (GgmlType.Q4_K, false) => SuperBlockQ4K(source, x, dx[b], s, acc, k),
+                    (GgmlType.Q4_K, true) => TileBlockQ4K(source, x, dx[b], (sbyte*)s, acc),
+                    (_, false) => SuperBlockQ6K(source, x, dx[b], s, acc, k),
+                    _ => TileBlockQ6K(source, x, dx[b], (sbyte*)s, acc),
+                };
+            }
             acc.Store(y + (long)t * yStride);
         }
     }
