@@ -156,6 +156,26 @@ internal static unsafe class InterleavedKQuantKernels
             else UnpackQ6K(group + (long)b * groupBytes, scratch + (long)b * TileBlockBytes, k);
         }
         int cols = 256 * superBlocks;
+        if (tiled)
+        {
+            // tokens in pairs, each unpacked vector loaded once for both (an odd last token is paired with itself)
+            for (int t = 0; t < tokens; t += 2)
+            {
+                int u = Math.Min(t + 1, tokens - 1);
+                Vector256<float> acc0 = default, acc1 = default;
+                for (int b = 0; b < superBlocks; b++)
+                {
+                    var first = new Token(qs + (long)t * cols + 256 * b, d[(long)t * superBlocks + b], sums + (long)t * (cols / 16) + 16 * b);
+                    var second = new Token(qs + (long)u * cols + 256 * b, d[(long)u * superBlocks + b], sums + (long)u * (cols / 16) + 16 * b);
+                    byte* tile = scratch + (long)b * TileBlockBytes;
+                    if (type == GgmlType.Q4_K) TilePairQ4K(tile, first, second, ref acc0, ref acc1);
+                    else TilePairQ6K(tile, first, second, ref acc0, ref acc1);
+                }
+                acc0.Store(y + (long)t * yStride);
+                acc1.Store(y + (long)u * yStride);
+            }
+            return;
+        }
         for (int t = 0; t < tokens; t++)
         {
             sbyte* xq = qs + (long)t * cols;
@@ -164,16 +184,9 @@ internal static unsafe class InterleavedKQuantKernels
             var acc = Vector256<float>.Zero;
             for (int b = 0; b < superBlocks; b++)
             {
-                byte* source = tiled ? scratch + (long)b * TileBlockBytes : group + (long)b * groupBytes;
-                sbyte* x = xq + 256 * b;
-                short* s = bsums + 16 * b;
-                acc = (type, tiled) switch
-                {
-                    (GgmlType.Q4_K, false) => SuperBlockQ4K(source, x, dx[b], s, acc, k),
-                    (GgmlType.Q4_K, true) => TileBlockQ4K(source, x, dx[b], (sbyte*)s, acc),
-                    (_, false) => SuperBlockQ6K(source, x, dx[b], s, acc, k),
-                    _ => TileBlockQ6K(source, x, dx[b], (sbyte*)s, acc),
-                };
+                acc = type == GgmlType.Q4_K
+                    ? SuperBlockQ4K(group + (long)b * groupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k)
+                    : SuperBlockQ6K(group + (long)b * groupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k);
             }
             acc.Store(y + (long)t * yStride);
         }
@@ -230,26 +243,41 @@ internal static unsafe class InterleavedKQuantKernels
         Scale(last4, k.Byte3).Store(destination + 224);
     }
 
-    /// <summary>One unpacked Q4_K super-block against one token: the integers and float steps of <see cref="SuperBlockQ4K"/>.</summary>
+    /// <summary>
+    /// One unpacked Q4_K super-block against two tokens (each level vector loaded once for both): for each, the integers
+    /// and float steps of <see cref="SuperBlockQ4K"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> TileBlockQ4K(byte* tile, sbyte* x, float dx, sbyte* bsums, Vector256<float> acc)
+    private static void TilePairQ4K(byte* tile, Token first, Token second, ref Vector256<float> acc0, ref Vector256<float> acc1)
     {
-        var isum = Vector256<int>.Zero;
-        var msum = Vector256<int>.Zero;
+        Vector256<int> isum0 = default, isum1 = default, msum0 = default, msum1 = default;
         for (int j = 0; j < 8; j++)
         {
             byte* levels = tile + 256 * j;
-            sbyte* xj = x + 32 * j;
-            var s = Avx2.MultiplyAddAdjacent(Vector256.Load(levels), Bytes(xj)) + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 32), Bytes(xj + 4))
-                + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 64), Bytes(xj + 8)) + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 96), Bytes(xj + 12))
-                + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 128), Bytes(xj + 16)) + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 160), Bytes(xj + 20))
-                + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 192), Bytes(xj + 24)) + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 224), Bytes(xj + 28));
-            isum += Avx2.MultiplyAddAdjacent(s, Vector256.Load((short*)(tile + TileLevelBytes + 32 * j)));
-            msum += Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(tile + TileLevelBytes + 256 + 32 * j)), Vector256.Create(*(int*)(bsums + 4 * j)).AsInt16());
+            sbyte* x0 = first.X + 32 * j, x1 = second.X + 32 * j;
+            // written out: the JIT does not unroll the word loop, whose overhead was a third of its instructions
+            Vector256<short> s0 = default, s1 = default;
+            WordPair(levels, x0, x1, 0, ref s0, ref s1);
+            WordPair(levels, x0, x1, 1, ref s0, ref s1);
+            WordPair(levels, x0, x1, 2, ref s0, ref s1);
+            WordPair(levels, x0, x1, 3, ref s0, ref s1);
+            WordPair(levels, x0, x1, 4, ref s0, ref s1);
+            WordPair(levels, x0, x1, 5, ref s0, ref s1);
+            WordPair(levels, x0, x1, 6, ref s0, ref s1);
+            WordPair(levels, x0, x1, 7, ref s0, ref s1);
+            var scale = Vector256.Load((short*)(tile + TileLevelBytes + 32 * j));
+            var min = Vector256.Load((short*)(tile + TileLevelBytes + 256 + 32 * j));
+            isum0 += Avx2.MultiplyAddAdjacent(s0, scale);
+            isum1 += Avx2.MultiplyAddAdjacent(s1, scale);
+            msum0 += Avx2.MultiplyAddAdjacent(min, Vector256.Create(*(int*)(first.Sums + 4 * j)).AsInt16());
+            msum1 += Avx2.MultiplyAddAdjacent(min, Vector256.Create(*(int*)(second.Sums + 4 * j)).AsInt16());
         }
-        var x8 = Vector256.Create(dx);
-        acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), Vector256.Load((float*)(tile + TileLevelBytes + 512)) * x8, acc);
-        return Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum), Vector256.Load((float*)(tile + TileLevelBytes + 544)) * x8, acc);
+        var d = Vector256.Load((float*)(tile + TileLevelBytes + 512));
+        var dmin = Vector256.Load((float*)(tile + TileLevelBytes + 544));
+        acc0 = Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum0), dmin * Vector256.Create(first.D),
+            Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum0), d * Vector256.Create(first.D), acc0));
+        acc1 = Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum1), dmin * Vector256.Create(second.D),
+            Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum1), d * Vector256.Create(second.D), acc1));
     }
 
     /// <summary>
@@ -286,24 +314,50 @@ internal static unsafe class InterleavedKQuantKernels
         RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q6KScaleAt))).Store((float*)(tile + TileLevelBytes + 768));
     }
 
-    /// <summary>One unpacked Q6_K super-block against one token: the integers and float steps of <see cref="SuperBlockQ6K"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> TileBlockQ6K(byte* tile, sbyte* x, float dx, sbyte* bsums, Vector256<float> acc)
+    private static void WordPair(byte* levels, sbyte* x0, sbyte* x1, int w, ref Vector256<short> s0, ref Vector256<short> s1)
     {
-        var isum = Vector256<int>.Zero;
-        var offset = Vector256<int>.Zero;
+        var l = Vector256.Load(levels + 32 * w);
+        s0 += Avx2.MultiplyAddAdjacent(l, Bytes(x0 + 4 * w));
+        s1 += Avx2.MultiplyAddAdjacent(l, Bytes(x1 + 4 * w));
+    }
+
+    /// <summary>One unpacked Q6_K super-block against two tokens: for each, the integers and float steps of <see cref="SuperBlockQ6K"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TilePairQ6K(byte* tile, Token first, Token second, ref Vector256<float> acc0, ref Vector256<float> acc1)
+    {
+        Vector256<int> isum0 = default, isum1 = default, offset0 = default, offset1 = default;
         for (int s = 0; s < 16; s++)
         {
             byte* levels = tile + 128 * s;
-            sbyte* xs = x + 16 * s;
+            sbyte* x0 = first.X + 16 * s, x1 = second.X + 16 * s;
             var scale = Vector256.Load((short*)(tile + TileLevelBytes + 32 * s));
-            isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Vector256.Load(levels), Bytes(xs)) + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 32), Bytes(xs + 4)), scale)
-                + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 64), Bytes(xs + 8)) + Avx2.MultiplyAddAdjacent(Vector256.Load(levels + 96), Bytes(xs + 12)), scale);
+            var l0 = Vector256.Load(levels);
+            var l1 = Vector256.Load(levels + 32);
+            var l2 = Vector256.Load(levels + 64);
+            var l3 = Vector256.Load(levels + 96);
+            isum0 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(l0, Bytes(x0)) + Avx2.MultiplyAddAdjacent(l1, Bytes(x0 + 4)), scale)
+                + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(l2, Bytes(x0 + 8)) + Avx2.MultiplyAddAdjacent(l3, Bytes(x0 + 12)), scale);
+            isum1 += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(l0, Bytes(x1)) + Avx2.MultiplyAddAdjacent(l1, Bytes(x1 + 4)), scale)
+                + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(l2, Bytes(x1 + 8)) + Avx2.MultiplyAddAdjacent(l3, Bytes(x1 + 12)), scale);
         }
         for (int i = 0; i < 8; i++)
-            offset += Avx2.MultiplyAddAdjacent(Vector256.Load((short*)(tile + TileLevelBytes + 512 + 32 * i)), Vector256.Create(*(int*)(bsums + 4 * i)).AsInt16());
-        isum -= offset << 5;
-        return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), Vector256.Load((float*)(tile + TileLevelBytes + 768)) * Vector256.Create(dx), acc);
+        {
+            var pair = Vector256.Load((short*)(tile + TileLevelBytes + 512 + 32 * i));
+            offset0 += Avx2.MultiplyAddAdjacent(pair, Vector256.Create(*(int*)(first.Sums + 4 * i)).AsInt16());
+            offset1 += Avx2.MultiplyAddAdjacent(pair, Vector256.Create(*(int*)(second.Sums + 4 * i)).AsInt16());
+        }
+        var d = Vector256.Load((float*)(tile + TileLevelBytes + 768));
+        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum0 - (offset0 << 5)), d * Vector256.Create(first.D), acc0);
+        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum1 - (offset1 << 5)), d * Vector256.Create(second.D), acc1);
+    }
+
+    /// <summary>One token's quantized activations of a super-block: levels, Q8_K scale and sums of 16 (as bytes).</summary>
+    private readonly struct Token(sbyte* x, float d, short* sums)
+    {
+        public readonly sbyte* X = x;
+        public readonly float D = d;
+        public readonly sbyte* Sums = (sbyte*)sums;
     }
 
     /// <summary>The kernels' masks, made once (building them per call of eight rows cost more than the arithmetic).</summary>
@@ -391,14 +445,26 @@ internal static unsafe class InterleavedKQuantKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> ChunkQ4K(byte* words, sbyte* x, Vector256<byte> lowScale, Vector256<byte> highScale, in Constants k)
     {
+        // written out (the JIT does not unroll the loop)
         Vector256<short> lo = default, hi = default;
-        for (int w = 0; w < 8; w++)
-        {
-            var v = Vector256.Load(words + 32 * w);
-            lo += Avx2.MultiplyAddAdjacent(v & k.Low4, Bytes(x + 4 * w));
-            hi += Avx2.MultiplyAddAdjacent(HighNibbles(v, k), Bytes(x + 32 + 4 * w));
-        }
+        NibbleWord(words, x, 0, ref lo, ref hi, k);
+        NibbleWord(words, x, 1, ref lo, ref hi, k);
+        NibbleWord(words, x, 2, ref lo, ref hi, k);
+        NibbleWord(words, x, 3, ref lo, ref hi, k);
+        NibbleWord(words, x, 4, ref lo, ref hi, k);
+        NibbleWord(words, x, 5, ref lo, ref hi, k);
+        NibbleWord(words, x, 6, ref lo, ref hi, k);
+        NibbleWord(words, x, 7, ref lo, ref hi, k);
         return Avx2.MultiplyAddAdjacent(lo, lowScale.AsInt16()) + Avx2.MultiplyAddAdjacent(hi, highScale.AsInt16());
+    }
+
+    /// <summary>Word <paramref name="w"/> of a Q4_K chunk: its low nibbles against the first 32 activations, its high ones against the next 32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void NibbleWord(byte* words, sbyte* x, int w, ref Vector256<short> lo, ref Vector256<short> hi, in Constants k)
+    {
+        var v = Vector256.Load(words + 32 * w);
+        lo += Avx2.MultiplyAddAdjacent(v & k.Low4, Bytes(x + 4 * w));
+        hi += Avx2.MultiplyAddAdjacent(HighNibbles(v, k), Bytes(x + 32 + 4 * w));
     }
 
     /// <summary>
@@ -464,20 +530,24 @@ internal static unsafe class InterleavedKQuantKernels
             ((c.AsUInt16() >> 4).AsByte() & k.Low4) | ((h.AsUInt16() >> 2).AsByte() & k.High2));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LevelWord(byte* levels, sbyte* x, int i, ref Vector256<short> p1, ref Vector256<short> p2, ref Vector256<short> p3, ref Vector256<short> p4, in Constants k)
+    {
+        var (w1, w2, w3, w4) = LevelsQ6K(Vector256.Load(levels + 96 * i), Vector256.Load(levels + 96 * i + 32), Vector256.Load(levels + 96 * i + 64), k);
+        p1 += Avx2.MultiplyAddAdjacent(w1, Bytes(x + 4 * i));
+        p2 += Avx2.MultiplyAddAdjacent(w2, Bytes(x + 32 + 4 * i));
+        p3 += Avx2.MultiplyAddAdjacent(w3, Bytes(x + 64 + 4 * i));
+        p4 += Avx2.MultiplyAddAdjacent(w4, Bytes(x + 96 + 4 * i));
+    }
+
     /// <summary>Words <paramref name="w"/> and w+1 of each of the four level kinds, summed in int16, then scaled.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> QuarterQ6K(byte* levels, sbyte* x, int w,
         Vector256<short> scale1, Vector256<short> scale2, Vector256<short> scale3, Vector256<short> scale4, in Constants k)
     {
         Vector256<short> p1 = default, p2 = default, p3 = default, p4 = default;
-        for (int i = w; i < w + 2; i++)
-        {
-            var (w1, w2, w3, w4) = LevelsQ6K(Vector256.Load(levels + 96 * i), Vector256.Load(levels + 96 * i + 32), Vector256.Load(levels + 96 * i + 64), k);
-            p1 += Avx2.MultiplyAddAdjacent(w1, Bytes(x + 4 * i));
-            p2 += Avx2.MultiplyAddAdjacent(w2, Bytes(x + 32 + 4 * i));
-            p3 += Avx2.MultiplyAddAdjacent(w3, Bytes(x + 64 + 4 * i));
-            p4 += Avx2.MultiplyAddAdjacent(w4, Bytes(x + 96 + 4 * i));
-        }
+        LevelWord(levels, x, w, ref p1, ref p2, ref p3, ref p4, k);
+        LevelWord(levels, x, w + 1, ref p1, ref p2, ref p3, ref p4, k);
         return (Avx2.MultiplyAddAdjacent(p1, scale1) + Avx2.MultiplyAddAdjacent(p2, scale2))
             + (Avx2.MultiplyAddAdjacent(p3, scale3) + Avx2.MultiplyAddAdjacent(p4, scale4));
     }
