@@ -151,44 +151,46 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
     }
 
     /// <summary>
-    /// F16 matrices checked finite take the lighter one-token kernel (input pre-scaled by 2^112): the same bits as the
-    /// plain kernel, also for subnormal weights, tails shorter than a vector, and inputs too large to scale.
+    /// F16 matrices checked finite take the lighter kernels (inputs pre-scaled by 2^112), one token and four at a time:
+    /// the same bits as the plain kernels, also for subnormal weights, tails shorter than a vector, and inputs too large
+    /// to scale.
     /// </summary>
     [Theory]
     [InlineData("Avx2", 803)]
     [InlineData("Avx512", 803)]
     [InlineData("Avx2", 64)]
     [InlineData("Avx512", 1024)]
-    public void FiniteF16DecodeMatchesThePlainKernelBitForBit(string isaName, int cols)
+    public void FiniteF16ProductsMatchThePlainKernelsBitForBit(string isaName, int cols)
     {
         var isa = Enum.Parse<KernelIsa>(isaName);
         if (!KernelIsaSupport.IsSupported(isa)) return;
         const int rows = 21;
         var rng = new Random(cols);
         var weights = KernelMatrixTests.RandomWeights(GgmlType.F16, rows, cols, rng);
-        var x = KernelMatrixTests.RandomInputs(cols, rng);
         using var pool = new LoomThreadPool(2);
         fixed (byte* w = weights)
-        fixed (float* xp = x)
         {
             var plain = new WeightMatrix(GgmlType.F16, w, rows, cols);
             var optimized = WeightMatrix.CreateOptimized(GgmlType.F16, w, rows, cols);
             Assert.True(optimized.FiniteHalves);
-            foreach (float largest in new[] { 0f, 30000f, 70000f, float.NaN })
-            {
-                if (largest != 0) x[cols / 2] = largest;
-                var expected = new float[rows];
-                var actual = new float[rows];
-                fixed (float* e = expected)
-                fixed (float* a = actual)
+            foreach (int tokens in new[] { 1, 5, 8 })
+                foreach (float largest in new[] { 0f, 30000f, 70000f, float.NaN })
                 {
-                    plain.Multiply(xp, e, 1, pool, isa);
-                    optimized.Multiply(xp, a, 1, pool, isa);
+                    var x = KernelMatrixTests.RandomInputs(tokens * cols, rng);
+                    if (largest != 0) x[(tokens - 1) * cols + cols / 2] = largest;
+                    var expected = new float[tokens * rows];
+                    var actual = new float[tokens * rows];
+                    fixed (float* xp = x)
+                    fixed (float* e = expected)
+                    fixed (float* a = actual)
+                    {
+                        plain.Multiply(xp, e, tokens, pool, isa);
+                        optimized.Multiply(xp, a, tokens, pool, isa);
+                    }
+                    for (int i = 0; i < expected.Length; i++)
+                        Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                            $"{isa} cols {cols}, {tokens} tokens, input up to {largest}, token {i / rows} row {i % rows}: {actual[i]:R} finite-F16 kernel, {expected[i]:R} plain");
                 }
-                for (int r = 0; r < rows; r++)
-                    Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(actual[r]),
-                        $"{isa} cols {cols}, input up to {largest}, row {r}: {actual[r]:R} finite-F16 kernel, {expected[r]:R} plain");
-            }
         }
     }
 

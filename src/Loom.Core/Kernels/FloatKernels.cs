@@ -327,23 +327,7 @@ internal static unsafe class FloatKernels
             return;
         }
         float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-        for (; c < cols; c++)
-        {
-            float w = format switch
-            {
-                0 => ((float*)row)[c],
-                1 => Fp.HalfToFloat(((ushort*)row)[c]),
-                _ => Fp.BFloat16ToFloat(((ushort*)row)[c]),
-            };
-            s0 += w * x0[c];
-            s1 += w * x1[c];
-            s2 += w * x2[c];
-            s3 += w * x3[c];
-        }
-        result[0] = s0;
-        result[1] = s1;
-        result[2] = s2;
-        result[3] = s3;
+        ScalarTail(row, c, cols, x0, x1, x2, x3, result, s0, s1, s2, s3, format);
     }
 
     /// <summary>Eight weights as floats; F16 also feeds the Inf/NaN check (see <see cref="DotF16Avx2"/>).</summary>
@@ -354,6 +338,12 @@ internal static unsafe class FloatKernels
     public static void Dot4F32Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 0);
 
     public static void Dot4F16Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 1);
+
+    /// <summary>Four tokens against a finite F16 row, inputs pre-scaled by <see cref="F16InputScale"/>: each column as <see cref="DotF16ScaledAvx512"/>.</summary>
+    public static void Dot4F16ScaledAvx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 3);
+
+    /// <summary>Four tokens against a finite F16 row, inputs pre-scaled: each column as <see cref="DotF16ScaledAvx2"/>.</summary>
+    public static void Dot4F16ScaledAvx2(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx2(row, cols, x, result, 3);
 
     public static void Dot4BF16Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 2);
 
@@ -392,18 +382,27 @@ internal static unsafe class FloatKernels
             return;
         }
         float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
+        ScalarTail(row, c, cols, x0, x1, x2, x3, result, s0, s1, s2, s3, format);
+    }
+
+    /// <summary>The four-token kernels' last columns, one at a time, after their vector sums <paramref name="s0"/>..s3.</summary>
+    private static void ScalarTail(byte* row, int c, int cols, float* x0, float* x1, float* x2, float* x3, float* result,
+        float s0, float s1, float s2, float s3, int format)
+    {
+        // pre-scaled inputs (format 3) are scaled back exactly, as the one-token kernel does
+        float unscale = format == 3 ? HalfUnscale : 1f;
         for (; c < cols; c++)
         {
             float w = format switch
             {
                 0 => ((float*)row)[c],
-                1 => Fp.HalfToFloat(((ushort*)row)[c]),
+                1 or 3 => Fp.HalfToFloat(((ushort*)row)[c]),
                 _ => Fp.BFloat16ToFloat(((ushort*)row)[c]),
             };
-            s0 += w * x0[c];
-            s1 += w * x1[c];
-            s2 += w * x2[c];
-            s3 += w * x3[c];
+            s0 += w * (x0[c] * unscale);
+            s1 += w * (x1[c] * unscale);
+            s2 += w * (x2[c] * unscale);
+            s3 += w * (x3[c] * unscale);
         }
         result[0] = s0;
         result[1] = s1;
@@ -415,6 +414,7 @@ internal static unsafe class FloatKernels
     private static Vector512<float> Weights16(byte* row, int c, int format, ref Vector512<uint> magnitudes)
     {
         if (format == 0) return Vector512.Load((float*)row + c);
+        if (format == 3) return RawHalves(WidenSigned512((ushort*)row + c));
         if (format == 1)
         {
             var h = WidenSigned512((ushort*)row + c);
@@ -428,6 +428,7 @@ internal static unsafe class FloatKernels
     private static Vector256<float> Weights8(byte* row, int c, int format, ref Vector256<uint> magnitudes)
     {
         if (format == 0) return Vector256.Load((float*)row + c);
+        if (format == 3) return RawHalves(WidenSigned((ushort*)row + c));
         if (format == 1)
         {
             var h = WidenSigned((ushort*)row + c);

@@ -161,27 +161,31 @@ internal sealed unsafe class MatMulJob : IParallelWork
     }
 
     /// <summary>
-    /// One token against F16 matrices known finite: the input is scaled once (<see cref="FloatKernels.F16InputScale"/>)
-    /// and those parts take the lighter kernel, which gives the same bits. Inputs too large to scale keep the plain one.
+    /// F16 matrices known finite: the inputs are scaled once (<see cref="FloatKernels.F16InputScale"/>) and those parts
+    /// take the lighter kernels, which give the same bits. Inputs too large to scale keep the plain ones.
     /// </summary>
     private void PrepareScaledInput(ReadOnlySpan<WeightMatrix> matrices, KernelIsa isa)
     {
         _scaledX = null;
-        if (_tokens != 1 || isa == KernelIsa.Portable) return;
+        if (isa == KernelIsa.Portable) return;
         bool any = false;
         foreach (var matrix in matrices) any |= matrix.FiniteHalves;
         if (!any) return;
-        var input = new ReadOnlySpan<float>(_x, _cols);
+        long values = (long)_tokens * _cols;
+        if (values > int.MaxValue) return;
+        var input = new ReadOnlySpan<float>(_x, (int)values);
         float largest = TensorPrimitives.MaxMagnitude(input);
         if (!(Math.Abs(largest) < FloatKernels.F16ScaledInputLimit)) return;
-        Reserve(Align((long)_cols * sizeof(float)));
+        Reserve(Align(values * sizeof(float)));
         _scaledX = (float*)_base;
-        TensorPrimitives.Multiply(input, FloatKernels.F16InputScale, new Span<float>(_scaledX, _cols));
+        TensorPrimitives.Multiply(input, FloatKernels.F16InputScale, new Span<float>(_scaledX, (int)values));
+        bool wide = isa == KernelIsa.Avx512;
         for (int i = 0; i < matrices.Length; i++)
         {
             if (!matrices[i].FiniteHalves) continue;
             _parts[i].ScaledInput = true;
-            _parts[i].Dot = isa == KernelIsa.Avx512 ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
+            _parts[i].Dot = wide ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
+            _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
         }
     }
 
@@ -267,7 +271,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             {
                 for (; t + 4 <= _tokens; t += 4)
                 {
-                    for (int k = 0; k < 4; k++) four[k] = Activation(t + k);
+                    for (int k = 0; k < 4; k++) four[k] = Activation(part, t + k);
                     for (int r = tileStart; r < tileEnd; r++)
                     {
                         dotFour(weights + r * rowBytes, units, four, results);
@@ -277,13 +281,18 @@ internal sealed unsafe class MatMulJob : IParallelWork
             }
             for (; t < _tokens; t++)
             {
-                var activation = part.ScaledInput ? new ActivationRow(_scaledX, null, null, null, null) : Activation(t);
+                var activation = Activation(part, t);
                 float* yt = y + (long)t * rows;
                 for (int r = tileStart; r < tileEnd; r++)
                     yt[r] = dot(weights + r * rowBytes, units, activation);
             }
         }
     }
+
+    /// <summary>Token <paramref name="t"/>'s input as <paramref name="part"/>'s kernels take it (pre-scaled, for finite F16 weights).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ActivationRow Activation(in Part part, int t) =>
+        part.ScaledInput ? new ActivationRow(_scaledX + (long)t * _cols, null, null, null, null) : Activation(t);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ActivationRow Activation(int t) => _kind switch
