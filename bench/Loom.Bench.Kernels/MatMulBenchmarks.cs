@@ -26,6 +26,13 @@ public unsafe class MatMulBenchmarks
     [Params(1, 2)]
     public int Threads { get; set; }
 
+    /// <summary>
+    /// True: the matrices as a model load prepares them (<see cref="WeightMatrix.CreateOptimized"/>: Q8_0, Q4_0, Q5_0,
+    /// Q4_K and Q6_K interleaved eight rows at a time, F16 checked finite); false: the GGML layout as stored.
+    /// </summary>
+    [Params(true, false)]
+    public bool Optimized { get; set; }
+
     private WeightMatrix[] _matrices = [];
     private byte* _weights;
     private float* _x, _y;
@@ -55,7 +62,9 @@ public unsafe class MatMulBenchmarks
         }
         for (int i = 1; i < copies; i++)
             Buffer.MemoryCopy(_weights, _weights + i * matrixBytes, matrixBytes, matrixBytes);
-        _matrices = Enumerable.Range(0, copies).Select(i => new WeightMatrix(Type, _weights + i * matrixBytes, Rows, Cols)).ToArray();
+        _matrices = Enumerable.Range(0, copies).Select(i => Optimized
+            ? WeightMatrix.CreateOptimized(Type, _weights + i * matrixBytes, Rows, Cols)
+            : new WeightMatrix(Type, _weights + i * matrixBytes, Rows, Cols)).ToArray();
         _x = (float*)NativeMemory.AlignedAlloc((nuint)(sizeof(float) * Cols * Tokens), 64);
         _y = (float*)NativeMemory.AlignedAlloc((nuint)(sizeof(float) * Rows * Tokens), 64);
         for (int i = 0; i < Cols * Tokens; i++) _x[i] = random.NextSingle() * 2 - 1;

@@ -53,7 +53,8 @@ static (string, double, double) MatMulRow(BenchmarkDotNet.Parameters.ParameterIn
     var type = (GgmlType)p["Type"];
     int tokens = (int)p["Tokens"];
     string kind = tokens == 1 ? "matvec" : $"matmul ×{tokens}";
-    return ($"{kind} {type} {MatMulBenchmarks.Rows}×{MatMulBenchmarks.Cols}", MatMulBenchmarks.WeightBytes(type), MatMulBenchmarks.Flops(type, tokens));
+    string layout = (bool)p["Optimized"] ? "as loaded" : "GGML layout";
+    return ($"{kind} {type} {MatMulBenchmarks.Rows}×{MatMulBenchmarks.Cols}, {layout}", MatMulBenchmarks.WeightBytes(type), MatMulBenchmarks.Flops(type, tokens));
 }
 
 static string Rate(double amount, double seconds) => amount > 0 ? (amount / seconds / 1e9).ToString("F1") : "";
