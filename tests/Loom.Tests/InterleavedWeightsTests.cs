@@ -23,6 +23,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
             {
                 data.Add(type, isa, 24, 96);   // a sixteen-row tile and an eight-row group left over; three blocks, all tail
                 data.Add(type, isa, 64, 800);  // 25 blocks: three groups of eight and a tail
+                data.Add(type, isa, 16, 2080); // 65 blocks: several column chunks per pass of the tokens, then a tail
             }
         return data;
     }
