@@ -311,7 +311,32 @@ internal static unsafe class RowLaneKernels
     internal static void RunWideTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
     {
         int cols = 32 * blocks;
-        for (int t = 0; t < tokens; t++)
+        int t = 0;
+        // tokens in pairs: each tile vector (and, for Q8_0, its magnitude and sign mask) is loaded once for two
+        for (; t + 2 <= tokens; t += 2)
+        {
+            var first = new WideToken(qs + (long)t * cols, d + (long)t * blocks, offset != 0 ? sums + (long)t * blocks : null);
+            var second = new WideToken(qs + (long)(t + 1) * cols, d + (long)(t + 1) * blocks, offset != 0 ? sums + (long)(t + 1) * blocks : null);
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+            int b = 0;
+            for (; b + 8 <= blocks; b += 8)
+            {
+                WideTileBlockPair(scratch, b, first, second, offset, ref a0, ref c0);
+                WideTileBlockPair(scratch, b + 1, first, second, offset, ref a1, ref c1);
+                WideTileBlockPair(scratch, b + 2, first, second, offset, ref a2, ref c2);
+                WideTileBlockPair(scratch, b + 3, first, second, offset, ref a3, ref c3);
+                WideTileBlockPair(scratch, b + 4, first, second, offset, ref a4, ref c4);
+                WideTileBlockPair(scratch, b + 5, first, second, offset, ref a5, ref c5);
+                WideTileBlockPair(scratch, b + 6, first, second, offset, ref a6, ref c6);
+                WideTileBlockPair(scratch, b + 7, first, second, offset, ref a7, ref c7);
+            }
+            Vector512<float> tail0 = default, tail1 = default;
+            for (; b < blocks; b++) WideTileBlockPair(scratch, b, first, second, offset, ref tail0, ref tail1);
+            ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail0).Store(y + (long)t * yStride);
+            ((((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7))) + tail1).Store(y + (long)(t + 1) * yStride);
+        }
+        for (; t < tokens; t++)
         {
             sbyte* xq = qs + (long)t * cols;
             float* dx = d + (long)t * blocks;
@@ -364,6 +389,81 @@ internal static unsafe class RowLaneKernels
         }
         var scale = Vector512.Load((float*)(g + 512)) * Vector512.Create(dx[b]);
         return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(isum), scale, acc);
+    }
+
+    /// <summary>One token's quantized activations for the wide tile: levels, block scales and (Q4_0/Q5_0) block sums.</summary>
+    private readonly struct WideToken(sbyte* qs, float* d, short* sums)
+    {
+        public readonly sbyte* Qs = qs;
+        public readonly float* D = d;
+        public readonly short* Sums = sums;
+    }
+
+    /// <summary>One block of a sixteen-row tile against two tokens: for each, exactly the integers and float steps of <see cref="WideTileBlock"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void WideTileBlockPair(byte* scratch, int b, in WideToken first, in WideToken second, int offset, ref Vector512<float> acc0, ref Vector512<float> acc1)
+    {
+        var g = (sbyte*)(scratch + b * WideTileBytesPerBlock);
+        var x0 = (int*)(first.Qs + 32 * b);
+        var x1 = (int*)(second.Qs + 32 * b);
+        var ones = Vector512.Create((short)1);
+        Vector512<int> isum0, isum1;
+        if (offset != 0)
+        {
+            // written out: the JIT does not unroll these loops
+            Vector512<short> s0 = default, u0 = default, s1 = default, u1 = default;
+            UnsignedGroupPair((byte*)g, 0, x0, x1, ref s0, ref s1);
+            UnsignedGroupPair((byte*)g, 1, x0, x1, ref s0, ref s1);
+            UnsignedGroupPair((byte*)g, 2, x0, x1, ref s0, ref s1);
+            UnsignedGroupPair((byte*)g, 3, x0, x1, ref s0, ref s1);
+            UnsignedGroupPair((byte*)g, 4, x0, x1, ref u0, ref u1);
+            UnsignedGroupPair((byte*)g, 5, x0, x1, ref u0, ref u1);
+            UnsignedGroupPair((byte*)g, 6, x0, x1, ref u0, ref u1);
+            UnsignedGroupPair((byte*)g, 7, x0, x1, ref u0, ref u1);
+            isum0 = offset == 8 ? Avx512BW.MultiplyAddAdjacent(s0 + u0, ones) : Avx512BW.MultiplyAddAdjacent(s0, ones) + Avx512BW.MultiplyAddAdjacent(u0, ones);
+            isum1 = offset == 8 ? Avx512BW.MultiplyAddAdjacent(s1 + u1, ones) : Avx512BW.MultiplyAddAdjacent(s1, ones) + Avx512BW.MultiplyAddAdjacent(u1, ones);
+            isum0 -= Vector512.Create(offset * first.Sums[b]);
+            isum1 -= Vector512.Create(offset * second.Sums[b]);
+        }
+        else
+        {
+            isum0 = default;
+            isum1 = default;
+            SignedGroupPair(g, 0, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 1, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 2, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 3, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 4, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 5, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 6, x0, x1, ref isum0, ref isum1);
+            SignedGroupPair(g, 7, x0, x1, ref isum0, ref isum1);
+        }
+        var scales = Vector512.Load((float*)(g + 512));
+        acc0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(isum0), scales * Vector512.Create(first.D[b]), acc0);
+        acc1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(isum1), scales * Vector512.Create(second.D[b]), acc1);
+    }
+
+    /// <summary>Group <paramref name="k"/> of a Q4_0/Q5_0 wide tile block (unsigned levels) against two tokens' bytes 4k..4k+3.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void UnsignedGroupPair(byte* tileBlock, int k, int* x0, int* x1, ref Vector512<short> s0, ref Vector512<short> s1)
+    {
+        var levels = Vector512.Load(tileBlock + 64 * k);
+        s0 += Avx512BW.MultiplyAddAdjacent(levels, Vector512.Create(x0[k]).AsSByte());
+        s1 += Avx512BW.MultiplyAddAdjacent(levels, Vector512.Create(x1[k]).AsSByte());
+    }
+
+    /// <summary>Group <paramref name="k"/> of a Q8_0 wide tile block against two tokens (magnitude and sign mask shared), as <see cref="WideSignedDot"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SignedGroupPair(sbyte* tileBlock, int k, int* x0, int* x1, ref Vector512<int> isum0, ref Vector512<int> isum1)
+    {
+        var w = Vector512.Load(tileBlock + 64 * k);
+        var negative = Vector512.LessThan(w, Vector512<sbyte>.Zero);
+        var magnitude = Avx512BW.Abs(w);
+        var v0 = Vector512.Create(x0[k]).AsSByte();
+        var v1 = Vector512.Create(x1[k]).AsSByte();
+        var ones = Vector512.Create((short)1);
+        isum0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitude, Vector512.ConditionalSelect(negative, -v0, v0)), ones);
+        isum1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitude, Vector512.ConditionalSelect(negative, -v1, v1)), ones);
     }
 
     /// <summary>
