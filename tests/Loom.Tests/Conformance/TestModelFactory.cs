@@ -88,11 +88,11 @@ public static class TestModelFactory
     /// <summary>
     /// Each matrix's spread. Queries and keys are wide, so attention is peaked. Values, attention outputs and the
     /// feed-forward matrices are narrow (0.02), so the residual stream carries mostly the token embedding and the blocks
-    /// add a context-dependent part (it still moves the argmax at over 80% of positions). With wide blocks, the one or
-    /// two activation-rounding flips per sequence that any two builds differ by (llama.cpp's AVX2 and AVX-512 builds
-    /// included) spread through the attention to every later position at ~0.1% of the logit range, enough to reorder
-    /// near-tied top logits at ~1% of positions. A tied head makes token_embd the output projection too, so it gets the
-    /// output's scale.
+    /// add a context-dependent part (it still moves the argmax at over 80% of positions). Any two builds (llama.cpp's
+    /// AVX2 and AVX-512 ones included) differ in the odd activation rounding, and through the attention each such
+    /// difference reaches every later position of its sequence at ~0.1% of the logit range: with wide blocks (0.05) and
+    /// equal unembedding norms that reordered the top two logits at 0.8% of positions; with these models, 0.4% (and
+    /// llama.cpp's two builds 0.2%). A tied head makes token_embd the output projection too, so it gets the output's scale.
     /// </summary>
     private static float Std(string name) => name switch
     {
