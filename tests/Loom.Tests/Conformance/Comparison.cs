@@ -46,13 +46,17 @@ public static class Comparison
         {
             var r = reference.Slice(p * vocab, vocab);
             var a = actual.Slice(p * vocab, vocab);
-            double logZr = LogSumExp(r), logZa = LogSumExp(a);
-            double kl = 0;
+            // KL = sum p_i (r_i - a_i) - logZr + logZa, with p's weights from the pass that sums them (two exp passes, not three).
+            double maxR = double.NegativeInfinity;
+            foreach (float v in r) maxR = Math.Max(maxR, v);
+            double sumR = 0, weighted = 0;
             for (int i = 0; i < vocab; i++)
             {
-                double logP = r[i] - logZr;
-                kl += Math.Exp(logP) * (logP - (a[i] - logZa));
+                double w = Math.Exp(r[i] - maxR);
+                sumR += w;
+                weighted += w * ((double)r[i] - a[i]);
             }
+            double kl = weighted / sumR - (maxR + Math.Log(sumR)) + LogSumExp(a);
             total += double.IsNaN(kl) ? double.PositiveInfinity : kl;
         }
         return total / positions;

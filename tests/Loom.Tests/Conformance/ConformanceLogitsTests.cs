@@ -6,8 +6,8 @@ namespace Loom.Tests.Conformance;
 
 /// <summary>
 /// Loom's logits at every position of 64-token sequences against llama.cpp's, on the same files: F32 files to within
-/// 1e-4 of the logit range; files quantized by llama.cpp with the same argmax at 99% of the positions where
-/// llama.cpp's choice is not a near-tie, and a mean KL divergence below 1e-3.
+/// 1e-4 of the logit range; files quantized by llama.cpp with the same argmax at 99% of all positions and a mean KL
+/// divergence below 1e-3.
 /// </summary>
 [Collection(ConformanceCollection.Name)]
 public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper output)
@@ -17,13 +17,16 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
     public const double QuantizedMaxMeanKl = 1e-3;
     /// <summary>
     /// Positions where llama.cpp's top logit leads its runner-up by no more than this fraction of the logit range are
-    /// near-ties, left out of the argmax criterion. On these quantized random-weight files, bit-level differences in
-    /// activation rounding cascade: llama.cpp's own AVX2 and AVX-512 builds differ by up to 1.4% of the range
-    /// (Q6_K: mean KL 1.4e-4, raw argmax agreement 97.9%), so raw agreement would judge llama.cpp against itself.
+    /// near-ties, which one activation-rounding difference can reorder (llama.cpp's own AVX2 and AVX-512 builds differ
+    /// by up to 1% of the range on these files). The argmax criterion counts them; they must stay a minority, or the
+    /// test models would be too flat for an argmax to mean anything.
     /// </summary>
     public const double NearTieFraction = 0.01;
-    /// <summary>Quantized files are compared over several sequences (192 positions), so each figure rests on more than one sequence.</summary>
-    public const int QuantizedSequences = 3;
+    /// <summary>
+    /// Quantized files are compared over many sequences (1024 positions): the few argmax differences come in
+    /// clusters (one rounding difference reaches every later position of its sequence), so each figure needs many.
+    /// </summary>
+    public const int QuantizedSequences = 16;
     private const int SessionContext = 256;
 
     public static TheoryData<string> Models() => [.. TestModelFactory.All.Select(s => s.Name)];
@@ -92,33 +95,35 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
 
         using var model = TransformerModel.Load(path);
         Assert.Equal(vocab, model.Config.VocabSize);
-        var expected = new List<float>();
-        var actual = new List<float>();
+        // Figures are accumulated sequence by sequence: all logits at once would take gigabytes on a 100k vocabulary.
         using var session = new InferenceSession(model, SessionContext);
-        var logits = new float[ConformanceText.SequenceLength * vocab];
+        var actual = new float[ConformanceText.SequenceLength * vocab];
+        int positions = 0, agreeing = 0, decisive = 0, decisiveAgreeing = 0;
+        double klSum = 0, relative = 0;
         for (int s = 0; s < QuantizedSequences; s++)
         {
             var tokens = ConformanceText.Sequence(reference, s);
-            expected.AddRange(reference.EvaluateAll(tokens));
+            var expected = reference.EvaluateAll(tokens);
             session.Truncate(0);
-            session.EvaluateAll(tokens, logits);
-            actual.AddRange(logits);
+            session.EvaluateAll(tokens, actual);
+            int n = tokens.Length;
+            agreeing += (int)Math.Round(Comparison.ArgMaxAgreement(expected, actual, vocab) * n);
+            klSum += Comparison.MeanKlDivergence(expected, actual, vocab) * n;
+            relative = Math.Max(relative, Comparison.MaxRelativeDiff(expected, actual, vocab));
+            var (sequenceDecisiveAgreement, sequenceDecisive) = Comparison.DecisiveArgMaxAgreement(expected, actual, vocab, NearTieFraction);
+            decisive += sequenceDecisive;
+            decisiveAgreeing += (int)Math.Round(sequenceDecisiveAgreement * sequenceDecisive);
+            foreach (var line in ArgMaxMismatches(expected, actual, vocab, s)) output.WriteLine(line);
+            positions += n;
         }
 
-        var e = expected.ToArray();
-        var a = actual.ToArray();
-        double agreement = Comparison.ArgMaxAgreement(e, a, vocab);
-        double kl = Comparison.MeanKlDivergence(e, a, vocab);
-        double relative = Comparison.MaxRelativeDiff(e, a, vocab);
-        output.WriteLine($"{name} {quant}: argmax agreement {agreement:P2}, mean KL {kl:E2}, max |diff| / logit range {relative:E2} " +
-                         $"({QuantizedSequences} x {ConformanceText.SequenceLength} positions x {vocab})");
-        foreach (var line in ArgMaxMismatches(e, a, vocab)) output.WriteLine(line);
-        var (decisiveAgreement, decisive) = Comparison.DecisiveArgMaxAgreement(e, a, vocab, NearTieFraction);
-        int positions = e.Length / vocab;
-        output.WriteLine($"  argmax agreement where llama.cpp's lead exceeds {NearTieFraction:P0} of the logit range: {decisiveAgreement:P2} of {decisive} positions");
+        double agreement = (double)agreeing / positions, kl = klSum / positions;
+        output.WriteLine($"{name} {quant}: argmax agreement {agreement:P2} ({positions - agreeing} of {positions} positions differ), mean KL {kl:E2}, " +
+                         $"max |diff| / logit range {relative:E2} ({QuantizedSequences} x {ConformanceText.SequenceLength} positions x {vocab})");
+        output.WriteLine($"  llama.cpp's lead exceeds {NearTieFraction:P0} of the logit range at {decisive} of {positions} positions; argmax agreement there {(double)decisiveAgreeing / Math.Max(decisive, 1):P2}");
         Assert.True(decisive >= positions / 2, $"{name} {quant}: only {decisive} of {positions} positions have a decisive argmax; the model is too flat to judge");
-        Assert.True(decisiveAgreement >= QuantizedMinArgMaxAgreement,
-            $"{name} {quant}: argmax agrees at {decisiveAgreement:P2} of {decisive} decisive positions (need {QuantizedMinArgMaxAgreement:P0}); {agreement:P2} of all positions");
+        Assert.True(agreement >= QuantizedMinArgMaxAgreement,
+            $"{name} {quant}: argmax agrees at {agreement:P2} of {positions} positions (need {QuantizedMinArgMaxAgreement:P0})");
         Assert.True(kl < QuantizedMaxMeanKl, $"{name} {quant}: mean KL divergence {kl:E3} (need < {QuantizedMaxMeanKl:E0})");
     }
 
@@ -126,7 +131,7 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
     /// Describes each position where the argmax differs, with llama.cpp's gap between its top two logits, so a reader
     /// can tell near-ties (tiny gap) from real disagreement.
     /// </summary>
-    private static IEnumerable<string> ArgMaxMismatches(float[] expected, float[] actual, int vocab)
+    private static IEnumerable<string> ArgMaxMismatches(float[] expected, float[] actual, int vocab, int sequence)
     {
         for (int p = 0; p < expected.Length / vocab; p++)
         {
@@ -137,7 +142,7 @@ public class ConformanceLogitsTests(ConformanceModels models, ITestOutputHelper 
             float second = float.MinValue;
             for (int i = 0; i < vocab; i++)
                 if (i != re) second = Math.Max(second, e[i]);
-            yield return $"  position {p}: llama.cpp picks {re} ({e[re]:F4}, lead over its runner-up {e[re] - second:F4}), " +
+            yield return $"  sequence {sequence} position {p}: llama.cpp picks {re} ({e[re]:F4}, lead over its runner-up {e[re] - second:F4}), " +
                          $"Loom picks {la} (llama.cpp gives it {e[la]:F4}; Loom's logits {a[re]:F4} vs {a[la]:F4})";
         }
     }

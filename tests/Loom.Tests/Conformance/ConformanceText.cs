@@ -34,14 +34,14 @@ public static class ConformanceText
 
     /// <summary>
     /// The <paramref name="index"/>-th of several distinct <see cref="SequenceLength"/>-token sequences: seed prompts
-    /// from line 33·index on (wrapping), tokenized by the reference with its BOS when the vocabulary adds one.
+    /// from line 6·index on (wrapping), tokenized by the reference with its BOS when the vocabulary adds one.
     /// </summary>
     public static int[] Sequence(LlamaCppReference reference, int index)
     {
         var tokens = new List<int>();
         for (int i = 0; i < SeedLines.Count; i++)
         {
-            var line = SeedLines[(33 * index + i) % SeedLines.Count];
+            var line = SeedLines[(6 * index + i) % SeedLines.Count];
             tokens.AddRange(reference.Tokenize(tokens.Count == 0 ? line : " " + line, addSpecial: tokens.Count == 0, parseSpecial: false));
             if (tokens.Count >= SequenceLength) return tokens.Take(SequenceLength).ToArray();
         }
