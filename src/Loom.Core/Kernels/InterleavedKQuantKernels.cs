@@ -22,8 +22,8 @@ namespace Loom.Core.Kernels;
 /// </list>
 /// A row's arithmetic, whatever the kernel and token count: per super-block the exact integer sums
 /// isum = Σ_j scale_j·Σ level·q (Q6_K: levels − 32) and msum = Σ_j min_j·Σ q (Q4_K), then
-/// acc = fma(−msum, dmin·d_x, acc) after acc = fma(isum, d·d_x, acc), super-blocks in order. It differs from the GGML
-/// layout's kernels only in rounding; <see cref="DotPortable"/> is the same arithmetic in scalar code.
+/// acc = fma(isum, d·d_x, acc) and mins = fma(msum, dmin·d_x, mins), super-blocks in order, and acc − mins at the end
+/// (the float steps of llama.cpp's repacked Q4_K kernels). It differs from the GGML layout's kernels only in rounding; <see cref="DotPortable"/> is the same arithmetic in scalar code.
 /// </remarks>
 internal static unsafe class InterleavedKQuantKernels
 {
@@ -116,15 +116,15 @@ internal static unsafe class InterleavedKQuantKernels
     private static float DotPortable(GgmlType type, byte* row, int superBlocks, in ActivationRow x)
     {
         int blockBytes = GgmlTypeInfo.BlockBytes(type);
-        float acc = 0;
+        float acc = 0, mins = 0;
         for (int i = 0; i < superBlocks; i++, row += blockBytes)
         {
             var (isum, msum, d, dmin) = KQuantKernels.IntegerSums(type, row, x.Qs + 256 * i, x.BSums + 16 * i);
             float dx = x.D[i];
             acc = MathF.FusedMultiplyAdd(isum, d * dx, acc);
-            if (type == GgmlType.Q4_K) acc = MathF.FusedMultiplyAdd(-(float)msum, dmin * dx, acc);
+            if (type == GgmlType.Q4_K) mins = MathF.FusedMultiplyAdd(msum, dmin * dx, mins);
         }
-        return acc;
+        return acc - mins;
     }
 
     // ---- eight rows against each token: straight from the layout, or (many tokens) from a group unpacked once ----
@@ -162,17 +162,17 @@ internal static unsafe class InterleavedKQuantKernels
             for (int t = 0; t < tokens; t += 2)
             {
                 int u = Math.Min(t + 1, tokens - 1);
-                Vector256<float> acc0 = default, acc1 = default;
+                Vector256<float> acc0 = default, acc1 = default, mins0 = default, mins1 = default;
                 for (int b = 0; b < superBlocks; b++)
                 {
                     var first = new Token(qs + (long)t * cols + 256 * b, d[(long)t * superBlocks + b], sums + (long)t * (cols / 16) + 16 * b);
                     var second = new Token(qs + (long)u * cols + 256 * b, d[(long)u * superBlocks + b], sums + (long)u * (cols / 16) + 16 * b);
                     byte* tile = scratch + (long)b * TileBlockBytes;
-                    if (type == GgmlType.Q4_K) TilePairQ4K(tile, first, second, ref acc0, ref acc1);
+                    if (type == GgmlType.Q4_K) TilePairQ4K(tile, first, second, ref acc0, ref acc1, ref mins0, ref mins1);
                     else TilePairQ6K(tile, first, second, ref acc0, ref acc1);
                 }
-                acc0.Store(y + (long)t * yStride);
-                acc1.Store(y + (long)u * yStride);
+                (acc0 - mins0).Store(y + (long)t * yStride);
+                (acc1 - mins1).Store(y + (long)u * yStride);
             }
             return;
         }
@@ -181,14 +181,13 @@ internal static unsafe class InterleavedKQuantKernels
             sbyte* xq = qs + (long)t * cols;
             float* dx = d + (long)t * superBlocks;
             short* bsums = sums + (long)t * (cols / 16);
-            var acc = Vector256<float>.Zero;
+            Vector256<float> acc = default, mins = default;
             for (int b = 0; b < superBlocks; b++)
             {
-                acc = type == GgmlType.Q4_K
-                    ? SuperBlockQ4K(group + (long)b * groupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k)
-                    : SuperBlockQ6K(group + (long)b * groupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k);
+                if (type == GgmlType.Q4_K) SuperBlockQ4K(group + (long)b * groupBytes, xq + 256 * b, dx[b], bsums + 16 * b, ref acc, ref mins, k);
+                else acc = SuperBlockQ6K(group + (long)b * groupBytes, xq + 256 * b, dx[b], bsums + 16 * b, acc, k);
             }
-            acc.Store(y + (long)t * yStride);
+            (acc - mins).Store(y + (long)t * yStride);
         }
     }
 
@@ -248,7 +247,8 @@ internal static unsafe class InterleavedKQuantKernels
     /// and float steps of <see cref="SuperBlockQ4K"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void TilePairQ4K(byte* tile, Token first, Token second, ref Vector256<float> acc0, ref Vector256<float> acc1)
+    private static void TilePairQ4K(byte* tile, Token first, Token second, ref Vector256<float> acc0, ref Vector256<float> acc1,
+        ref Vector256<float> mins0, ref Vector256<float> mins1)
     {
         Vector256<int> isum0 = default, isum1 = default, msum0 = default, msum1 = default;
         for (int j = 0; j < 8; j++)
@@ -274,10 +274,10 @@ internal static unsafe class InterleavedKQuantKernels
         }
         var d = Vector256.Load((float*)(tile + TileLevelBytes + 512));
         var dmin = Vector256.Load((float*)(tile + TileLevelBytes + 544));
-        acc0 = Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum0), dmin * Vector256.Create(first.D),
-            Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum0), d * Vector256.Create(first.D), acc0));
-        acc1 = Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum1), dmin * Vector256.Create(second.D),
-            Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum1), d * Vector256.Create(second.D), acc1));
+        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum0), d * Vector256.Create(first.D), acc0);
+        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum1), d * Vector256.Create(second.D), acc1);
+        mins0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(msum0), dmin * Vector256.Create(first.D), mins0);
+        mins1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(msum1), dmin * Vector256.Create(second.D), mins1);
     }
 
     /// <summary>
@@ -416,7 +416,7 @@ internal static unsafe class InterleavedKQuantKernels
     /// one multiply-add.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> SuperBlockQ4K(byte* g, sbyte* x, float dx, short* bsums, Vector256<float> acc, in Constants k)
+    private static void SuperBlockQ4K(byte* g, sbyte* x, float dx, short* bsums, ref Vector256<float> acc, ref Vector256<float> mins, in Constants k)
     {
         var (scales03, scales47, mins03, mins47) = ScalesAndMinsQ4K(g);
 
@@ -434,7 +434,7 @@ internal static unsafe class InterleavedKQuantKernels
         var dw = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q4KScalesAt)));
         var dm = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q4KMinScalesAt)));
         acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * x8, acc);
-        return Fma.MultiplyAddNegated(Avx.ConvertToVector256Single(msum), dm * x8, acc);
+        mins = Fma.MultiplyAdd(Avx.ConvertToVector256Single(msum), dm * x8, mins);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
