@@ -348,13 +348,76 @@ internal static unsafe class FloatKernels
     public static void Dot4BF16Avx512(byte* row, int cols, ActivationRow* x, float* result) => Dot4Avx512(row, cols, x, result, 2);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot4Avx512(byte* row, int cols, ActivationRow* x, float* result, int format)
+    private static void Dot4Avx512(byte* row, int cols, ActivationRow* x, float* result, int format) =>
+        Dot4Avx512(row, cols, x, result, format, null, 0);
+
+    /// <summary>
+    /// Four tokens against <paramref name="rows"/> consecutive finite F16 rows (inputs pre-scaled), the 32-column steps
+    /// taken in chunks of <see cref="Dot4ChunkColumns"/> for all rows before the next chunk: four wide inputs no longer
+    /// fit the L1 cache beside the rows (2048 columns of four tokens are 32 KiB) and were re-read from L2 for every row.
+    /// Each row's FMAs run in the same order into the same accumulators as <see cref="Dot4F16ScaledAvx512"/>, so every
+    /// result is bit for bit the same. <paramref name="results"/> gets four per row.
+    /// </summary>
+    public static void Dot4RowsF16ScaledAvx512(byte* first, long rowBytes, int rows, int cols, ActivationRow* x, float* results)
+    {
+        int stepsEnd = cols / 32 * 32;
+        var saved = stackalloc Vector512<float>[8 * rows];
+        for (int start = 0; start < stepsEnd; start += Dot4ChunkColumns)
+        {
+            int end = Math.Min(stepsEnd, start + Dot4ChunkColumns);
+            for (int r = 0; r < rows; r++)
+                Dot4Steps(first + r * rowBytes, start, end, x, saved + 8 * r);
+        }
+        for (int r = 0; r < rows; r++)
+            Dot4Avx512(first + r * rowBytes, cols, x, results + 4 * r, 3, stepsEnd > 0 ? saved + 8 * r : null, stepsEnd);
+    }
+
+    /// <summary>Columns a chunk of <see cref="Dot4RowsF16ScaledAvx512"/> covers: four tokens' inputs take 8 KiB.</summary>
+    public const int Dot4ChunkColumns = 512;
+
+    /// <summary>The 32-column steps of <see cref="Dot4Avx512"/> over [start, end) for a finite F16 row, its eight accumulators kept in <paramref name="saved"/>.</summary>
+    private static void Dot4Steps(byte* row, int start, int end, ActivationRow* x, Vector512<float>* saved)
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        if (start > 0)
+        {
+            a0 = saved[0]; a1 = saved[1]; a2 = saved[2]; a3 = saved[3];
+            b0 = saved[4]; b1 = saved[5]; b2 = saved[6]; b3 = saved[7];
+        }
         float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
         Vector512<uint> magnitudes = default;
-        int c = 0;
+        for (int c = start; c < end; c += 32)
+        {
+            var w = Weights16(row, c, 3, ref magnitudes);
+            var v = Weights16(row, c + 16, 3, ref magnitudes);
+            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
+            b0 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x0 + c + 16), b0);
+            b1 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x1 + c + 16), b1);
+            b2 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x2 + c + 16), b2);
+            b3 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x3 + c + 16), b3);
+        }
+        saved[0] = a0; saved[1] = a1; saved[2] = a2; saved[3] = a3;
+        saved[4] = b0; saved[5] = b1; saved[6] = b2; saved[7] = b3;
+    }
+
+    /// <summary>As the four-token kernel, resuming at column <paramref name="from"/> with the accumulators in <paramref name="saved"/> when given.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4Avx512(byte* row, int cols, ActivationRow* x, float* result, int format, Vector512<float>* saved, int from)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        if (saved != null)
+        {
+            a0 = saved[0]; a1 = saved[1]; a2 = saved[2]; a3 = saved[3];
+            b0 = saved[4]; b1 = saved[5]; b2 = saved[6]; b3 = saved[7];
+        }
+        float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
+        Vector512<uint> magnitudes = default;
+        int c = from;
         for (; c + 32 <= cols; c += 32)
         {
             var w = Weights16(row, c, format, ref magnitudes);

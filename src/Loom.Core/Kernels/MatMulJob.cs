@@ -36,6 +36,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
     {
         public delegate*<byte*, int, in ActivationRow, float> Dot;
         public delegate*<byte*, int, ActivationRow*, float*, void> DotFour;
+        /// <summary>Four tokens against a tile of rows at once (wide finite F16 rows, columns chunked), or null.</summary>
+        public delegate*<byte*, long, int, int, ActivationRow*, float*, void> DotFourRows;
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
         /// <summary>Interleaved weights: the eight-row kernel for a last group that <see cref="Tile"/>'s sixteen rows leave over.</summary>
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> GroupTile;
@@ -102,6 +104,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             part.Dot = matrix.Interleaved && isa == KernelIsa.Portable && InterleavedKQuantKernels.Supports(matrix.Type)
                 ? InterleavedKQuantKernels.PortableDot(matrix.Type) : DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
+            part.DotFourRows = null;
             part.Interleaved = matrix.Interleaved;
             part.ScaledInput = false;
             part.Type = matrix.Type;
@@ -186,6 +189,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _parts[i].ScaledInput = true;
             _parts[i].Dot = wide ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
             _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
+            if (wide && _tokens >= 4 && _cols >= 2 * FloatKernels.Dot4ChunkColumns) _parts[i].DotFourRows = &FloatKernels.Dot4RowsF16ScaledAvx512;
         }
     }
 
@@ -261,7 +265,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             return;
         }
         ActivationRow* four = stackalloc ActivationRow[4];
-        float* results = stackalloc float[4];
+        float* results = stackalloc float[4 * RowTile];
         var dotFour = part.DotFour;
         for (int tileStart = rowStart; tileStart < rowEnd; tileStart += RowTile)
         {
@@ -272,6 +276,13 @@ internal sealed unsafe class MatMulJob : IParallelWork
                 for (; t + 4 <= _tokens; t += 4)
                 {
                     for (int k = 0; k < 4; k++) four[k] = Activation(part, t + k);
+                    if (part.DotFourRows != null)
+                    {
+                        part.DotFourRows(weights + tileStart * rowBytes, rowBytes, tileEnd - tileStart, units, four, results);
+                        for (int r = tileStart; r < tileEnd; r++)
+                            for (int k = 0; k < 4; k++) y[(long)(t + k) * rows + r] = results[4 * (r - tileStart) + k];
+                        continue;
+                    }
                     for (int r = tileStart; r < tileEnd; r++)
                     {
                         dotFour(weights + r * rowBytes, units, four, results);
