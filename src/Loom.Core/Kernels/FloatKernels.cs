@@ -389,19 +389,28 @@ internal static unsafe class FloatKernels
         Vector512<uint> magnitudes = default;
         for (int c = start; c < end; c += 32)
         {
-            var w = Weights16(row, c, 3, ref magnitudes);
-            var v = Weights16(row, c + 16, 3, ref magnitudes);
-            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
-            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
-            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
-            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
-            b0 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x0 + c + 16), b0);
-            b1 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x1 + c + 16), b1);
-            b2 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x2 + c + 16), b2);
-            b3 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x3 + c + 16), b3);
+            Step32(row, c, 3, x0, x1, x2, x3, ref a0, ref a1, ref a2, ref a3, ref b0, ref b1, ref b2, ref b3, ref magnitudes);
         }
         saved[0] = a0; saved[1] = a1; saved[2] = a2; saved[3] = a3;
         saved[4] = b0; saved[5] = b1; saved[6] = b2; saved[7] = b3;
+    }
+
+    /// <summary>One 32-column step of the 512-bit four-token kernels: columns c.. into the even accumulators, c+16.. into the odd ones.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step32(byte* row, int c, int format, float* x0, float* x1, float* x2, float* x3,
+        ref Vector512<float> a0, ref Vector512<float> a1, ref Vector512<float> a2, ref Vector512<float> a3,
+        ref Vector512<float> b0, ref Vector512<float> b1, ref Vector512<float> b2, ref Vector512<float> b3, ref Vector512<uint> magnitudes)
+    {
+        var w = Weights16(row, c, format, ref magnitudes);
+        var v = Weights16(row, c + 16, format, ref magnitudes);
+        a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
+        a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
+        a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
+        a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
+        b0 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x0 + c + 16), b0);
+        b1 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x1 + c + 16), b1);
+        b2 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x2 + c + 16), b2);
+        b3 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x3 + c + 16), b3);
     }
 
     /// <summary>As the four-token kernel, resuming at column <paramref name="from"/> with the accumulators in <paramref name="saved"/> when given.</summary>
@@ -420,16 +429,7 @@ internal static unsafe class FloatKernels
         int c = from;
         for (; c + 32 <= cols; c += 32)
         {
-            var w = Weights16(row, c, format, ref magnitudes);
-            var v = Weights16(row, c + 16, format, ref magnitudes);
-            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
-            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
-            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
-            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
-            b0 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x0 + c + 16), b0);
-            b1 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x1 + c + 16), b1);
-            b2 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x2 + c + 16), b2);
-            b3 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x3 + c + 16), b3);
+            Step32(row, c, format, x0, x1, x2, x3, ref a0, ref a1, ref a2, ref a3, ref b0, ref b1, ref b2, ref b3, ref magnitudes);
         }
         for (; c + 16 <= cols; c += 16)
         {
