@@ -61,9 +61,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
                         plain.Multiply(xp, e, tokens, pool, isa);
                         interleaved.Multiply(xp, a, tokens, pool, isa);
                     }
-                    for (int i = 0; i < expected.Length; i++)
-                        Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
-                            $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads, token {i / rows} row {i % rows}: {actual[i]:R} interleaved, {expected[i]:R} original");
+                    AssertSameBits(expected, actual, rows, $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads", "interleaved", "original");
                 }
 
             AssertRowsMatch(plain, interleaved);
@@ -142,9 +140,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
                     {
                         var actual = new float[tokens * rows];
                         fixed (float* a = actual) interleaved.Multiply(xp, a, tokens, pool, isa);
-                        for (int i = 0; i < actual.Length; i++)
-                            Assert.True(BitConverter.SingleToInt32Bits(scalar[i]) == BitConverter.SingleToInt32Bits(actual[i]),
-                                $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads, token {i / rows} row {i % rows}: {actual[i]:R}, scalar form {scalar[i]:R}");
+                        AssertSameBits(scalar.AsSpan(0, actual.Length), actual, rows, $"{type}/{isa} {tokens} tokens, {pool.ThreadCount} threads", "kernel", "scalar form");
                     }
 
             AssertRowsMatch(plain, interleaved);
@@ -189,9 +185,7 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
                         plain.Multiply(xp, e, tokens, pool, isa);
                         optimized.Multiply(xp, a, tokens, pool, isa);
                     }
-                    for (int i = 0; i < expected.Length; i++)
-                        Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
-                            $"{isa} cols {cols}, {tokens} tokens, input up to {largest}, token {i / rows} row {i % rows}: {actual[i]:R} finite-F16 kernel, {expected[i]:R} plain");
+                    AssertSameBits(expected, actual, rows, $"{isa} cols {cols}, {tokens} tokens, input up to {largest}", "finite-F16 kernel", "plain");
                 }
         }
     }
@@ -212,6 +206,15 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
         BitConverter.TryWriteBytes(nan.AsSpan(2 * 100, 2), (ushort)0x7E00); // one weight is NaN
         fixed (byte* w = nan)
             Assert.False(WeightMatrix.CreateOptimized(GgmlType.F16, w, 4, 64).FiniteHalves);
+    }
+
+    /// <summary>Every output (token-major, <paramref name="rows"/> per token) has exactly the expected bits.</summary>
+    private static void AssertSameBits(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, int rows, string context, string actualName, string expectedName)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                $"{context}, token {i / rows} row {i % rows}: {actual[i]:R} {actualName}, {expectedName} {expected[i]:R}");
     }
 
     private static void AssertRowsMatch(WeightMatrix plain, WeightMatrix interleaved)

@@ -206,8 +206,8 @@ internal static unsafe class InterleavedKQuantKernels
             for (int w = 0; w < 8; w++)
             {
                 var v = Vector256.Load(nibbles + 256 * c + 32 * w);
-                (v & k.Low4).Store(tile + 32 * (16 * c + w));
-                HighNibbles(v, k).Store(tile + 32 * (16 * c + 8 + w));
+                (v & k.Levels.Low4).Store(tile + 32 * (16 * c + w));
+                KQuantKernels.HighNibbles(v).Store(tile + 32 * (16 * c + 8 + w));
             }
         RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q4KScalesAt))).Store((float*)(tile + TileLevelBytes + 512));
         RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q4KMinScalesAt))).Store((float*)(tile + TileLevelBytes + 544));
@@ -303,7 +303,7 @@ internal static unsafe class InterleavedKQuantKernels
             for (int i = 0; i < 8; i++)
             {
                 byte* words = g + Q6KLevelsAt + Q6KHalfBytes * n + 96 * i;
-                var (w1, w2, w3, w4) = LevelsQ6K(Vector256.Load(words), Vector256.Load(words + 32), Vector256.Load(words + 64), k);
+                var (w1, w2, w3, w4) = KQuantKernels.LevelsQ6K(Vector256.Load(words), Vector256.Load(words + 32), Vector256.Load(words + 64), k.Levels);
                 // word i of each 32-element run: sub-block 8n + 2·run + i/4, word i mod 4
                 int s = 8 * n + i / 4, w = i % 4;
                 w1.Store(tile + 32 * (4 * s + w));
@@ -365,10 +365,8 @@ internal static unsafe class InterleavedKQuantKernels
 
     private readonly struct Constants
     {
-        public readonly Vector256<byte> Low4 = Vector256.Create((byte)0x0F);
-        public readonly Vector256<byte> High2 = Vector256.Create((byte)0x30);
-        public readonly Vector256<byte> HighNibble = Vector256.Create(KQuantKernels.HighNibbleMatrix).AsByte();
-        public readonly Vector256<byte> Bits01To45 = BitPairTo45(0), Bits23To45 = BitPairTo45(2), Bits67To45 = BitPairTo45(6);
+        /// <summary>The GGML-layout Q6_K kernels' masks: the same level extraction serves both layouts.</summary>
+        public readonly KQuantKernels.Q6KConstants Levels = new();
         /// <summary>Byte i of each 32-bit lane into both of its 16-bit halves, zero-extended (Q4_K's unsigned scales and mins).</summary>
         public readonly Vector256<byte> Byte0 = Spread(0, 0, high: false), Byte1 = Spread(1, 0, high: false), Byte2 = Spread(2, 0, high: false), Byte3 = Spread(3, 0, high: false);
         /// <summary>Byte i of each lane into the high byte of both halves (an arithmetic shift then sign-extends: Q6_K's scales).</summary>
@@ -377,8 +375,6 @@ internal static unsafe class InterleavedKQuantKernels
         public readonly Vector256<byte> Pair01 = Spread(0, 1, high: true), Pair23 = Spread(2, 1, high: true);
 
         public Constants() { }
-
-        private static Vector256<byte> BitPairTo45(int low) => Vector256.Create((1UL << low) << 24 | (2UL << low) << 16).AsByte();
 
         /// <summary>
         /// A byte shuffle whose 16-bit half j of each 32-bit lane takes that lane's byte <c>first + step·j</c> into its low
@@ -396,13 +392,9 @@ internal static unsafe class InterleavedKQuantKernels
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> HighNibbles(Vector256<byte> v, in Constants k) =>
-        Gfni.V256.IsSupported ? Gfni.V256.GaloisFieldAffineTransform(v, k.HighNibble, 0) : (v.AsUInt16() >> 4).AsByte() & k.Low4;
-
     /// <summary>Four activation bytes in every 32-bit lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<sbyte> Bytes(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+    private static Vector256<sbyte> Bytes(sbyte* x) => RowLaneKernels.Bytes(*(int*)x);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<byte> Scale(Vector256<uint> scales, Vector256<byte> pick) => Avx2.Shuffle(scales.AsByte(), pick);
@@ -463,8 +455,8 @@ internal static unsafe class InterleavedKQuantKernels
     private static void NibbleWord(byte* words, sbyte* x, int w, ref Vector256<short> lo, ref Vector256<short> hi, in Constants k)
     {
         var v = Vector256.Load(words + 32 * w);
-        lo += Avx2.MultiplyAddAdjacent(v & k.Low4, Bytes(x + 4 * w));
-        hi += Avx2.MultiplyAddAdjacent(HighNibbles(v, k), Bytes(x + 32 + 4 * w));
+        lo += Avx2.MultiplyAddAdjacent(v & k.Levels.Low4, Bytes(x + 4 * w));
+        hi += Avx2.MultiplyAddAdjacent(KQuantKernels.HighNibbles(v), Bytes(x + 32 + 4 * w));
     }
 
     /// <summary>
@@ -512,28 +504,10 @@ internal static unsafe class InterleavedKQuantKernels
         return sum + QuarterQ6K(levels, x, 4, sc1, sc3, sc5, sc7, k) + QuarterQ6K(levels, x, 6, sc1, sc3, sc5, sc7, k);
     }
 
-    /// <summary>
-    /// Four level vectors (0..63) from ql word i (<paramref name="a"/>), ql word 8 + i (<paramref name="c"/>) and qh word i
-    /// (<paramref name="h"/>): low nibbles with qh bits 0–1 and 2–3, then high nibbles with bits 4–5 and 6–7, as bits 4–5.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector256<byte>, Vector256<byte>, Vector256<byte>, Vector256<byte>) LevelsQ6K(Vector256<byte> a, Vector256<byte> c, Vector256<byte> h, in Constants k)
-    {
-        if (Gfni.V256.IsSupported)
-            return ((a & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(h, k.Bits01To45, 0),
-                (c & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(h, k.Bits23To45, 0),
-                Gfni.V256.GaloisFieldAffineTransform(a, k.HighNibble, 0) | (h & k.High2),
-                Gfni.V256.GaloisFieldAffineTransform(c, k.HighNibble, 0) | Gfni.V256.GaloisFieldAffineTransform(h, k.Bits67To45, 0));
-        return ((a & k.Low4) | ((h.AsUInt16() << 4).AsByte() & k.High2),
-            (c & k.Low4) | ((h.AsUInt16() << 2).AsByte() & k.High2),
-            ((a.AsUInt16() >> 4).AsByte() & k.Low4) | (h & k.High2),
-            ((c.AsUInt16() >> 4).AsByte() & k.Low4) | ((h.AsUInt16() >> 2).AsByte() & k.High2));
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void LevelWord(byte* levels, sbyte* x, int i, ref Vector256<short> p1, ref Vector256<short> p2, ref Vector256<short> p3, ref Vector256<short> p4, in Constants k)
     {
-        var (w1, w2, w3, w4) = LevelsQ6K(Vector256.Load(levels + 96 * i), Vector256.Load(levels + 96 * i + 32), Vector256.Load(levels + 96 * i + 64), k);
+        var (w1, w2, w3, w4) = KQuantKernels.LevelsQ6K(Vector256.Load(levels + 96 * i), Vector256.Load(levels + 96 * i + 32), Vector256.Load(levels + 96 * i + 64), k.Levels);
         p1 += Avx2.MultiplyAddAdjacent(w1, Bytes(x + 4 * i));
         p2 += Avx2.MultiplyAddAdjacent(w2, Bytes(x + 32 + 4 * i));
         p3 += Avx2.MultiplyAddAdjacent(w3, Bytes(x + 64 + 4 * i));

@@ -212,11 +212,11 @@ internal static unsafe class KQuantKernels
     }
 
     /// <summary>GF(2) affine matrix moving each byte's high nibble down: result bit i (matrix byte 7−i) = input bit i+4, for i &lt; 4.</summary>
-    internal const ulong HighNibbleMatrix = 0x1020408000000000;
+    private const ulong HighNibbleMatrix = 0x1020408000000000;
 
     /// <summary>Each byte's high nibble moved down: one GF(2) affine transform where GFNI is present, else shift and mask.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> HighNibbles(Vector256<byte> v)
+    internal static Vector256<byte> HighNibbles(Vector256<byte> v)
     {
         if (Gfni.V256.IsSupported)
             return Gfni.V256.GaloisFieldAffineTransform(v, Vector256.Create(HighNibbleMatrix).AsByte(), 0);
@@ -410,7 +410,7 @@ internal static unsafe class KQuantKernels
     /// The Q6_K kernels' masks, made once per call and passed down: the JIT reloaded each vector constant in every
     /// iteration otherwise (ten loads per super-block on top of the data; about 11% of the one-token kernel's time).
     /// </summary>
-    private readonly struct Q6KConstants
+    internal readonly struct Q6KConstants
     {
         public readonly Vector256<byte> Low4 = Vector256.Create((byte)0x0F);
         public readonly Vector256<byte> High2 = Vector256.Create((byte)0x30);
@@ -431,11 +431,14 @@ internal static unsafe class KQuantKernels
     /// With GFNI one affine transform per chunk moves the bits into place already masked (nine operations instead of thirteen).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(byte* ql, byte* qhBits, in Q6KConstants k)
+    private static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(byte* ql, byte* qhBits, in Q6KConstants k) =>
+        LevelsQ6K(Vector256.Load(ql), Vector256.Load(ql + 32), Vector256.Load(qhBits), k);
+
+    /// <summary>The four level chunks of <see cref="LevelsQ6K(byte*, byte*, in Q6KConstants)"/> from ql bytes 0..31 (<paramref name="ql0"/>), 32..63 and their qh byte vector.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(
+        Vector256<byte> ql0, Vector256<byte> ql1, Vector256<byte> qh, in Q6KConstants k)
     {
-        var ql0 = Vector256.Load(ql);
-        var ql1 = Vector256.Load(ql + 32);
-        var qh = Vector256.Load(qhBits);
         if (Gfni.V256.IsSupported)
             return ((ql0 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits01To45, 0), (ql1 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits23To45, 0),
                 Gfni.V256.GaloisFieldAffineTransform(ql0, k.HighNibble, 0) | (qh & k.High2),

@@ -42,7 +42,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
         /// <summary>Interleaved weights: the eight-row kernel for a last group that <see cref="Tile"/>'s sixteen rows leave over.</summary>
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> GroupTile;
         public bool Interleaved;
-        /// <summary>The part's kernel takes the input scaled by <see cref="FloatKernels.F16InputScale"/> (one-token F16 on finite weights).</summary>
+        /// <summary>The part's kernels take the inputs scaled by <see cref="FloatKernels.F16InputScale"/> (F16 on finite weights).</summary>
         public bool ScaledInput;
         public GgmlType Type;
         public byte* Weights;

@@ -44,12 +44,14 @@ public sealed unsafe class WeightMatrix
     public bool FiniteHalves { get; private init; }
 
     /// <summary>
-    /// A matrix over <paramref name="data"/>, prepared for the fastest kernels. Q8_0, Q4_0 and Q5_0 are reorganised in
-    /// place into the interleaved layout that makes one-token products faster and spares tiles of many tokens their
-    /// transposition (llama.cpp repacks such weights at load for the same reason): the memory must be writable and must
-    /// not be read as GGML rows afterwards (a copy-on-write map of the model file serves). F16 weights are checked once
-    /// for Inf/NaN. Shapes that gain nothing (rows not a multiple of eight, a CPU without AVX2, Inf/NaN scales) are left
-    /// as they are. Products and <see cref="DequantizeRow"/> give bit for bit what a plain matrix gives.
+    /// A matrix over <paramref name="data"/>, prepared for the fastest kernels. Q8_0, Q4_0, Q5_0, Q4_K and Q6_K are
+    /// reorganised in place into the interleaved layout that makes one-token products faster and spares tiles of many
+    /// tokens their transposition (llama.cpp repacks such weights at load for the same reason): the memory must be
+    /// writable and must not be read as GGML rows afterwards (a copy-on-write map of the model file serves). F16 weights
+    /// are checked once for Inf/NaN. Shapes that gain nothing (rows not a multiple of eight, a CPU without AVX2, Inf/NaN
+    /// scales) are left as they are. <see cref="DequantizeRow"/> gives bit for bit what a plain matrix gives, and so do
+    /// the products, except Q4_K/Q6_K's: those have their own arithmetic (see <see cref="InterleavedKQuantKernels"/>),
+    /// the same on every path and within rounding of the plain matrix's.
     /// </summary>
     public static WeightMatrix CreateOptimized(GgmlType type, byte* data, int rows, int cols)
     {
