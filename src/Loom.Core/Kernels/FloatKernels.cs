@@ -352,20 +352,26 @@ internal static unsafe class FloatKernels
         Dot4Avx512(row, cols, x, result, format, null, 0);
 
     /// <summary>
-    /// Four tokens against <paramref name="rows"/> consecutive finite F16 rows (inputs pre-scaled), the 32-column steps
-    /// taken in chunks of <see cref="Dot4ChunkColumns"/> for all rows before the next chunk: four wide inputs no longer
-    /// fit the L1 cache beside the rows (2048 columns of four tokens are 32 KiB) and were re-read from L2 for every row.
-    /// Each row's FMAs run in the same order into the same accumulators as <see cref="Dot4F16ScaledAvx512"/>, so every
-    /// result is bit for bit the same. <paramref name="results"/> gets four per row.
+    /// Four tokens against <paramref name="rows"/> consecutive finite F16 rows (inputs pre-scaled), two rows at a time
+    /// (each input load serves both) while the rows of the next tile are prefetched. Rows of 1024 columns or more take
+    /// their 32-column steps in chunks of <see cref="Dot4ChunkColumns"/> for all rows before the next chunk: four wide
+    /// inputs no longer fit the L1 cache beside the rows (2048 columns of four tokens are 32 KiB) and were re-read from
+    /// L2 for every row. Each row's FMAs run in the same order into the same accumulators as
+    /// <see cref="Dot4F16ScaledAvx512"/>, so every result is bit for bit the same. <paramref name="results"/> gets four
+    /// per row.
     /// </summary>
     public static void Dot4RowsF16ScaledAvx512(byte* first, long rowBytes, int rows, int cols, ActivationRow* x, float* results)
     {
         int stepsEnd = cols / 32 * 32;
         var saved = stackalloc Vector512<float>[8 * rows];
-        for (int start = 0; start < stepsEnd; start += Dot4ChunkColumns)
+        int chunk = stepsEnd < 2 * Dot4ChunkColumns ? stepsEnd : Dot4ChunkColumns;
+        for (int start = 0; start < stepsEnd; start += chunk)
         {
-            int end = Math.Min(stepsEnd, start + Dot4ChunkColumns);
-            for (int r = 0; r < rows; r++)
+            int end = Math.Min(stepsEnd, start + chunk);
+            int r = 0;
+            for (; r + 2 <= rows; r += 2)
+                Dot4StepsTwoRows(first + r * rowBytes, rowBytes, start, end, x, saved + 8 * r, rows * rowBytes);
+            if (r < rows)
                 Dot4Steps(first + r * rowBytes, start, end, x, saved + 8 * r);
         }
         for (int r = 0; r < rows; r++)
@@ -393,6 +399,63 @@ internal static unsafe class FloatKernels
         }
         saved[0] = a0; saved[1] = a1; saved[2] = a2; saved[3] = a3;
         saved[4] = b0; saved[5] = b1; saved[6] = b2; saved[7] = b3;
+    }
+
+    /// <summary>
+    /// <see cref="Dot4Steps"/> for two rows at once (their sixteen accumulators in <paramref name="saved"/>, row by row):
+    /// each input vector loaded once serves both rows, so the kernel is no longer bound by input loads (one per FMA).
+    /// The same columns <paramref name="prefetchDistance"/> bytes on (the next tile's rows) are fetched into L2 meanwhile:
+    /// a tile's rows are read a chunk at a time, a pattern the hardware prefetcher does not follow from memory.
+    /// </summary>
+    private static void Dot4StepsTwoRows(byte* row, long rowBytes, int start, int end, ActivationRow* x, Vector512<float>* saved, long prefetchDistance)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        if (start > 0)
+        {
+            a0 = saved[0]; a1 = saved[1]; a2 = saved[2]; a3 = saved[3];
+            b0 = saved[4]; b1 = saved[5]; b2 = saved[6]; b3 = saved[7];
+            c0 = saved[8]; c1 = saved[9]; c2 = saved[10]; c3 = saved[11];
+            d0 = saved[12]; d1 = saved[13]; d2 = saved[14]; d3 = saved[15];
+        }
+        var first = (ushort*)row;
+        var second = (ushort*)(row + rowBytes);
+        float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
+        for (int c = start; c < end; c += 32)
+        {
+            Sse.Prefetch1((byte*)(first + c) + prefetchDistance);
+            Sse.Prefetch1((byte*)(second + c) + prefetchDistance);
+            TwoRowsFourTokens(first, second, c, x0, x1, x2, x3, ref a0, ref a1, ref a2, ref a3, ref c0, ref c1, ref c2, ref c3);
+            TwoRowsFourTokens(first, second, c + 16, x0, x1, x2, x3, ref b0, ref b1, ref b2, ref b3, ref d0, ref d1, ref d2, ref d3);
+        }
+        saved[0] = a0; saved[1] = a1; saved[2] = a2; saved[3] = a3;
+        saved[4] = b0; saved[5] = b1; saved[6] = b2; saved[7] = b3;
+        saved[8] = c0; saved[9] = c1; saved[10] = c2; saved[11] = c3;
+        saved[12] = d0; saved[13] = d1; saved[14] = d2; saved[15] = d3;
+    }
+
+    /// <summary>Sixteen columns from <paramref name="c"/> of two rows against four tokens: f* accumulate the first row, s* the second.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TwoRowsFourTokens(ushort* first, ushort* second, int c, float* x0, float* x1, float* x2, float* x3,
+        ref Vector512<float> f0, ref Vector512<float> f1, ref Vector512<float> f2, ref Vector512<float> f3,
+        ref Vector512<float> s0, ref Vector512<float> s1, ref Vector512<float> s2, ref Vector512<float> s3)
+    {
+        var w = RawHalves(WidenSigned512(first + c));
+        var v = RawHalves(WidenSigned512(second + c));
+        var input = Vector512.Load(x0 + c);
+        f0 = Avx512F.FusedMultiplyAdd(w, input, f0);
+        s0 = Avx512F.FusedMultiplyAdd(v, input, s0);
+        input = Vector512.Load(x1 + c);
+        f1 = Avx512F.FusedMultiplyAdd(w, input, f1);
+        s1 = Avx512F.FusedMultiplyAdd(v, input, s1);
+        input = Vector512.Load(x2 + c);
+        f2 = Avx512F.FusedMultiplyAdd(w, input, f2);
+        s2 = Avx512F.FusedMultiplyAdd(v, input, s2);
+        input = Vector512.Load(x3 + c);
+        f3 = Avx512F.FusedMultiplyAdd(w, input, f3);
+        s3 = Avx512F.FusedMultiplyAdd(v, input, s3);
     }
 
     /// <summary>One 32-column step of the 512-bit four-token kernels: columns c.. into the even accumulators, c+16.. into the odd ones.</summary>

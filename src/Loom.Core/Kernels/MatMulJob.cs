@@ -36,7 +36,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
     {
         public delegate*<byte*, int, in ActivationRow, float> Dot;
         public delegate*<byte*, int, ActivationRow*, float*, void> DotFour;
-        /// <summary>Four tokens against a tile of rows at once (wide finite F16 rows, columns chunked), or null.</summary>
+        /// <summary>Four tokens against a tile of rows at once (finite F16 rows on the 512-bit path), or null.</summary>
         public delegate*<byte*, long, int, int, ActivationRow*, float*, void> DotFourRows;
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
         /// <summary>Interleaved weights: the eight-row kernel for a last group that <see cref="Tile"/>'s sixteen rows leave over.</summary>
@@ -189,7 +189,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _parts[i].ScaledInput = true;
             _parts[i].Dot = wide ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
             _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
-            if (wide && _tokens >= 4 && _cols >= 2 * FloatKernels.Dot4ChunkColumns) _parts[i].DotFourRows = &FloatKernels.Dot4RowsF16ScaledAvx512;
+            if (wide && _tokens >= 4 && _cols >= 32) _parts[i].DotFourRows = &FloatKernels.Dot4RowsF16ScaledAvx512;
         }
     }
 
