@@ -61,6 +61,55 @@ public unsafe class KernelBatchInvarianceTests
     }
 
     /// <summary>
+    /// Q8_0 levels at their extremes (−128 or 127 everywhere) against activation levels at ±127: no byte dot of any
+    /// tile or one-token kernel may saturate, so a batch gives the one-token kernel's bits and the exact sum, from GGML
+    /// rows and from interleaved ones.
+    /// </summary>
+    [Theory]
+    [InlineData(0x80, 1f)]
+    [InlineData(0x80, -1f)]
+    [InlineData(0x7F, 1f)]
+    [InlineData(0x7F, -1f)]
+    public void Q8_0BatchesMatchOneTokenAtExtremeLevels(byte level, float input)
+    {
+        const int rows = 32, cols = 512, tokens = 17;
+        var rng = new Random(level);
+        var weights = KernelMatrixTests.RandomWeights(GgmlType.Q8_0, rows, cols, rng);
+        for (int block = 0; block < weights.Length / 34; block++)
+        {
+            BitConverter.TryWriteBytes(weights.AsSpan(block * 34, 2), (ushort)0x2000); // scale 2^-7
+            weights.AsSpan(block * 34 + 2, 32).Fill(level);
+        }
+        var x = new float[tokens * cols];
+        Array.Fill(x, input);
+        using var pool = new LoomThreadPool(2);
+        foreach (bool interleaved in new[] { false, true })
+        {
+            var copy = (byte[])weights.Clone();
+            fixed (byte* w = copy)
+            fixed (float* xp = x)
+            {
+                var matrix = interleaved ? WeightMatrix.CreateOptimized(GgmlType.Q8_0, w, rows, cols) : new WeightMatrix(GgmlType.Q8_0, w, rows, cols);
+                foreach (var isa in Enum.GetValues<KernelIsa>().Where(KernelIsaSupport.IsSupported))
+                {
+                    var alone = new float[rows];
+                    var batch = new float[tokens * rows];
+                    fixed (float* a = alone) matrix.Multiply(xp, a, 1, pool, isa);
+                    fixed (float* b = batch) matrix.Multiply(xp, b, tokens, pool, isa);
+                    float expected = (sbyte)level * 127f * input * cols / 128f / 127f; // Σ w·x with d_w = 2^-7, d_x = 1/127
+                    for (int t = 0; t < tokens; t++)
+                        for (int r = 0; r < rows; r++)
+                        {
+                            Assert.Equal(BitConverter.SingleToInt32Bits(alone[r]), BitConverter.SingleToInt32Bits(batch[t * rows + r]));
+                            Assert.True(Math.Abs(batch[t * rows + r] - expected) <= 1e-3f * Math.Abs(expected),
+                                $"interleaved={interleaved} {isa} token {t} row {r}: {batch[t * rows + r]}, expected {expected}");
+                        }
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// The same call keeps giving the same bits while the JIT moves the kernels from tier 0 through instrumented code
     /// to tier 1 (seconds of repeated calls, as a decode loop makes). Before the one-token Q4_0/Q5_0/Q8_0 entry
     /// points were compiled fully optimized from the start, this failed in about half of the runs on .NET 10.0.12:
