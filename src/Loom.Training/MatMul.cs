@@ -187,12 +187,16 @@ public static unsafe class MatMul
     /// <summary>Copies count floats, rounded to bfloat16 when asked; the vector part rounds exactly as <see cref="RoundToBf16"/>.</summary>
     private static void Copy(float* source, float* target, int count, bool bf16)
     {
+        int i = 0;
         if (!bf16)
         {
-            Buffer.MemoryCopy(source, target, count * sizeof(float), count * sizeof(float));
+            // packing copies a tile's width or height (8–32 floats) at a time: a library call per copy cost up to 8% of
+            // a weight-gradient product (384 × 384 from 2048 tokens, one thread)
+            if (Vector256.IsHardwareAccelerated)
+                for (; i + 8 <= count; i += 8) Vector256.Load(source + i).Store(target + i);
+            for (; i < count; i++) target[i] = source[i];
             return;
         }
-        int i = 0;
         if (Vector256.IsHardwareAccelerated)
         {
             for (; i + 8 <= count; i += 8) RoundBits(Vector256.Load(source + i)).AsSingle().Store(target + i);
