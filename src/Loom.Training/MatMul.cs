@@ -143,17 +143,24 @@ public static unsafe class MatMul
             float[] packedB = Grow(ref _packedB, (long)depth * job.PaddedCols);
             fixed (float* pb2 = packedB)
             {
-                job.PackB(pb2);
                 // Row parts aligned to the tile height, a few per thread so that a delayed thread can be made up for, but
                 // each at least a row block tall: every part streams all of packed B. The split never changes the result.
                 int tiles = (rows + job.TileRows - 1) / job.TileRows;
                 long work = (long)rows * cols * depth;
                 int parts = threads <= 1 || work < 1 << 16 ? 1 : Math.Clamp(rows / RowBlock, Math.Min(tiles, threads), 3 * threads);
-                if (parts == 1) job.Run(pb2, 0, rows);
+                if (parts == 1)
+                {
+                    job.PackB(pb2, 0, job.Panels);
+                    job.Run(pb2, 0, rows);
+                }
                 else
                 {
+                    // B's panels are packed in parallel too: packed by the calling thread alone, they left the others idle
                     float* shared = pb2;
-                    WorkerPool.Get(threads).For(parts, p =>
+                    var pool = WorkerPool.Get(threads);
+                    int panels = job.Panels, packParts = Math.Min(panels, pool.Threads);
+                    pool.For(packParts, p => job.PackB(shared, (int)((long)panels * p / packParts), (int)((long)panels * (p + 1) / packParts)));
+                    pool.For(parts, p =>
                         job.Run(shared, (int)((long)tiles * p / parts) * job.TileRows, Math.Min(rows, (int)((long)tiles * (p + 1) / parts) * job.TileRows)));
                 }
             }
@@ -213,6 +220,54 @@ public static unsafe class MatMul
         return Vector256.ConditionalSelect(Vector256.Equals(x, x).AsUInt32(), rounded, bits | Vector256.Create(0x0040_0000u));
     }
 
+    /// <summary>
+    /// target[k·targetStride + r] = source[r·sourceStride + k] for eight lines r (each contiguous along k) and k &lt; count,
+    /// rounded to bfloat16 when asked, exactly as <see cref="RoundToBf16"/>: packing's transposition, 8 × 8 in registers.
+    /// </summary>
+    private static void TransposeInto(float* source, long sourceStride, int count, float* target, int targetStride, bool bf16)
+    {
+        int k = 0;
+        for (; k + 8 <= count; k += 8)
+        {
+            var r0 = Line(source, 0, k, sourceStride, bf16); var r1 = Line(source, 1, k, sourceStride, bf16);
+            var r2 = Line(source, 2, k, sourceStride, bf16); var r3 = Line(source, 3, k, sourceStride, bf16);
+            var r4 = Line(source, 4, k, sourceStride, bf16); var r5 = Line(source, 5, k, sourceStride, bf16);
+            var r6 = Line(source, 6, k, sourceStride, bf16); var r7 = Line(source, 7, k, sourceStride, bf16);
+            // pairs interleaved, then quads, then the 128-bit halves swapped into place
+            var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+            var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+            var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+            var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+            var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+            var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+            var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+            var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+            float* row = target + (long)k * targetStride;
+            Avx.Permute2x128(u0, u4, 0x20).Store(row);
+            Avx.Permute2x128(u1, u5, 0x20).Store(row + targetStride);
+            Avx.Permute2x128(u2, u6, 0x20).Store(row + 2 * targetStride);
+            Avx.Permute2x128(u3, u7, 0x20).Store(row + 3 * targetStride);
+            Avx.Permute2x128(u0, u4, 0x31).Store(row + 4 * targetStride);
+            Avx.Permute2x128(u1, u5, 0x31).Store(row + 5 * targetStride);
+            Avx.Permute2x128(u2, u6, 0x31).Store(row + 6 * targetStride);
+            Avx.Permute2x128(u3, u7, 0x31).Store(row + 7 * targetStride);
+        }
+        for (; k < count; k++)
+            for (int r = 0; r < 8; r++)
+            {
+                float value = source[r * sourceStride + k];
+                target[(long)k * targetStride + r] = bf16 ? RoundToBf16(value) : value;
+            }
+    }
+
+    /// <summary>Eight values of line r from k, rounded to bfloat16 when asked.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Line(float* source, int r, int k, long stride, bool bf16)
+    {
+        var values = Vector256.Load(source + r * stride + k);
+        return bf16 ? RoundBits(values).AsSingle() : values;
+    }
+
     /// <summary>Widens count bfloat16 values to floats (exact).</summary>
     private static void Widen(ushort* source, float* target, int count)
     {
@@ -232,6 +287,9 @@ public static unsafe class MatMul
         public int TileRows => isa == TrainingIsa.Avx512 ? 8 : 6;
         private int TileCols => isa == TrainingIsa.Avx512 ? 32 : 16;
         public int PaddedCols => (cols + TileCols - 1) / TileCols * TileCols;
+
+        /// <summary>Column panels of packed B (each as wide as the register tile).</summary>
+        public int Panels => PaddedCols / TileCols;
 
         /// <summary>Each element's chain of FMAs in k order: the reference every vector path reproduces exactly.</summary>
         public void RunPortable()
@@ -254,21 +312,27 @@ public static unsafe class MatMul
         private float LoadB(long offset) => bHalf is not null ? Widen(bHalf[offset]) : Load(b + offset);
 
         /// <summary>
-        /// B into depth blocks, each a run of column panels: panel p of the block starting at k0 holds
-        /// B(k0..k1, p·w..p·w+w) row by row, w = tile width, zero beyond the last column.
+        /// Panels [firstPanel, endPanel) of B into depth blocks, each a run of column panels: panel p of the block
+        /// starting at k0 holds B(k0..k1, p·w..p·w+w) row by row, w = tile width, zero beyond the last column.
         /// </summary>
-        public void PackB(float* packed)
+        public void PackB(float* packed, int firstPanel, int endPanel)
         {
             int width = TileCols, padded = PaddedCols;
             for (int k0 = 0; k0 < depth; k0 += DepthBlock)
             {
                 int kc = Math.Min(DepthBlock, depth - k0);
                 float* block = packed + (long)k0 * padded;
-                for (int n0 = 0; n0 < padded; n0 += width)
+                for (int n0 = firstPanel * width; n0 < endPanel * width; n0 += width)
                 {
                     float* panel = block + (long)n0 * kc;
                     int valid = Math.Min(width, cols - n0);
-                    if (bCol == 1 && valid == width)
+                    if (bRow == 1 && valid == width && bHalf is null && Avx.IsSupported)
+                    {
+                        // Columns contiguous along k (B read transposed): eight columns by eight k at a time.
+                        for (int j = 0; j < width; j += 8)
+                            TransposeInto(b + (long)k0 + (long)(n0 + j) * bCol, bCol, kc, panel + j, width, bf16);
+                    }
+                    else if (bCol == 1 && valid == width)
                         for (int k = 0; k < kc; k++)
                         {
                             long offset = (long)(k0 + k) * bRow + n0;
@@ -348,6 +412,12 @@ public static unsafe class MatMul
                     // A read transposed (the weight gradient's dyᵀ): each k holds the panel's rows side by side.
                     float* source = a + m0 + i0 + (long)k0 * aCol;
                     for (int k = 0; k < kc; k++) Copy(source + (long)k * aCol, panel + k * height, height, bf16);
+                    continue;
+                }
+                if (aCol == 1 && height == 8 && i0 + height <= mc && Avx.IsSupported)
+                {
+                    // Rows contiguous along k: eight rows by eight k at a time.
+                    TransposeInto(a + (long)(m0 + i0) * aRow + k0, aRow, kc, panel, height, bf16);
                     continue;
                 }
                 for (int r = 0; r < height; r++)
