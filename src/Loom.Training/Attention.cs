@@ -96,7 +96,7 @@ internal sealed class Attention(ModelShape shape)
                     for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
                 }
                 // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
-                MatMul.Multiply(weights, 1, T, d, dim, 1, dValues, kvDim, T, hd, T, accumulate: !first, threads: 1, precision);
+                CausalTransposedProduct(weights, d, dim, dValues, kvDim, T, accumulate: !first, precision);
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
@@ -122,9 +122,24 @@ internal sealed class Attention(ModelShape shape)
                     int r1 = Math.Min(T, r0 + RowBlock);
                     MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, kvDim, 1, dQuery[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
                 }
-                MatMul.Multiply(dScores, 1, T, query, dim, 1, dKeys, kvDim, T, hd, T, accumulate: !first, threads: 1, precision);
+                CausalTransposedProduct(dScores, query, dim, dKeys, kvDim, T, accumulate: !first, precision);
             }
         });
+    }
+
+    /// <summary>
+    /// c (+)= Lᵀ·x for a T × T matrix l that is zero above its diagonal (row t holds columns 0..t): row j of the result
+    /// only sums rows t ≥ j, so each block of result rows starts its sums at the block's first row. The terms skipped
+    /// are exact zeros at the start of each element's chain, so the results are the full product's (a zero's sign aside).
+    /// </summary>
+    private void CausalTransposedProduct(Span<float> l, Span<float> x, int xRow, Span<float> c, int cRow, int T, bool accumulate, TrainingPrecision precision)
+    {
+        int hd = shape.HeadDim;
+        for (int j0 = 0; j0 < T; j0 += RowBlock)
+        {
+            int j1 = Math.Min(T, j0 + RowBlock);
+            MatMul.Multiply(l[(j0 * T + j0)..], 1, T, x[(j0 * xRow)..], xRow, 1, c[(j0 * cRow)..], cRow, j1 - j0, hd, T - j0, accumulate, threads: 1, precision);
+        }
     }
 
     /// <summary>
