@@ -4,6 +4,7 @@ namespace Loom.Training;
 /// Dedicated worker threads for the training kernels (one pool per thread count, shared by the process). Threads take
 /// the next work item as they become free, and a call returns as soon as every item is done: it never waits for a
 /// worker the OS has not yet woken (on a shared machine that can take milliseconds), which then finds nothing left.
+/// Idle workers poll for the next call for a few milliseconds before they sleep, so back-to-back calls find them awake.
 /// The kernels are written so that results never depend on which thread ran which item. Dedicated threads keep the
 /// kernels off the .NET thread pool that the rest of the process shares; a call allocates its delegate and one small
 /// record of its progress.
@@ -66,12 +67,24 @@ internal sealed class WorkerPool
 
     private void WorkerLoop(int worker)
     {
+        var start = _start[worker - 1];
         while (true)
         {
-            _start[worker - 1].Wait();
+            // Calls come back to back during a step (a product packs, then multiplies): poll for a while before
+            // sleeping, since a sleeping worker took tens of microseconds to wake and often missed a call's items.
+            bool started = false;
+            for (int i = 0; i < SpinIterations && !started; i++)
+            {
+                if (start.CurrentCount > 0) started = start.Wait(0);
+                else Thread.SpinWait(8);
+            }
+            if (!started) start.Wait();
             _current?.RunItems();
         }
     }
+
+    /// <summary>How many times (each a short pause) an idle worker polls for the next call before it sleeps.</summary>
+    private const int SpinIterations = 20_000;
 
     private sealed class Work(Action<int> body, int count)
     {
