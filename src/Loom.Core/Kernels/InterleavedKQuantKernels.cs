@@ -467,23 +467,25 @@ internal static unsafe class InterleavedKQuantKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> SuperBlockQ6K(byte* g, sbyte* x, float dx, short* bsums, Vector256<float> acc, in Constants k)
     {
-        var s0 = Vector256.Load(g + Q6KScalesAt);
-        var s1 = Vector256.Load(g + Q6KScalesAt + 32);
-        var s2 = Vector256.Load(g + Q6KScalesAt + 64);
-        var s3 = Vector256.Load(g + Q6KScalesAt + 96);
-        // half n covers scales 8n..8n+7: sub-block 8n + 2i + (word ≥ 4) for the i-th level kind
-        var isum = HalfQ6K(g + Q6KLevelsAt, x,
-                SignedScale(s0, k.High0), SignedScale(s0, k.High1), SignedScale(s0, k.High2Of), SignedScale(s0, k.High3),
-                SignedScale(s1, k.High0), SignedScale(s1, k.High1), SignedScale(s1, k.High2Of), SignedScale(s1, k.High3), k)
-            + HalfQ6K(g + Q6KLevelsAt + Q6KHalfBytes, x + 128,
-                SignedScale(s2, k.High0), SignedScale(s2, k.High1), SignedScale(s2, k.High2Of), SignedScale(s2, k.High3),
-                SignedScale(s3, k.High0), SignedScale(s3, k.High1), SignedScale(s3, k.High2Of), SignedScale(s3, k.High3), k);
-        var b = (sbyte*)bsums;
-        var offset = ((OffsetDot(s0, k.Pair01, b) + OffsetDot(s0, k.Pair23, b + 4)) + (OffsetDot(s1, k.Pair01, b + 8) + OffsetDot(s1, k.Pair23, b + 12)))
-            + ((OffsetDot(s2, k.Pair01, b + 16) + OffsetDot(s2, k.Pair23, b + 20)) + (OffsetDot(s3, k.Pair01, b + 24) + OffsetDot(s3, k.Pair23, b + 28)));
-        isum -= offset << 5;
+        // half by half, so that only one half's scales are live: with all sixteen scale vectors at once the 256-bit
+        // path (sixteen registers) spilled them to the stack and ran a third slower than the 512-bit one
+        var isum = HalfWithOffsetQ6K(g, x, (sbyte*)bsums, 0, k) + HalfWithOffsetQ6K(g, x, (sbyte*)bsums, 1, k);
         var dw = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(g + Q6KScaleAt)));
         return Fma.MultiplyAdd(Avx.ConvertToVector256Single(isum), dw * Vector256.Create(dx), acc);
+    }
+
+    /// <summary>
+    /// Half <paramref name="n"/> of a Q6_K super-block (scales 8n..8n+7, elements 128n..): its integer dot, less 32 times
+    /// its scales' dot with the activation sums (the levels' offset).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> HalfWithOffsetQ6K(byte* g, sbyte* x, sbyte* bsums, int n, in Constants k)
+    {
+        var first = Vector256.Load(g + Q6KScalesAt + 64 * n);
+        var second = Vector256.Load(g + Q6KScalesAt + 64 * n + 32);
+        var b = bsums + 16 * n;
+        var offset = (OffsetDot(first, k.Pair01, b) + OffsetDot(first, k.Pair23, b + 4)) + (OffsetDot(second, k.Pair01, b + 8) + OffsetDot(second, k.Pair23, b + 12));
+        return HalfQ6K(g + Q6KLevelsAt + n * Q6KHalfBytes, x + 128 * n, first, second, k) - (offset << 5);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -496,12 +498,18 @@ internal static unsafe class InterleavedKQuantKernels
     /// high nibbles with bits 4–5 and 6–7. Scales: e = sub-blocks 8n+0, 2, 4, 6 (words 0–3), o = 8n+1, 3, 5, 7 (words 4–7).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> HalfQ6K(byte* levels, sbyte* x,
-        Vector256<short> sc0, Vector256<short> sc1, Vector256<short> sc2, Vector256<short> sc3,
-        Vector256<short> sc4, Vector256<short> sc5, Vector256<short> sc6, Vector256<short> sc7, in Constants k)
+    private static Vector256<int> HalfQ6K(byte* levels, sbyte* x, Vector256<byte> first, Vector256<byte> second, in Constants k)
     {
-        var sum = QuarterQ6K(levels, x, 0, sc0, sc2, sc4, sc6, k) + QuarterQ6K(levels, x, 2, sc0, sc2, sc4, sc6, k);
-        return sum + QuarterQ6K(levels, x, 4, sc1, sc3, sc5, sc7, k) + QuarterQ6K(levels, x, 6, sc1, sc3, sc5, sc7, k);
+        var scale0 = SignedScale(first, k.High0);
+        var scale2 = SignedScale(first, k.High2Of);
+        var scale4 = SignedScale(second, k.High0);
+        var scale6 = SignedScale(second, k.High2Of);
+        var sum = QuarterQ6K(levels, x, 0, scale0, scale2, scale4, scale6, k) + QuarterQ6K(levels, x, 2, scale0, scale2, scale4, scale6, k);
+        var scale1 = SignedScale(first, k.High1);
+        var scale3 = SignedScale(first, k.High3);
+        var scale5 = SignedScale(second, k.High1);
+        var scale7 = SignedScale(second, k.High3);
+        return sum + QuarterQ6K(levels, x, 4, scale1, scale3, scale5, scale7, k) + QuarterQ6K(levels, x, 6, scale1, scale3, scale5, scale7, k);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
