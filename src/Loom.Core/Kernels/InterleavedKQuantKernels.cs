@@ -500,16 +500,8 @@ internal static unsafe class InterleavedKQuantKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> HalfQ6K(byte* levels, sbyte* x, Vector256<byte> first, Vector256<byte> second, in Constants k)
     {
-        var scale0 = SignedScale(first, k.High0);
-        var scale2 = SignedScale(first, k.High2Of);
-        var scale4 = SignedScale(second, k.High0);
-        var scale6 = SignedScale(second, k.High2Of);
-        var sum = QuarterQ6K(levels, x, 0, scale0, scale2, scale4, scale6, k) + QuarterQ6K(levels, x, 2, scale0, scale2, scale4, scale6, k);
-        var scale1 = SignedScale(first, k.High1);
-        var scale3 = SignedScale(first, k.High3);
-        var scale5 = SignedScale(second, k.High1);
-        var scale7 = SignedScale(second, k.High3);
-        return sum + QuarterQ6K(levels, x, 4, scale1, scale3, scale5, scale7, k) + QuarterQ6K(levels, x, 6, scale1, scale3, scale5, scale7, k);
+        var sum = QuarterQ6K(levels, x, 0, first, second, k.High0, k.High2Of, k) + QuarterQ6K(levels, x, 2, first, second, k.High0, k.High2Of, k);
+        return sum + QuarterQ6K(levels, x, 4, first, second, k.High1, k.High3, k) + QuarterQ6K(levels, x, 6, first, second, k.High1, k.High3, k);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -522,15 +514,20 @@ internal static unsafe class InterleavedKQuantKernels
         p4 += Avx2.MultiplyAddAdjacent(w4, Bytes(x + 96 + 4 * i));
     }
 
-    /// <summary>Words <paramref name="w"/> and w+1 of each of the four level kinds, summed in int16, then scaled.</summary>
+    /// <summary>
+    /// Words <paramref name="w"/> and w+1 of each of the four level kinds, summed in int16, then scaled by the scales that
+    /// <paramref name="pickA"/> and <paramref name="pickB"/> take from <paramref name="first"/> and <paramref name="second"/>.
+    /// The scales are picked only once the sums are done, so that few vectors are live at a time (the 256-bit path has
+    /// sixteen registers).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> QuarterQ6K(byte* levels, sbyte* x, int w,
-        Vector256<short> scale1, Vector256<short> scale2, Vector256<short> scale3, Vector256<short> scale4, in Constants k)
+    private static Vector256<int> QuarterQ6K(byte* levels, sbyte* x, int w, Vector256<byte> first, Vector256<byte> second,
+        Vector256<byte> pickA, Vector256<byte> pickB, in Constants k)
     {
         Vector256<short> p1 = default, p2 = default, p3 = default, p4 = default;
         LevelWord(levels, x, w, ref p1, ref p2, ref p3, ref p4, k);
         LevelWord(levels, x, w + 1, ref p1, ref p2, ref p3, ref p4, k);
-        return (Avx2.MultiplyAddAdjacent(p1, scale1) + Avx2.MultiplyAddAdjacent(p2, scale2))
-            + (Avx2.MultiplyAddAdjacent(p3, scale3) + Avx2.MultiplyAddAdjacent(p4, scale4));
+        return (Avx2.MultiplyAddAdjacent(p1, SignedScale(first, pickA)) + Avx2.MultiplyAddAdjacent(p2, SignedScale(first, pickB)))
+            + (Avx2.MultiplyAddAdjacent(p3, SignedScale(second, pickA)) + Avx2.MultiplyAddAdjacent(p4, SignedScale(second, pickB)));
     }
 }
