@@ -22,7 +22,7 @@ var config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job.AsDefault())
 Console.WriteLine($"SIMD: Avx512F {Avx512F.IsSupported}, Avx512BW {Avx512BW.IsSupported}, Avx2 {Avx2.IsSupported}, Fma {Fma.IsSupported}, " +
                   $"Vector512 accelerated {Vector512.IsHardwareAccelerated} → Loom kernels take the " +
                   (Avx512F.IsSupported && Avx512BW.IsSupported ? "AVX-512" : Avx2.IsSupported && Fma.IsSupported ? "AVX2" : "portable") + " path");
-var summaries = BenchmarkSwitcher.FromTypes([typeof(CeilingBenchmarks), typeof(MatMulBenchmarks)]).Run(args, config).ToArray();
+var summaries = BenchmarkSwitcher.FromTypes([typeof(CeilingBenchmarks), typeof(MatMulBenchmarks), typeof(OperatorBenchmarks)]).Run(args, config).ToArray();
 
 Console.WriteLine();
 Console.WriteLine("| benchmark | threads | median ms | GB/s | GFLOP/s |");
@@ -39,6 +39,10 @@ foreach (var report in summaries.SelectMany(s => s.Reports).Where(r => r.ResultS
         nameof(CeilingBenchmarks.MemoryTriad) => ("memory triad", CeilingBenchmarks.ArrayFloats * 12.0, 0),
         nameof(CeilingBenchmarks.FmaAvx2) => ("FMA peak FP32, 256-bit", 0, FmaFlops(8)),
         nameof(CeilingBenchmarks.FmaAvx512) => ("FMA peak FP32, 512-bit", 0, FmaFlops(16)),
+        nameof(OperatorBenchmarks.RmsNorm) => ($"RMSNorm {OperatorBenchmarks.Tokens} × {OperatorBenchmarks.Dim} (×{OperatorBenchmarks.Repeats})", OperatorBenchmarks.Bytes(method), 0),
+        nameof(OperatorBenchmarks.Rope) => ($"RoPE {OperatorBenchmarks.Tokens} tokens × {OperatorBenchmarks.Heads} heads × {OperatorBenchmarks.HeadLength} (×{OperatorBenchmarks.Repeats})", OperatorBenchmarks.Bytes(method), 0),
+        nameof(OperatorBenchmarks.Softmax) => ($"softmax {OperatorBenchmarks.Heads} rows × {OperatorBenchmarks.Context} (×{OperatorBenchmarks.Repeats})", OperatorBenchmarks.Bytes(method), 0),
+        nameof(OperatorBenchmarks.DecodeAttention) => ($"decode attention, {OperatorBenchmarks.Heads} heads × {OperatorBenchmarks.Context} positions × {OperatorBenchmarks.HeadLength} (K and V per query head)", OperatorBenchmarks.Bytes(method), OperatorBenchmarks.Flops(method)),
         _ => MatMulRow(c.Parameters),
     };
     Console.WriteLine($"| {row.Name} | {threads} | {seconds * 1e3:F2} | {Rate(row.Bytes, seconds)} | {Rate(row.Flops, seconds)} |");

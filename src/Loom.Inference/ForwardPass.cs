@@ -262,21 +262,18 @@ internal sealed unsafe class ForwardPass : IParallelWork
             float* queryHead = _query.Pointer + token * c.QueryDim + head * keyLength;
             var query = new ReadOnlySpan<float>(queryHead, keyLength);
             if (Vector256.IsHardwareAccelerated && keyLength % 16 == 0)
-                ScoresVector(queryHead, keys, keyLength, visible, _attentionScale, scores);
+                OperatorKernels.ScoresVector(queryHead, keys, keyLength, visible, _attentionScale, scores);
             else
                 for (int j = 0; j < visible; j++)
                     scores[j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
 
             var weights = new Span<float>(scores, visible);
-            float max = TensorPrimitives.Max(weights);
-            TensorPrimitives.Subtract(weights, max, weights);
-            TensorPrimitives.Exp(weights, weights);
-            TensorPrimitives.Multiply(weights, 1f / TensorPrimitives.Sum(weights), weights);
+            OperatorKernels.Softmax(weights);
 
             float* outputHead = _attention.Pointer + token * c.HeadCount * valueLength + head * valueLength;
             if (Vector256.IsHardwareAccelerated && valueLength % 8 == 0)
             {
-                WeightedSumVector(values, valueLength, visible, scores, outputHead);
+                OperatorKernels.WeightedSumVector(values, valueLength, visible, scores, outputHead);
                 continue;
             }
             var output = new Span<float>(outputHead, valueLength);
@@ -286,79 +283,9 @@ internal sealed unsafe class ForwardPass : IParallelWork
         }
     }
 
-    // Decode attends one query to every cached position with head-sized (64–128 float) vectors: per-position library
-    // calls cost more than the arithmetic, so these loops keep the query (or the output slice) in registers.
-
-    /// <summary>scores[j] = (q · k_j)·scale for j &lt; count; length is a multiple of 16.</summary>
-    private static void ScoresVector(float* q, float* keys, int length, int count, float scale, float* scores)
-    {
-        for (int j = 0; j < count; j++, keys += length)
-        {
-            Vector256<float> even = default, odd = default;
-            for (int d = 0; d < length; d += 16)
-            {
-                even = Vector256.MultiplyAddEstimate(Vector256.Load(q + d), Vector256.Load(keys + d), even);
-                odd = Vector256.MultiplyAddEstimate(Vector256.Load(q + d + 8), Vector256.Load(keys + d + 8), odd);
-            }
-            scores[j] = Vector256.Sum(even + odd) * scale;
-        }
-    }
-
-    /// <summary>output = Σ_j weights[j]·v_j over count rows of length floats (a multiple of 8), 64 columns at a time.</summary>
-    private static void WeightedSumVector(float* values, int length, int count, float* weights, float* output)
-    {
-        for (int d = 0; d < length; d += 64)
-        {
-            int width = Math.Min(64, length - d);
-            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-            float* v = values + d;
-            for (int j = 0; j < count; j++, v += length)
-            {
-                var w = Vector256.Create(weights[j]);
-                a0 = Vector256.MultiplyAddEstimate(Vector256.Load(v), w, a0);
-                if (width > 8) a1 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 8), w, a1);
-                if (width > 16) a2 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 16), w, a2);
-                if (width > 24) a3 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 24), w, a3);
-                if (width > 32) a4 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 32), w, a4);
-                if (width > 40) a5 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 40), w, a5);
-                if (width > 48) a6 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 48), w, a6);
-                if (width > 56) a7 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 56), w, a7);
-            }
-            float* o = output + d;
-            a0.Store(o);
-            if (width > 8) a1.Store(o + 8);
-            if (width > 16) a2.Store(o + 16);
-            if (width > 24) a3.Store(o + 24);
-            if (width > 32) a4.Store(o + 32);
-            if (width > 40) a5.Store(o + 40);
-            if (width > 48) a6.Store(o + 48);
-            if (width > 56) a7.Store(o + 56);
-        }
-    }
-
     /// <summary>Applies RoPE to <paramref name="heads"/> heads of each batch token, in place.</summary>
-    private void Rotate(float* data, int n, int heads)
-    {
-        int headLength = _config.KeyLength, pairs = _ropePairs;
-        bool neox = _config.Spec.Rope == RopeKind.NeoX;
-        for (int t = 0; t < n; t++)
-        {
-            float* cos = _cos.Pointer + (long)t * pairs, sin = _sin.Pointer + (long)t * pairs;
-            for (int h = 0; h < heads; h++)
-            {
-                float* v = data + ((long)t * heads + h) * headLength;
-                // Normal mode pairs (2i, 2i+1); NeoX pairs (i, i + n_rot/2). Dimensions past n_rot stay as they are.
-                int stride = neox ? 1 : 2, offset = neox ? pairs : 1;
-                for (int i = 0; i < pairs; i++)
-                {
-                    float* a = v + i * stride;
-                    float x0 = a[0], x1 = a[offset];
-                    a[0] = x0 * cos[i] - x1 * sin[i];
-                    a[offset] = x0 * sin[i] + x1 * cos[i];
-                }
-            }
-        }
-    }
+    private void Rotate(float* data, int n, int heads) =>
+        OperatorKernels.Rotate(data, n, heads, _config.KeyLength, _ropePairs, _config.Spec.Rope == RopeKind.NeoX, _cos.Pointer, _sin.Pointer);
 
     private void Normalize(float* x, float* y, int n, NormWeights norm)
     {
@@ -368,9 +295,9 @@ internal sealed unsafe class ForwardPass : IParallelWork
             var input = new ReadOnlySpan<float>(x + (long)t * length, length);
             var output = new Span<float>(y + (long)t * length, length);
             if (_config.Spec.Norm == NormKind.RmsNorm)
-                RmsNorm(input, output, _config.NormEpsilon);
+                OperatorKernels.RmsNorm(input, output, _config.NormEpsilon);
             else
-                LayerNorm(input, output, _config.NormEpsilon);
+                OperatorKernels.LayerNorm(input, output, _config.NormEpsilon);
             TensorPrimitives.Multiply(output, norm.Weight, output);
             if (norm.Bias is not null) TensorPrimitives.Add(output, norm.Bias, output);
         }
@@ -383,30 +310,9 @@ internal sealed unsafe class ForwardPass : IParallelWork
         for (int i = 0; i < count; i++)
         {
             var head = new Span<float>(data + (long)i * length, length);
-            RmsNorm(head, head, _config.NormEpsilon);
+            OperatorKernels.RmsNorm(head, head, _config.NormEpsilon);
             TensorPrimitives.Multiply(head, weight, head);
         }
-    }
-
-    // As ggml: the squares are summed in double, the scale is computed in float.
-    private static void RmsNorm(ReadOnlySpan<float> x, Span<float> y, float epsilon)
-    {
-        double sum = 0;
-        foreach (float value in x) sum += value * value;
-        float mean = (float)(sum / x.Length);
-        TensorPrimitives.Multiply(x, 1f / MathF.Sqrt(mean + epsilon), y);
-    }
-
-    private static void LayerNorm(ReadOnlySpan<float> x, Span<float> y, float epsilon)
-    {
-        double sum = 0;
-        foreach (float value in x) sum += value;
-        float mean = (float)(sum / x.Length);
-        TensorPrimitives.Subtract(x, mean, y);
-        double squares = 0;
-        foreach (float value in y) squares += value * value;
-        float variance = (float)(squares / x.Length);
-        TensorPrimitives.Multiply(y, 1f / MathF.Sqrt(variance + epsilon), y);
     }
 
     /// <summary>

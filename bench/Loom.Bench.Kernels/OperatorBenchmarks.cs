@@ -1,0 +1,110 @@
+using System.Runtime.InteropServices;
+using BenchmarkDotNet.Attributes;
+using Loom.Inference;
+
+namespace Loom.Bench.Kernels;
+
+/// <summary>
+/// The operators a forward pass runs between its matrix products, on one thread, at Llama-3.2-1B's shapes (dim 2048,
+/// 32 query heads and 8 key/value heads of 64): RMSNorm and RoPE over a batch of 32 tokens, softmax over attention
+/// rows, and decode attention of one token over a 2048-position cache. Norm, RoPE and softmax data stay in cache (as
+/// in a forward pass); the attention's keys and values (8 MiB) stream from L3.
+/// </summary>
+public unsafe class OperatorBenchmarks
+{
+    public const int Dim = 2048, Tokens = 32, Heads = 32, KvHeads = 8, HeadLength = 64, Context = 2048;
+
+    /// <summary>Kernel calls per invocation, so each invocation lasts long enough to time.</summary>
+    public const int Repeats = 200;
+
+    /// <summary>The operators run on the calling thread (the summary table's thread column).</summary>
+    [Params(1)]
+    public int Threads { get; set; }
+
+    private float* _x, _y, _cos, _sin, _rows, _keys, _values, _query, _scores, _output;
+
+    /// <summary>Bytes an invocation of <paramref name="method"/> reads and writes (for GB/s).</summary>
+    public static double Bytes(string method) => method switch
+    {
+        nameof(RmsNorm) => Repeats * 2.0 * Tokens * Dim * sizeof(float),
+        nameof(Rope) => Repeats * 2.0 * Tokens * Heads * HeadLength * sizeof(float),
+        nameof(Softmax) => Repeats * 2.0 * Heads * Context * sizeof(float),
+        nameof(DecodeAttention) => 2.0 * Heads * Context * HeadLength * sizeof(float),
+        _ => 0,
+    };
+
+    /// <summary>Floating-point operations of an invocation of the attention (two multiply-adds per position and dimension).</summary>
+    public static double Flops(string method) => method == nameof(DecodeAttention) ? 4.0 * Heads * Context * HeadLength : 0;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var random = new Random(11);
+        float* Fill(long count, float scale)
+        {
+            var p = (float*)NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
+            for (long i = 0; i < count; i++) p[i] = (random.NextSingle() * 2 - 1) * scale;
+            return p;
+        }
+        _x = Fill((long)Tokens * Dim, 1f);
+        _y = Fill((long)Tokens * Dim, 1f);
+        // unit rotations, so repeated application keeps the values bounded
+        _cos = Fill((long)Tokens * HeadLength / 2, 0f);
+        _sin = Fill((long)Tokens * HeadLength / 2, 0f);
+        for (int i = 0; i < Tokens * HeadLength / 2; i++)
+        {
+            float angle = random.NextSingle() * 2 * MathF.PI;
+            _cos[i] = MathF.Cos(angle);
+            _sin[i] = MathF.Sin(angle);
+        }
+        _rows = Fill((long)Heads * Context, 4f);
+        _keys = Fill((long)KvHeads * Context * HeadLength, 1f);
+        _values = Fill((long)KvHeads * Context * HeadLength, 1f);
+        _query = Fill((long)Heads * HeadLength, 1f);
+        _scores = Fill(Context, 0f);
+        _output = Fill((long)Heads * HeadLength, 0f);
+    }
+
+    [Benchmark]
+    public void RmsNorm()
+    {
+        for (int r = 0; r < Repeats; r++)
+            for (int t = 0; t < Tokens; t++)
+                OperatorKernels.RmsNorm(new ReadOnlySpan<float>(_x + (long)t * Dim, Dim), new Span<float>(_y + (long)t * Dim, Dim), 1e-5f);
+    }
+
+    [Benchmark]
+    public void Rope()
+    {
+        for (int r = 0; r < Repeats; r++)
+            OperatorKernels.Rotate(_y, Tokens, Heads, HeadLength, HeadLength / 2, neox: false, _cos, _sin);
+    }
+
+    [Benchmark]
+    public void Softmax()
+    {
+        for (int r = 0; r < Repeats; r++)
+            for (int h = 0; h < Heads; h++)
+                OperatorKernels.Softmax(new Span<float>(_rows + (long)h * Context, Context));
+    }
+
+    /// <summary>One query token, every head: scores against the cached keys, softmax, weighted sum of the values.</summary>
+    [Benchmark]
+    public void DecodeAttention()
+    {
+        float scale = 1f / MathF.Sqrt(HeadLength);
+        for (int h = 0; h < Heads; h++)
+        {
+            int kv = h / (Heads / KvHeads);
+            OperatorKernels.ScoresVector(_query + h * HeadLength, _keys + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores);
+            OperatorKernels.Softmax(new Span<float>(_scores, Context));
+            OperatorKernels.WeightedSumVector(_values + (long)kv * Context * HeadLength, HeadLength, Context, _scores, _output + h * HeadLength);
+        }
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        foreach (var p in new[] { _x, _y, _cos, _sin, _rows, _keys, _values, _query, _scores, _output }) NativeMemory.AlignedFree(p);
+    }
+}
