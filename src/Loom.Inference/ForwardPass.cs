@@ -85,9 +85,10 @@ internal sealed unsafe class ForwardPass : IParallelWork
         _cos = new PinnedBuffer(b * _ropePairs);
         _sin = new PinnedBuffer(b * _ropePairs);
 
-        // One score row per thread that may attend at once; a thread finding every row taken waits for one.
+        // One score block (a row per query head of a key/value head) per thread that may attend at once; a thread
+        // finding every block taken waits for one.
         _scoreRowBusy = new int[Math.Max(Environment.ProcessorCount, LoomThreadPool.Shared.ThreadCount)];
-        _scores = new PinnedBuffer((long)_scoreRowBusy.Length * maxContext);
+        _scores = new PinnedBuffer((long)_scoreRowBusy.Length * _headsPerKvHead * maxContext);
     }
 
     public int MaxTokens { get; }
@@ -197,7 +198,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
         work *= (long)c.HeadCount * (c.KeyLength + c.ValueLength);
 
         _layer = layer;
-        int items = _segmentCount * c.HeadCount;
+        int items = _segmentCount * c.HeadCountKv;
         if (work >= ParallelAttentionWork)
             LoomThreadPool.Shared.Run(this, items);
         else
@@ -227,18 +228,18 @@ internal sealed unsafe class ForwardPass : IParallelWork
         AddInPlace(x, _projection.Pointer, (long)n * c.EmbeddingLength);
     }
 
-    /// <summary>Attention work item <paramref name="item"/> = (segment, query head): claims a scratch row and attends.</summary>
+    /// <summary>Attention work item <paramref name="item"/> = (segment, key/value head): claims a score block and attends.</summary>
     void IParallelWork.Execute(int item) => AttendItem(item);
 
     private void AttendItem(int item)
     {
-        int heads = _config.HeadCount;
+        int kvHeads = _config.HeadCountKv;
         int row = 0;
         while (Interlocked.CompareExchange(ref _scoreRowBusy[row], 1, 0) != 0)
             row = (row + 1) % _scoreRowBusy.Length;
         try
         {
-            Attend(_segments[item / heads], item % heads, _scores.Pointer + (long)row * MaxContext);
+            Attend(_segments[item / kvHeads], item % kvHeads, _scores.Pointer + (long)row * _headsPerKvHead * MaxContext);
         }
         finally
         {
@@ -246,11 +247,14 @@ internal sealed unsafe class ForwardPass : IParallelWork
         }
     }
 
-    /// <summary>Causal attention of one sequence's new tokens for one query head, against that sequence's cache.</summary>
-    private void Attend(in ForwardSegment segment, int head, float* scores)
+    /// <summary>
+    /// Causal attention of one sequence's new tokens for the query heads of one key/value head, against that sequence's
+    /// cache: the heads go through the keys and the values together, so the cache is read once for all of them.
+    /// </summary>
+    private void Attend(in ForwardSegment segment, int kvHead, float* scores)
     {
         var c = _config;
-        int kvHead = head / _headsPerKvHead;
+        int group = _headsPerKvHead, firstHead = kvHead * group;
         float* keys = segment.Cache.Keys(_layer, kvHead);
         float* values = segment.Cache.Values(_layer, kvHead);
         int keyLength = c.KeyLength, valueLength = c.ValueLength;
@@ -259,27 +263,33 @@ internal sealed unsafe class ForwardPass : IParallelWork
         {
             long token = segment.Offset + t;
             int visible = segment.Start + t + 1;
-            float* queryHead = _query.Pointer + token * c.QueryDim + head * keyLength;
-            var query = new ReadOnlySpan<float>(queryHead, keyLength);
+            float* queries = _query.Pointer + token * c.QueryDim + firstHead * keyLength;
             if (Vector256.IsHardwareAccelerated && keyLength % 16 == 0)
-                OperatorKernels.ScoresVector(queryHead, keys, keyLength, visible, _attentionScale, scores);
+                OperatorKernels.ScoresGroup(queries, group, keys, keyLength, visible, _attentionScale, scores, MaxContext);
             else
-                for (int j = 0; j < visible; j++)
-                    scores[j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
+                for (int g = 0; g < group; g++)
+                {
+                    var query = new ReadOnlySpan<float>(queries + g * keyLength, keyLength);
+                    for (int j = 0; j < visible; j++)
+                        scores[(long)g * MaxContext + j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
+                }
 
-            var weights = new Span<float>(scores, visible);
-            OperatorKernels.Softmax(weights);
+            for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(scores + (long)g * MaxContext, visible));
 
-            float* outputHead = _attention.Pointer + token * c.HeadCount * valueLength + head * valueLength;
+            float* outputs = _attention.Pointer + token * c.HeadCount * valueLength + firstHead * valueLength;
             if (Vector256.IsHardwareAccelerated && valueLength % 8 == 0)
             {
-                OperatorKernels.WeightedSumVector(values, valueLength, visible, scores, outputHead);
+                OperatorKernels.WeightedSumGroup(values, valueLength, visible, scores, MaxContext, group, outputs);
                 continue;
             }
-            var output = new Span<float>(outputHead, valueLength);
-            output.Clear();
-            for (int j = 0; j < visible; j++)
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * valueLength, valueLength), weights[j], output, output);
+            for (int g = 0; g < group; g++)
+            {
+                var weights = new Span<float>(scores + (long)g * MaxContext, visible);
+                var output = new Span<float>(outputs + g * valueLength, valueLength);
+                output.Clear();
+                for (int j = 0; j < visible; j++)
+                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * valueLength, valueLength), weights[j], output, output);
+            }
         }
     }
 

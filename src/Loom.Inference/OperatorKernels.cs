@@ -1,15 +1,19 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Loom.Inference;
 
 /// <summary>
 /// The operators of a forward pass between the matrix products: norms, rotary embeddings and decode attention's
-/// scores, softmax and weighted sum. Kept apart so the kernel suite measures the very code a forward pass runs.
+/// scores, softmax and weighted sum. Kept apart so the kernel suite measures the very code a forward pass runs; each
+/// entry point is compiled fully optimized from its first call, as the matrix kernels are (a decode loop would
+/// otherwise run tier-0 code for its first tokens, and so did the kernel suite's short runs).
 /// </summary>
 internal static unsafe class OperatorKernels
 {
     // As ggml: the squares are summed in double, the scale is computed in float.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RmsNorm(ReadOnlySpan<float> x, Span<float> y, float epsilon)
     {
         double sum = 0;
@@ -18,6 +22,7 @@ internal static unsafe class OperatorKernels
         TensorPrimitives.Multiply(x, 1f / MathF.Sqrt(mean + epsilon), y);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void LayerNorm(ReadOnlySpan<float> x, Span<float> y, float epsilon)
     {
         double sum = 0;
@@ -31,6 +36,7 @@ internal static unsafe class OperatorKernels
     }
 
     /// <summary>weights ← softmax(weights), in place: max subtracted, exponentials, divided by their sum.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Softmax(Span<float> weights)
     {
         float max = TensorPrimitives.Max(weights);
@@ -44,6 +50,7 @@ internal static unsafe class OperatorKernels
     /// <paramref name="n"/> tokens, in place: <paramref name="pairs"/> rotated pairs per head, token t's angles at
     /// cos/sin + t·pairs; NeoX pairs (i, i + pairs), the normal mode (2i, 2i+1).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Rotate(float* data, int n, int heads, int headLength, int pairs, bool neox, float* cosines, float* sines)
     {
         for (int t = 0; t < n; t++)
@@ -69,6 +76,7 @@ internal static unsafe class OperatorKernels
     // calls cost more than the arithmetic, so these loops keep the query (or the output slice) in registers.
 
     /// <summary>scores[j] = (q · k_j)·scale for j &lt; count; length is a multiple of 16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScoresVector(float* q, float* keys, int length, int count, float scale, float* scores)
     {
         for (int j = 0; j < count; j++, keys += length)
@@ -83,15 +91,77 @@ internal static unsafe class OperatorKernels
         }
     }
 
+    /// <summary>
+    /// <see cref="ScoresVector"/> for the <paramref name="group"/> query heads that share one key/value head (queries
+    /// <paramref name="length"/> floats apart, scores <paramref name="scoresStride"/> apart): each key is read from
+    /// memory once and from L1 for the other heads. Every score is computed exactly as <see cref="ScoresVector"/> does.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride)
+    {
+        for (int j = 0; j < count; j++, keys += length)
+            for (int g = 0; g < group; g++)
+            {
+                float* query = q + g * length;
+                Vector256<float> even = default, odd = default;
+                for (int d = 0; d < length; d += 16)
+                {
+                    even = Vector256.MultiplyAddEstimate(Vector256.Load(query + d), Vector256.Load(keys + d), even);
+                    odd = Vector256.MultiplyAddEstimate(Vector256.Load(query + d + 8), Vector256.Load(keys + d + 8), odd);
+                }
+                scores[(long)g * scoresStride + j] = Vector256.Sum(even + odd) * scale;
+            }
+    }
+
+    /// <summary>
+    /// <see cref="WeightedSumVector"/> for the <paramref name="group"/> query heads that share one key/value head
+    /// (weights <paramref name="weightsStride"/> apart, outputs <paramref name="length"/> apart), a block of value rows
+    /// at a time for all heads, so each row is read from memory once. Each output is the same chain of multiply-adds
+    /// over the rows in order as <see cref="WeightedSumVector"/>'s (its partial sums pass through the output between
+    /// blocks), so the results are the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void WeightedSumGroup(float* values, int length, int count, float* weights, int weightsStride, int group, float* output)
+    {
+        int block = Math.Max(1, 4096 / length); // 16 KiB of value rows stay in L1 across the heads
+        for (int from = 0; from < count; from += block)
+        {
+            int to = Math.Min(count, from + block);
+            for (int g = 0; g < group; g++)
+                WeightedSumRange(values, length, from, to, weights + (long)g * weightsStride, output + (long)g * length, accumulate: from > 0);
+        }
+    }
+
     /// <summary>output = Σ_j weights[j]·v_j over count rows of length floats (a multiple of 8), 64 columns at a time.</summary>
-    public static void WeightedSumVector(float* values, int length, int count, float* weights, float* output)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void WeightedSumVector(float* values, int length, int count, float* weights, float* output) =>
+        WeightedSumRange(values, length, 0, count, weights, output, accumulate: false);
+
+    /// <summary>
+    /// The rows [<paramref name="from"/>, <paramref name="to"/>) of <see cref="WeightedSumVector"/>, continuing the sums
+    /// already in <paramref name="output"/> when <paramref name="accumulate"/> is set.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSumRange(float* values, int length, int from, int to, float* weights, float* output, bool accumulate)
     {
         for (int d = 0; d < length; d += 64)
         {
             int width = Math.Min(64, length - d);
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-            float* v = values + d;
-            for (int j = 0; j < count; j++, v += length)
+            float* o = output + d;
+            if (accumulate)
+            {
+                a0 = Vector256.Load(o);
+                if (width > 8) a1 = Vector256.Load(o + 8);
+                if (width > 16) a2 = Vector256.Load(o + 16);
+                if (width > 24) a3 = Vector256.Load(o + 24);
+                if (width > 32) a4 = Vector256.Load(o + 32);
+                if (width > 40) a5 = Vector256.Load(o + 40);
+                if (width > 48) a6 = Vector256.Load(o + 48);
+                if (width > 56) a7 = Vector256.Load(o + 56);
+            }
+            float* v = values + (long)from * length + d;
+            for (int j = from; j < to; j++, v += length)
             {
                 var w = Vector256.Create(weights[j]);
                 a0 = Vector256.MultiplyAddEstimate(Vector256.Load(v), w, a0);
@@ -103,7 +173,6 @@ internal static unsafe class OperatorKernels
                 if (width > 48) a6 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 48), w, a6);
                 if (width > 56) a7 = Vector256.MultiplyAddEstimate(Vector256.Load(v + 56), w, a7);
             }
-            float* o = output + d;
             a0.Store(o);
             if (width > 8) a1.Store(o + 8);
             if (width > 16) a2.Store(o + 16);
