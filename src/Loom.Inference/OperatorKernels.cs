@@ -73,28 +73,13 @@ internal static unsafe class OperatorKernels
     }
 
     // Decode attends one query to every cached position with head-sized (64–128 float) vectors: per-position library
-    // calls cost more than the arithmetic, so these loops keep the query (or the output slice) in registers.
-
-    /// <summary>scores[j] = (q · k_j)·scale for j &lt; count; length is a multiple of 16.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void ScoresVector(float* q, float* keys, int length, int count, float scale, float* scores)
-    {
-        for (int j = 0; j < count; j++, keys += length)
-        {
-            Vector256<float> even = default, odd = default;
-            for (int d = 0; d < length; d += 16)
-            {
-                even = Vector256.MultiplyAddEstimate(Vector256.Load(q + d), Vector256.Load(keys + d), even);
-                odd = Vector256.MultiplyAddEstimate(Vector256.Load(q + d + 8), Vector256.Load(keys + d + 8), odd);
-            }
-            scores[j] = Vector256.Sum(even + odd) * scale;
-        }
-    }
+    // calls cost more than the arithmetic, so these loops keep each dot product (or the output slice) in registers.
 
     /// <summary>
-    /// <see cref="ScoresVector"/> for the <paramref name="group"/> query heads that share one key/value head (queries
-    /// <paramref name="length"/> floats apart, scores <paramref name="scoresStride"/> apart): each key is read from
-    /// memory once and from L1 for the other heads. Every score is computed exactly as <see cref="ScoresVector"/> does.
+    /// scores[g·scoresStride + j] = (q_g · k_j)·scale for j &lt; count and each of the <paramref name="group"/> query
+    /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 16):
+    /// position by position for all heads, so each key is read from memory once and from L1 for the other heads.
+    /// A score's arithmetic does not depend on the group.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride)
@@ -114,16 +99,17 @@ internal static unsafe class OperatorKernels
     }
 
     /// <summary>
-    /// <see cref="WeightedSumVector"/> for the <paramref name="group"/> query heads that share one key/value head
-    /// (weights <paramref name="weightsStride"/> apart, outputs <paramref name="length"/> apart), a block of value rows
-    /// at a time for all heads, so each row is read from memory once. Each output is the same chain of multiply-adds
-    /// over the rows in order as <see cref="WeightedSumVector"/>'s (its partial sums pass through the output between
-    /// blocks), so the results are the same bits.
+    /// output_g = Σ_j weights_g[j]·v_j over count rows of length floats (a multiple of 8), 64 columns at a time, for the
+    /// <paramref name="group"/> query heads that share one key/value head (weights <paramref name="weightsStride"/>
+    /// apart, outputs <paramref name="length"/> apart). Several heads go through a block of value rows at a time, so
+    /// each row is read from memory once. Each output is the one chain of multiply-adds over the rows in order that a
+    /// single head gets (its partial sums pass through the output between blocks), so the bits do not depend on the group.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void WeightedSumGroup(float* values, int length, int count, float* weights, int weightsStride, int group, float* output)
     {
-        int block = Math.Max(1, 4096 / length); // 16 KiB of value rows stay in L1 across the heads
+        // 16 KiB of value rows stay in L1 across the heads; one head needs no blocks
+        int block = group == 1 ? count : Math.Max(1, 4096 / length);
         for (int from = 0; from < count; from += block)
         {
             int to = Math.Min(count, from + block);
@@ -132,13 +118,8 @@ internal static unsafe class OperatorKernels
         }
     }
 
-    /// <summary>output = Σ_j weights[j]·v_j over count rows of length floats (a multiple of 8), 64 columns at a time.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void WeightedSumVector(float* values, int length, int count, float* weights, float* output) =>
-        WeightedSumRange(values, length, 0, count, weights, output, accumulate: false);
-
     /// <summary>
-    /// The rows [<paramref name="from"/>, <paramref name="to"/>) of <see cref="WeightedSumVector"/>, continuing the sums
+    /// One head's weighted sum over the rows [<paramref name="from"/>, <paramref name="to"/>), continuing the sums
     /// already in <paramref name="output"/> when <paramref name="accumulate"/> is set.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

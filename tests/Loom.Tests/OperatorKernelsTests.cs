@@ -2,7 +2,7 @@ using Loom.Inference;
 
 namespace Loom.Tests;
 
-/// <summary>The grouped attention kernels give, head by head, exactly the bits of the one-head kernels.</summary>
+/// <summary>The grouped attention kernels give, head by head, exactly the bits each head gets alone (one unblocked chain).</summary>
 public unsafe class OperatorKernelsTests
 {
     [Theory]
@@ -25,11 +25,11 @@ public unsafe class OperatorKernelsTests
             OperatorKernels.ScoresGroup(qp, group, kp, length, count, 0.125f, sp, stride);
             for (int g = 0; g < group; g++)
             {
-                OperatorKernels.ScoresVector(qp + g * length, kp, length, count, 0.125f, ep + g * count);
+                OperatorKernels.ScoresGroup(qp + g * length, 1, kp, length, count, 0.125f, ep + g * count, count);
                 for (int j = 0; j < count; j++)
                     Assert.Equal(BitConverter.SingleToInt32Bits(ep[g * count + j]), BitConverter.SingleToInt32Bits(sp[g * stride + j]));
                 OperatorKernels.Softmax(new Span<float>(sp + g * stride, count));
-                OperatorKernels.WeightedSumVector(vp, length, count, sp + g * stride, xp + g * length);
+                OperatorKernels.WeightedSumGroup(vp, length, count, sp + g * stride, stride, 1, xp + g * length);
             }
             OperatorKernels.WeightedSumGroup(vp, length, count, sp, stride, group, op);
         }
