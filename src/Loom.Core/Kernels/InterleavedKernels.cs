@@ -263,13 +263,13 @@ internal static unsafe class InterleavedKernels
     private static void WideTileQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
         UnpackWide(group, rowBytes, blocks, 8, scratch);
-        RowLaneKernels.RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+        RowLaneKernels.RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8, next: group + 2 * GroupRows * rowBytes);
     }
 
     private static void WideTileQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
         UnpackWide(group, rowBytes, blocks, 16, scratch);
-        RowLaneKernels.RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+        RowLaneKernels.RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16, next: group + 2 * GroupRows * rowBytes);
     }
 
     /// <summary>Two consecutive groups into the sixteen-row tile's halves (rows 0–7 at 64·g, rows 8–15 at 64·g + 32, scales at 512 and 544).</summary>

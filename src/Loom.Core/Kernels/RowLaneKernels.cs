@@ -327,14 +327,19 @@ internal static unsafe class RowLaneKernels
                     TileLevels(block + 6 * rowBytes, offset), TileLevels(block + 7 * rowBytes, offset));
             }
         }
-        RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset);
+        RunWideTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset, next: null);
     }
 
-    /// <summary>Every token over a sixteen-row Q4_0/Q5_0 tile already in <paramref name="scratch"/> (<see cref="WideTileBytesPerBlock"/> per block).</summary>
+    /// <summary>
+    /// Every token over a sixteen-row Q4_0/Q5_0 tile already in <paramref name="scratch"/> (<see cref="WideTileBytesPerBlock"/>
+    /// per block); the next tile's rows, when <paramref name="next"/> is given, are fetched into L2 during the first two
+    /// tokens (see <see cref="RunWideTileQ8_0"/>).
+    /// </summary>
     /// <remarks><paramref name="offset"/>: the unsigned levels' offset (Q4_0 8, Q5_0 16).</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void RunWideTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset)
+    internal static void RunWideTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset, byte* next)
     {
+        int share = WideTileRows * (offset == 8 ? Q4BlockBytes : Q5BlockBytes);
         int cols = 32 * blocks;
         int t = 0;
         // tokens in pairs: each tile vector is loaded once for two
@@ -345,19 +350,20 @@ internal static unsafe class RowLaneKernels
             Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
             Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
             int b = 0;
+            byte* fetch = t == 0 ? next : null;
             for (; b + 8 <= blocks; b += 8)
             {
-                WideTileBlockPair(scratch, b, first, second, offset, ref a0, ref c0);
-                WideTileBlockPair(scratch, b + 1, first, second, offset, ref a1, ref c1);
-                WideTileBlockPair(scratch, b + 2, first, second, offset, ref a2, ref c2);
-                WideTileBlockPair(scratch, b + 3, first, second, offset, ref a3, ref c3);
-                WideTileBlockPair(scratch, b + 4, first, second, offset, ref a4, ref c4);
-                WideTileBlockPair(scratch, b + 5, first, second, offset, ref a5, ref c5);
-                WideTileBlockPair(scratch, b + 6, first, second, offset, ref a6, ref c6);
-                WideTileBlockPair(scratch, b + 7, first, second, offset, ref a7, ref c7);
+                WideTileBlockPair(scratch, b, first, second, offset, fetch, share, ref a0, ref c0);
+                WideTileBlockPair(scratch, b + 1, first, second, offset, fetch, share, ref a1, ref c1);
+                WideTileBlockPair(scratch, b + 2, first, second, offset, fetch, share, ref a2, ref c2);
+                WideTileBlockPair(scratch, b + 3, first, second, offset, fetch, share, ref a3, ref c3);
+                WideTileBlockPair(scratch, b + 4, first, second, offset, fetch, share, ref a4, ref c4);
+                WideTileBlockPair(scratch, b + 5, first, second, offset, fetch, share, ref a5, ref c5);
+                WideTileBlockPair(scratch, b + 6, first, second, offset, fetch, share, ref a6, ref c6);
+                WideTileBlockPair(scratch, b + 7, first, second, offset, fetch, share, ref a7, ref c7);
             }
             Vector512<float> tail0 = default, tail1 = default;
-            for (; b < blocks; b++) WideTileBlockPair(scratch, b, first, second, offset, ref tail0, ref tail1);
+            for (; b < blocks; b++) WideTileBlockPair(scratch, b, first, second, offset, fetch, share, ref tail0, ref tail1);
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail0).Store(y + (long)t * yStride);
             ((((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7))) + tail1).Store(y + (long)(t + 1) * yStride);
         }
@@ -417,9 +423,12 @@ internal static unsafe class RowLaneKernels
 
     /// <summary>One block of a sixteen-row Q4_0/Q5_0 tile against two tokens: for each, exactly the integers and float steps of <see cref="WideTileBlock"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void WideTileBlockPair(byte* scratch, int b, in WideToken first, in WideToken second, int offset, ref Vector512<float> acc0, ref Vector512<float> acc1)
+    private static void WideTileBlockPair(byte* scratch, int b, in WideToken first, in WideToken second, int offset, byte* fetch, int share,
+        ref Vector512<float> acc0, ref Vector512<float> acc1)
     {
         var g = scratch + b * WideTileBytesPerBlock;
+        if (fetch != null)
+            for (int line = 0; line < share; line += 64) Sse.Prefetch1(fetch + (long)b * share + line);
         var x0 = (int*)(first.Qs + 32 * b);
         var x1 = (int*)(second.Qs + 32 * b);
         var ones = Vector512.Create((short)1);
