@@ -163,8 +163,12 @@ internal static unsafe class InterleavedKQuantKernels
             {
                 int u = Math.Min(t + 1, tokens - 1);
                 Vector256<float> acc0 = default, acc1 = default, mins0 = default, mins1 = default;
+                // the first pair fetches the next group into L2 (rows are read from memory while the tile computes)
+                byte* next = t == 0 ? group + (long)superBlocks * groupBytes : null;
                 for (int b = 0; b < superBlocks; b++)
                 {
+                    if (next != null)
+                        for (int line = 0; line < groupBytes; line += 64) Sse.Prefetch1(next + (long)b * groupBytes + line);
                     var first = new Token(qs + (long)t * cols + 256 * b, d[(long)t * superBlocks + b], sums + (long)t * (cols / 16) + 16 * b);
                     var second = new Token(qs + (long)u * cols + 256 * b, d[(long)u * superBlocks + b], sums + (long)u * (cols / 16) + 16 * b);
                     byte* tile = scratch + (long)b * TileBlockBytes;
