@@ -174,17 +174,18 @@ internal static unsafe class InterleavedKernels
     // ---- few tokens: straight from the interleaved weights ----
 
     private static void DirectQ8_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0);
+        // batches on the 256-bit path run every token straight from the weights: the first token's pass fetches the next group
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0, next: tokens >= MatMulJob.TileMinTokens ? group + GroupRows * rowBytes : null);
 
     private static void DirectQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 8);
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 8, next: null);
 
     private static void DirectQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 16);
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 16, next: null);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset) =>
-        RowLaneKernels.RunPhases<InterleavedBlocks>(group, blocks, qs, d, sums, tokens, y, yStride, offset);
+    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset, byte* next) =>
+        RowLaneKernels.RunPhases<InterleavedBlocks>(group, blocks, qs, d, sums, tokens, y, yStride, offset, next);
 
     /// <summary>Blocks read straight from the interleaved weights: the tile kernels' integer sums and float steps, per row lane.</summary>
     private struct InterleavedBlocks : RowLaneKernels.IRowLaneBlocks
@@ -235,13 +236,13 @@ internal static unsafe class InterleavedKernels
     private static void TileQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
         Unpack(group, blocks, 8, scratch, RowLaneKernels.TileBytesPerBlock, 32, 256);
-        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8);
+        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8, next: group + GroupRows * rowBytes);
     }
 
     private static void TileQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
         Unpack(group, blocks, 16, scratch, RowLaneKernels.TileBytesPerBlock, 32, 256);
-        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16);
+        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 16, next: group + GroupRows * rowBytes);
     }
 
     private static void WideTileQ8_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)

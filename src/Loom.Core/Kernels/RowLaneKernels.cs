@@ -273,7 +273,7 @@ internal static unsafe class RowLaneKernels
                 TileLevels(block + 4 * rowBytes, offset), TileLevels(block + 5 * rowBytes, offset),
                 TileLevels(block + 6 * rowBytes, offset), TileLevels(block + 7 * rowBytes, offset));
         }
-        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset);
+        RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset, next: null);
     }
 
     /// <summary>
@@ -631,10 +631,10 @@ internal static unsafe class RowLaneKernels
         HalfToSingle(halves).Store(scales);
     }
 
-    /// <summary>Every token over an eight-row tile already in <paramref name="scratch"/> (<see cref="TileBytesPerBlock"/> per block).</summary>
+    /// <summary>Every token over an eight-row tile already in <paramref name="scratch"/> (<see cref="TileBytesPerBlock"/> per block), fetching <paramref name="next"/> as <see cref="RunPhases"/> does.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset) =>
-        RunPhases<ScratchBlocks>(scratch, blocks, qs, d, sums, tokens, y, yStride, offset);
+    internal static void RunTile(int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch, int offset, byte* next) =>
+        RunPhases<ScratchBlocks>(scratch, blocks, qs, d, sums, tokens, y, yStride, offset, next);
 
     /// <summary>Where an eight-row tile's blocks come from, and how one of them meets one token.</summary>
     internal interface IRowLaneBlocks
@@ -646,14 +646,18 @@ internal static unsafe class RowLaneKernels
     /// <summary>
     /// Every token over eight rows: blocks in full groups of eight feed the eight phase accumulators, the rest a tail
     /// sum, added in the fixed tree every row-lane kernel uses (the one-token kernels' order, for batch invariance).
+    /// When <paramref name="next"/> is given (the next group of eight interleaved rows), the first token's pass fetches
+    /// it into L2, block by block, so the next call finds its weights in cache.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void RunPhases<TBlocks>(byte* source, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset)
+    internal static void RunPhases<TBlocks>(byte* source, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset, byte* next)
         where TBlocks : struct, IRowLaneBlocks
     {
         int cols = 32 * blocks;
+        int share = TileRows * (offset switch { 0 => Q8BlockBytes, 8 => Q4BlockBytes, _ => Q5BlockBytes });
         for (int t = 0; t < tokens; t++)
         {
+            byte* fetch = t == 0 ? next : null;
             sbyte* xq = qs + (long)t * cols;
             float* dx = d + (long)t * blocks;
             short* xs = offset != 0 ? sums + (long)t * blocks : null;
@@ -661,6 +665,8 @@ internal static unsafe class RowLaneKernels
             int b = 0;
             for (; b + 8 <= blocks; b += 8)
             {
+                if (fetch != null)
+                    for (int line = 0; line < 8 * share; line += 64) Sse.Prefetch1(fetch + (long)b * share + line);
                 a0 = TBlocks.Accumulate(source, b, xq, dx, xs, offset, a0);
                 a1 = TBlocks.Accumulate(source, b + 1, xq, dx, xs, offset, a1);
                 a2 = TBlocks.Accumulate(source, b + 2, xq, dx, xs, offset, a2);
@@ -670,6 +676,8 @@ internal static unsafe class RowLaneKernels
                 a6 = TBlocks.Accumulate(source, b + 6, xq, dx, xs, offset, a6);
                 a7 = TBlocks.Accumulate(source, b + 7, xq, dx, xs, offset, a7);
             }
+            if (fetch != null)
+                for (long line = (long)b * share; line < (long)blocks * share; line += 64) Sse.Prefetch1(fetch + line);
             var tail = Vector256<float>.Zero;
             for (; b < blocks; b++) tail = TBlocks.Accumulate(source, b, xq, dx, xs, offset, tail);
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
