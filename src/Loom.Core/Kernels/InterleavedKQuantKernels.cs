@@ -168,7 +168,7 @@ internal static unsafe class InterleavedKQuantKernels
                 for (int b = 0; b < superBlocks; b++)
                 {
                     if (next != null)
-                        for (int line = 0; line < groupBytes; line += 64) Sse.Prefetch1(next + (long)b * groupBytes + line);
+                        SimdHelpers.FetchIntoL2(next + (long)b * groupBytes, groupBytes);
                     var first = new Token(qs + (long)t * cols + 256 * b, d[(long)t * superBlocks + b], sums + (long)t * (cols / 16) + 16 * b);
                     var second = new Token(qs + (long)u * cols + 256 * b, d[(long)u * superBlocks + b], sums + (long)u * (cols / 16) + 16 * b);
                     byte* tile = scratch + (long)b * TileBlockBytes;

@@ -255,8 +255,8 @@ internal static unsafe class InterleavedKernels
             byte* destination = scratch + (long)b * RowLaneKernels.WideTileQ8BytesPerBlock;
             for (int k = 0; k < 8; k++)
                 RowLaneKernels.StoreWidePairs(Vector256.Load((sbyte*)low + 32 * k), Vector256.Load((sbyte*)high + 32 * k), destination + 128 * k);
-            SimdHelpers.HalfToSingle(Avx2.ConvertToVector256Int32((ushort*)(low + ScalesAt(0))).AsUInt32()).Store((float*)(destination + 1024));
-            SimdHelpers.HalfToSingle(Avx2.ConvertToVector256Int32((ushort*)(high + ScalesAt(0))).AsUInt32()).Store((float*)(destination + 1024) + GroupRows);
+            StoreScales(low, 0, (float*)(destination + 1024));
+            StoreScales(high, 0, (float*)(destination + 1024) + GroupRows);
         }
         RowLaneKernels.RunWideTileQ8_0(blocks, qs, d, tokens, y, yStride, scratch, next: group + 2 * GroupRows * rowBytes);
     }
@@ -317,8 +317,12 @@ internal static unsafe class InterleavedKernels
                     high.Store(destination + groupStride * (k + 4));
                 }
             }
-            var halves = Avx2.ConvertToVector256Int32((ushort*)(source + ScalesAt(offset))).AsUInt32();
-            SimdHelpers.HalfToSingle(halves).Store((float*)(destination + scalesAt));
+            StoreScales(source, offset, (float*)(destination + scalesAt));
         }
     }
+
+    /// <summary>A group block's eight fp16 scales as floats at <paramref name="destination"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreScales(byte* groupBlock, int offset, float* destination) =>
+        SimdHelpers.HalfToSingle(Avx2.ConvertToVector256Int32((ushort*)(groupBlock + ScalesAt(offset))).AsUInt32()).Store(destination);
 }

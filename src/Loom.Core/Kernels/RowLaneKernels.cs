@@ -277,9 +277,10 @@ internal static unsafe class RowLaneKernels
     }
 
     /// <summary>
-    /// As <see cref="TileQ8_0"/> for sixteen rows in 512-bit registers (the AVX-512 path): the same per-row arithmetic,
-    /// half the instructions per product. Scratch per block (<see cref="WideTileBytesPerBlock"/>): group g of rows 0–7
-    /// and then of rows 8–15 at 64·g, the sixteen scales at 512.
+    /// As <see cref="TileQ8_0"/> for sixteen rows in 512-bit registers (the AVX-512 path): the same per-row results.
+    /// Q4_0/Q5_0 scratch per block (<see cref="WideTileBytesPerBlock"/>): group g of rows 0–7 and then of rows 8–15 at
+    /// 64·g, the sixteen scales at 512. Q8_0's rows are transposed the same way and then widened into int16 pairs
+    /// (<see cref="WideTileQ8BytesPerBlock"/>, see <see cref="RunWideTileQ8_0"/>).
     /// </summary>
     public static void WideTileQ8_0(byte* rows, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
@@ -427,8 +428,7 @@ internal static unsafe class RowLaneKernels
         ref Vector512<float> acc0, ref Vector512<float> acc1)
     {
         var g = scratch + b * WideTileBytesPerBlock;
-        if (fetch != null)
-            for (int line = 0; line < share; line += 64) Sse.Prefetch1(fetch + (long)b * share + line);
+        if (fetch != null) FetchIntoL2(fetch + (long)b * share, share);
         var x0 = (int*)(first.Qs + 32 * b);
         var x1 = (int*)(second.Qs + 32 * b);
         var ones = Vector512.Create((short)1);
@@ -542,19 +542,15 @@ internal static unsafe class RowLaneKernels
         }
     }
 
-    /// <summary>Cache lines of the next tile per block (its sixteen rows' 34-byte blocks span 544 bytes).</summary>
     /// <summary>Block <paramref name="b"/> of a Q8_0 wide tile against two tokens: acc += float(isum)·(scale_w·d_x) per row lane, for each.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Q8BlockPair(byte* scratch, int b, sbyte* x0, sbyte* x1, float* d0, float* d1, short* levels, byte* fetch,
         ref Vector512<float> acc0, ref Vector512<float> acc1)
     {
         var g = scratch + (long)b * WideTileQ8BytesPerBlock;
-        if (fetch != null)
-        {
-            // this block's share of the next tile (an in-process A/B found spreading it over all token pairs no better)
-            const int share = WideTileRows * Q8BlockBytes;
-            for (int line = 0; line < share; line += 64) Sse.Prefetch1(fetch + (long)b * share + line);
-        }
+        // this block's share of the next tile (an in-process A/B found spreading it over all token pairs no better)
+        const int share = WideTileRows * Q8BlockBytes;
+        if (fetch != null) FetchIntoL2(fetch + (long)b * share, share);
         Avx512BW.ConvertToVector512Int16(Vector256.Load(x0 + 32 * b)).Store(levels);
         Avx512BW.ConvertToVector512Int16(Vector256.Load(x1 + 32 * b)).Store(levels + 32);
         var p0 = (int*)levels;
@@ -665,8 +661,7 @@ internal static unsafe class RowLaneKernels
             int b = 0;
             for (; b + 8 <= blocks; b += 8)
             {
-                if (fetch != null)
-                    for (int line = 0; line < 8 * share; line += 64) Sse.Prefetch1(fetch + (long)b * share + line);
+                if (fetch != null) FetchIntoL2(fetch + (long)b * share, 8 * share);
                 a0 = TBlocks.Accumulate(source, b, xq, dx, xs, offset, a0);
                 a1 = TBlocks.Accumulate(source, b + 1, xq, dx, xs, offset, a1);
                 a2 = TBlocks.Accumulate(source, b + 2, xq, dx, xs, offset, a2);
@@ -676,8 +671,7 @@ internal static unsafe class RowLaneKernels
                 a6 = TBlocks.Accumulate(source, b + 6, xq, dx, xs, offset, a6);
                 a7 = TBlocks.Accumulate(source, b + 7, xq, dx, xs, offset, a7);
             }
-            if (fetch != null)
-                for (long line = (long)b * share; line < (long)blocks * share; line += 64) Sse.Prefetch1(fetch + line);
+            if (fetch != null) FetchIntoL2(fetch + (long)b * share, (long)(blocks - b) * share);
             var tail = Vector256<float>.Zero;
             for (; b < blocks; b++) tail = TBlocks.Accumulate(source, b, xq, dx, xs, offset, tail);
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);

@@ -7,6 +7,16 @@ namespace Loom.Core.Kernels;
 /// <summary>Small AVX2 building blocks shared by the integer dot kernels.</summary>
 internal static unsafe class SimdHelpers
 {
+    /// <summary>
+    /// Asks for the cache lines of [<paramref name="start"/>, start + <paramref name="bytes"/>) in L2: the batch tiles fetch
+    /// the next tile's weights, a block's share at a time, while they compute on the current one.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void FetchIntoL2(byte* start, long bytes)
+    {
+        for (long line = 0; line < bytes; line += 64) Sse.Prefetch1(start + line);
+    }
+
     /// <summary>Splits 16 packed bytes into 32 nibbles: low nibbles in bytes 0..15, high nibbles in bytes 16..31 (ggml's order).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<byte> Nibbles(byte* packed16)
