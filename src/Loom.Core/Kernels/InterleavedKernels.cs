@@ -139,13 +139,13 @@ internal static unsafe class InterleavedKernels
     {
         _ when InterleavedKQuantKernels.Supports(type) => InterleavedKQuantKernels.Select(type, isa, tokens),
         KernelIsa.Portable => null,
-        KernelIsa.Avx512 when tokens >= WideTileMinTokens => type switch
+        KernelIsa.Avx512 when tokens >= WideTileMinTokens(type) => type switch
         {
             GgmlType.Q8_0 => &WideTileQ8_0,
             GgmlType.Q4_0 => &WideTileQ4_0,
             _ => &WideTileQ5_0,
         },
-        // on the 256-bit path Q8_0's levels are already the tile's: tokens run straight from the weights, several per pass
+        // Q8_0's levels are already the 256-bit tile's: tokens run straight from the weights, several per pass
         _ when type == GgmlType.Q8_0 && tokens >= PassMinTokens => &PassesQ8_0,
         _ when tokens >= MatMulJob.TileMinTokens && type != GgmlType.Q8_0 => type == GgmlType.Q4_0 ? &TileQ4_0 : &TileQ5_0,
         _ => type switch
@@ -165,18 +165,19 @@ internal static unsafe class InterleavedKernels
     {
         KernelIsa.Portable => GroupRows,
         _ when InterleavedKQuantKernels.Supports(type) => GroupRows,
-        KernelIsa.Avx512 when tokens >= WideTileMinTokens => RowLaneKernels.WideTileRows,
+        KernelIsa.Avx512 when tokens >= WideTileMinTokens(type) => RowLaneKernels.WideTileRows,
         _ when type == GgmlType.Q8_0 && tokens >= PassMinTokens => PassRows,
         _ => GroupRows,
     };
 
     /// <summary>
     /// From this many tokens on, the AVX-512 path takes sixteen-row tiles. Unpacking interleaved levels costs far less
-    /// than transposing GGML rows, so every type gains from 8 tokens (Zen 4, one thread: Q4_0 +3%, Q5_0 +5–10%; two
-    /// threads, in-process A/B of 8 sequences: Q8_0's int16 tile +7% / +9% / +23% on the SmolLM2 / Qwen2.5-0.5B /
-    /// Llama-3.2-1B shapes against running them straight from the weights).
+    /// than transposing GGML rows, so Q4_0 and Q5_0 gain from 8 tokens (Zen 4, one thread: Q4_0 +3%, Q5_0 +5–10%).
+    /// Q8_0's int16 tile widens every level it unpacks, which only many tokens repay: against the 256-bit passes of
+    /// <see cref="PassesQ8_0"/> (in-process A/B, two threads, SmolLM2 / Qwen2.5-0.5B / Llama-3.2-1B shapes) it is
+    /// 0% / −7% / −11% at 8 sequences, about even at 12 and 16, and +10% / +7% / +7% at 32.
     /// </summary>
-    private const int WideTileMinTokens = MatMulJob.TileMinTokens;
+    private static int WideTileMinTokens(GgmlType type) => type == GgmlType.Q8_0 ? 16 : MatMulJob.TileMinTokens;
 
     // ---- few tokens: straight from the interleaved weights ----
 
