@@ -145,9 +145,9 @@ internal static unsafe class InterleavedKernels
             GgmlType.Q4_0 => &WideTileQ4_0,
             _ => &WideTileQ5_0,
         },
-        // Q8_0's levels are already the 256-bit tile's: tokens run straight from the weights, several per pass
-        _ when type == GgmlType.Q8_0 && tokens >= PassMinTokens => &PassesQ8_0,
-        _ when tokens >= MatMulJob.TileMinTokens && type != GgmlType.Q8_0 => type == GgmlType.Q4_0 ? &TileQ4_0 : &TileQ5_0,
+        // on the 256-bit path Q8_0 and Q4_0 need no tile scratch: tokens run straight from the weights, several per pass
+        _ when type != GgmlType.Q5_0 && tokens >= PassMinTokens => type == GgmlType.Q8_0 ? &PassesQ8_0 : &PassesQ4_0,
+        _ when tokens >= MatMulJob.TileMinTokens => &TileQ5_0,
         _ => type switch
         {
             GgmlType.Q8_0 => &DirectQ8_0,
@@ -157,8 +157,13 @@ internal static unsafe class InterleavedKernels
     };
 
     /// <summary>The eight-row kernel of the same call (for a tail group when <see cref="Select"/>'s kernel takes sixteen).</summary>
-    public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> SelectGroup(GgmlType type, KernelIsa isa, int tokens) =>
-        type == GgmlType.Q8_0 && isa != KernelIsa.Portable ? &DirectQ8_0 : Select(type, isa == KernelIsa.Avx512 ? KernelIsa.Avx2 : isa, tokens);
+    public static delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> SelectGroup(GgmlType type, KernelIsa isa, int tokens) => isa switch
+    {
+        KernelIsa.Portable => null,
+        _ when type == GgmlType.Q8_0 => &DirectQ8_0,
+        _ when type == GgmlType.Q4_0 => &DirectQ4_0,
+        _ => Select(type, KernelIsa.Avx2, tokens),
+    };
 
     /// <summary>Rows one call of <see cref="Select"/>'s kernel computes.</summary>
     public static int RowsPerCall(GgmlType type, KernelIsa isa, int tokens) => isa switch
@@ -166,7 +171,7 @@ internal static unsafe class InterleavedKernels
         KernelIsa.Portable => GroupRows,
         _ when InterleavedKQuantKernels.Supports(type) => GroupRows,
         KernelIsa.Avx512 when tokens >= WideTileMinTokens(type) => RowLaneKernels.WideTileRows,
-        _ when type == GgmlType.Q8_0 && tokens >= PassMinTokens => PassRows,
+        _ when type != GgmlType.Q5_0 && tokens >= PassMinTokens => PassRows,
         _ => GroupRows,
     };
 
@@ -185,19 +190,28 @@ internal static unsafe class InterleavedKernels
         // one token, or an eight-row group left over by the sixteen-row kernels; in a batch the first token's pass fetches the next group
         Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0, next: tokens >= MatMulJob.TileMinTokens ? group + GroupRows * rowBytes : null);
 
-    /// <summary>From this many tokens on, Q8_0 runs sixteen rows and several tokens per pass over the weights (<see cref="PassesQ8_0"/>).</summary>
+    /// <summary>From this many tokens on, Q8_0 (and Q4_0, below the tiles) run sixteen rows and several tokens per pass over the weights (<see cref="Passes"/>).</summary>
     private const int PassMinTokens = 2;
 
-    /// <summary>Rows <see cref="PassesQ8_0"/> computes: two interleaved groups.</summary>
+    /// <summary>Rows <see cref="Passes"/> computes: two interleaved groups.</summary>
     private const int PassRows = 2 * GroupRows;
 
+    private static void PassesQ8_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Passes(group, rowBytes, blocks, qs, d, sums, tokens, y, yStride, offset: 0);
+
+    private static void PassesQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
+        Passes(group, rowBytes, blocks, qs, d, sums, tokens, y, yStride, offset: 8);
+
     /// <summary>
-    /// Q8_0 on the 256-bit path for two tokens or more, straight from the interleaved weights: sixteen rows (two groups)
-    /// and up to four tokens per pass. Each weight vector is loaded and its magnitudes taken once per pass, and each
-    /// activation broadcast serves both groups (Zen 4, one thread, 2048 columns from L1: 35 G products/s one token at a
-    /// time, 45–49 with eight rows and four tokens per pass, 50–52 with sixteen). A last odd token runs alone.
+    /// Two tokens or more straight from the interleaved weights, sixteen rows (two groups) and up to four tokens per
+    /// pass: each weight vector is loaded and its levels prepared (Q8_0: magnitudes; Q4_0: nibbles split) once per
+    /// pass, and each activation broadcast serves both groups. Zen 4, one thread, 2048 columns from L1: Q8_0 35 G
+    /// products/s one token at a time, 45–49 with eight rows and four tokens per pass, 50–52 with sixteen; Q4_0 at 8
+    /// tokens 44–54 with the group unpacked into tile scratch, 57–61 in passes (even at 32). A last odd token runs
+    /// alone. <paramref name="offset"/>: 0 for Q8_0's signed levels, 8 for Q4_0's unsigned ones.
     /// </summary>
-    private static void PassesQ8_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Passes(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset)
     {
         byte* second = group + GroupRows * rowBytes;
         // batches fetch the next two groups into L2 during the first pass
@@ -205,39 +219,40 @@ internal static unsafe class InterleavedKernels
         long cols = 32L * blocks;
         int t = 0;
         for (; t + 4 <= tokens; t += 4, next = null)
-            SignedPass<FourTokens>(group, second, blocks, qs + t * cols, d + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, rowBytes);
+            Pass<FourTokens>(group, second, blocks, qs + t * cols, d + (long)t * blocks, sums + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, rowBytes, offset);
         if (t + 2 <= tokens)
         {
-            SignedPass<TwoTokens>(group, second, blocks, qs + t * cols, d + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, rowBytes);
+            Pass<TwoTokens>(group, second, blocks, qs + t * cols, d + (long)t * blocks, sums + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, rowBytes, offset);
             t += 2;
         }
         if (t < tokens)
         {
-            Direct(group, blocks, qs + t * cols, d + (long)t * blocks, sums, 1, y + (long)t * yStride, yStride, offset: 0, next: null);
-            Direct(second, blocks, qs + t * cols, d + (long)t * blocks, sums, 1, y + (long)t * yStride + GroupRows, yStride, offset: 0, next: null);
+            short* xs = offset != 0 ? sums + (long)t * blocks : null;
+            Direct(group, blocks, qs + t * cols, d + (long)t * blocks, xs, 1, y + (long)t * yStride, yStride, offset, next: null);
+            Direct(second, blocks, qs + t * cols, d + (long)t * blocks, xs, 1, y + (long)t * yStride + GroupRows, yStride, offset, next: null);
         }
     }
 
-    /// <summary>Tokens one <see cref="SignedPass"/> computes together.</summary>
+    /// <summary>Tokens one <see cref="Pass"/> computes together.</summary>
     private interface ITokenCount { static abstract int Count { get; } }
     private struct TwoTokens : ITokenCount { public static int Count => 2; }
     private struct FourTokens : ITokenCount { public static int Count => 4; }
 
     /// <summary>
-    /// <typeparamref name="TCount"/> consecutive tokens over two Q8_0 groups (<paramref name="low"/> rows 0–7,
+    /// <typeparamref name="TCount"/> consecutive tokens over two groups (<paramref name="low"/> rows 0–7,
     /// <paramref name="high"/> rows 8–15). Every row's integer block sums and float steps are those of
     /// <see cref="InterleavedBlocks"/>; the phase accumulators (eight and the tail, per token and group) live in memory,
-    /// since the sixteen registers hold the pass's integer sums, weights and magnitudes.
+    /// since the sixteen registers hold the pass's integer sums and prepared weights.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining), SkipLocalsInit]
-    private static void SignedPass<TCount>(byte* low, byte* high, int blocks, sbyte* qs, float* d, float* y, int yStride, long cols, byte* next, long rowBytes)
+    private static void Pass<TCount>(byte* low, byte* high, int blocks, sbyte* qs, float* d, short* sums, float* y, int yStride, long cols, byte* next, long rowBytes, int offset)
         where TCount : struct, ITokenCount
     {
         const int slots = 9, tail = 8;
-        int sums = 2 * TCount.Count;
+        int count = 2 * TCount.Count;
         var acc = stackalloc Vector256<float>[2 * 4 * slots];
-        for (int i = 0; i < sums * slots; i++) acc[i] = Vector256<float>.Zero;
-        int share = GroupBlockBytes(0), full = blocks & ~7;
+        for (int i = 0; i < count * slots; i++) acc[i] = Vector256<float>.Zero;
+        int share = GroupBlockBytes(offset), full = blocks & ~7;
         long groupBytes = GroupRows * rowBytes;
         for (int b = 0; b < blocks; b++)
         {
@@ -250,32 +265,78 @@ internal static unsafe class InterleavedKernels
             byte* lowBlock = low + (long)b * share, highBlock = high + (long)b * share;
             var x0 = (int*)(qs + 32L * b);
             int* x1 = x0 + cols / 4, x2 = x1 + cols / 4, x3 = x2 + cols / 4;
-            Vector256<int> l0 = default, l1 = default, l2 = default, l3 = default, h0 = default, h1 = default, h2 = default, h3 = default;
-            for (int k = 0; k < 8; k++)
+            Vector256<int> l0, l1, l2 = default, l3 = default, h0, h1, h2 = default, h3 = default;
+            if (offset == 0)
             {
-                var wl = Vector256.Load((sbyte*)lowBlock + 32 * k);
-                var wh = Vector256.Load((sbyte*)highBlock + 32 * k);
-                var ml = Avx2.Abs(wl).AsByte();
-                var mh = Avx2.Abs(wh).AsByte();
-                var x = RowLaneKernels.Bytes(x0[k]);
-                l0 = AddSignedDot(l0, ml, wl, x);
-                h0 = AddSignedDot(h0, mh, wh, x);
-                x = RowLaneKernels.Bytes(x1[k]);
-                l1 = AddSignedDot(l1, ml, wl, x);
-                h1 = AddSignedDot(h1, mh, wh, x);
+                l0 = l1 = h0 = h1 = default;
+                for (int k = 0; k < 8; k++)
+                {
+                    var wl = Vector256.Load((sbyte*)lowBlock + 32 * k);
+                    var wh = Vector256.Load((sbyte*)highBlock + 32 * k);
+                    var ml = Avx2.Abs(wl).AsByte();
+                    var mh = Avx2.Abs(wh).AsByte();
+                    var x = RowLaneKernels.Bytes(x0[k]);
+                    l0 = AddSignedDot(l0, ml, wl, x);
+                    h0 = AddSignedDot(h0, mh, wh, x);
+                    x = RowLaneKernels.Bytes(x1[k]);
+                    l1 = AddSignedDot(l1, ml, wl, x);
+                    h1 = AddSignedDot(h1, mh, wh, x);
+                    if (TCount.Count == 4)
+                    {
+                        x = RowLaneKernels.Bytes(x2[k]);
+                        l2 = AddSignedDot(l2, ml, wl, x);
+                        h2 = AddSignedDot(h2, mh, wh, x);
+                        x = RowLaneKernels.Bytes(x3[k]);
+                        l3 = AddSignedDot(l3, ml, wl, x);
+                        h3 = AddSignedDot(h3, mh, wh, x);
+                    }
+                }
+            }
+            else
+            {
+                // eight pair sums of at most 2·15·127 each stay within int16
+                Vector256<short> sl0 = default, sl1 = default, sl2 = default, sl3 = default, sh0 = default, sh1 = default, sh2 = default, sh3 = default;
+                for (int k = 0; k < 4; k++)
+                {
+                    var packedLow = Vector256.Load(lowBlock + 32 * k);
+                    var packedHigh = Vector256.Load(highBlock + 32 * k);
+                    Vector256<byte> lowFirst = packedLow & Vector256.Create((byte)0x0F), lowSecond = High(packedLow);
+                    Vector256<byte> highFirst = packedHigh & Vector256.Create((byte)0x0F), highSecond = High(packedHigh);
+                    var first = RowLaneKernels.Bytes(x0[k]);
+                    var second = RowLaneKernels.Bytes(x0[k + 4]);
+                    sl0 += NibbleDot(lowFirst, lowSecond, first, second);
+                    sh0 += NibbleDot(highFirst, highSecond, first, second);
+                    first = RowLaneKernels.Bytes(x1[k]);
+                    second = RowLaneKernels.Bytes(x1[k + 4]);
+                    sl1 += NibbleDot(lowFirst, lowSecond, first, second);
+                    sh1 += NibbleDot(highFirst, highSecond, first, second);
+                    if (TCount.Count == 4)
+                    {
+                        first = RowLaneKernels.Bytes(x2[k]);
+                        second = RowLaneKernels.Bytes(x2[k + 4]);
+                        sl2 += NibbleDot(lowFirst, lowSecond, first, second);
+                        sh2 += NibbleDot(highFirst, highSecond, first, second);
+                        first = RowLaneKernels.Bytes(x3[k]);
+                        second = RowLaneKernels.Bytes(x3[k + 4]);
+                        sl3 += NibbleDot(lowFirst, lowSecond, first, second);
+                        sh3 += NibbleDot(highFirst, highSecond, first, second);
+                    }
+                }
+                l0 = Widen(sl0, offset * sums[b]);
+                h0 = Widen(sh0, offset * sums[b]);
+                l1 = Widen(sl1, offset * sums[blocks + b]);
+                h1 = Widen(sh1, offset * sums[blocks + b]);
                 if (TCount.Count == 4)
                 {
-                    x = RowLaneKernels.Bytes(x2[k]);
-                    l2 = AddSignedDot(l2, ml, wl, x);
-                    h2 = AddSignedDot(h2, mh, wh, x);
-                    x = RowLaneKernels.Bytes(x3[k]);
-                    l3 = AddSignedDot(l3, ml, wl, x);
-                    h3 = AddSignedDot(h3, mh, wh, x);
+                    l2 = Widen(sl2, offset * sums[2 * blocks + b]);
+                    h2 = Widen(sh2, offset * sums[2 * blocks + b]);
+                    l3 = Widen(sl3, offset * sums[3 * blocks + b]);
+                    h3 = Widen(sh3, offset * sums[3 * blocks + b]);
                 }
             }
             // scales were checked finite before interleaving
-            var scaleLow = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(lowBlock + LevelBytes)));
-            var scaleHigh = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(highBlock + LevelBytes)));
+            var scaleLow = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(lowBlock + ScalesAt(offset))));
+            var scaleHigh = RowLaneKernels.FiniteHalfScales(Avx2.ConvertToVector256Int32((ushort*)(highBlock + ScalesAt(offset))));
             var slot = acc + (b < full ? (b & 7) : tail);
             AccumulateBlock(slot, l0, h0, scaleLow, scaleHigh, d[b]);
             AccumulateBlock(slot + 2 * slots, l1, h1, scaleLow, scaleHigh, d[blocks + b]);
@@ -286,12 +347,22 @@ internal static unsafe class InterleavedKernels
             }
         }
         // the phase tree of RunPhases; sum s is token s / 2, group s mod 2
-        for (int s = 0; s < sums; s++)
+        for (int s = 0; s < count; s++)
         {
             var a = acc + s * slots;
             ((((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))) + a[tail]).Store(y + (long)(s >> 1) * yStride + GroupRows * (s & 1));
         }
     }
+
+    /// <summary>A group's Q4_0 products of tile groups k and k + 4 (nibbles split) with a token's activation bytes 4k.. and 16 + 4k.., as int16 pair sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> NibbleDot(Vector256<byte> first, Vector256<byte> second, Vector256<sbyte> x, Vector256<sbyte> y) =>
+        Avx2.MultiplyAddAdjacent(first, x) + Avx2.MultiplyAddAdjacent(second, y);
+
+    /// <summary>A block's int16 pair sums widened to one int32 per row lane, less the offset times the activation block sum.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Widen(Vector256<short> pairs, int correction) =>
+        Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1)) - Vector256.Create(correction);
 
     /// <summary>One token's block term for both groups: slot[0] (rows 0–7) and slot[9] (rows 8–15) += float(isum)·(scale·d_x).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -366,12 +437,6 @@ internal static unsafe class InterleavedKernels
     private static Vector256<byte> High(Vector256<byte> packed) => (packed.AsUInt16() >> 4).AsByte() & Vector256.Create((byte)0x0F);
 
     // ---- many tokens: unpack the group(s) into tile scratch once, then the tile kernels' token loop ----
-
-    private static void TileQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
-    {
-        Unpack(group, blocks, 8, scratch, RowLaneKernels.TileBytesPerBlock, 32, 256);
-        RowLaneKernels.RunTile(blocks, qs, d, sums, tokens, y, yStride, scratch, offset: 8, next: group + GroupRows * rowBytes);
-    }
 
     private static void TileQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch)
     {
