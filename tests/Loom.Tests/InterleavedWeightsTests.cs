@@ -159,6 +159,8 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
     [InlineData("Avx512", 64)] // rows in pairs over a single column chunk
     [InlineData("Avx512", 1024)]
     [InlineData("Avx512", 2100)] // column chunks for four tokens at a time, then a 16-column step and a scalar tail
+    [InlineData("Avx2", 1032)]   // two column chunks (even and odd steps per row pair), then an 8-column step
+    [InlineData("Avx2", 2100)]   // five column chunks, then a scalar tail
     public void FiniteF16ProductsMatchThePlainKernelsBitForBit(string isaName, int cols)
     {
         var isa = Enum.Parse<KernelIsa>(isaName);

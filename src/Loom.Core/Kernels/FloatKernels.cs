@@ -287,15 +287,25 @@ internal static unsafe class FloatKernels
 
     /// <summary><paramref name="format"/>: 0 = F32, 1 = F16, 2 = BF16 (a constant at every call site, so the JIT folds it).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot4Avx2(byte* row, int cols, ActivationRow* x, float* result, int format)
+    private static void Dot4Avx2(byte* row, int cols, ActivationRow* x, float* result, int format) =>
+        Dot4Avx2(row, cols, x, result, format, null, 0);
+
+    /// <summary>As the four-token kernel, resuming at column <paramref name="from"/> with the accumulators in <paramref name="saved"/> when given.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4Avx2(byte* row, int cols, ActivationRow* x, float* result, int format, Vector256<float>* saved, int from)
     {
         // Two sets of four accumulators (even and odd 8-column steps): eight independent FMA chains cover the FMA
         // latency, where four chains measured FMA-latency-bound.
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        if (saved != null)
+        {
+            a0 = saved[0]; a1 = saved[1]; a2 = saved[2]; a3 = saved[3];
+            b0 = saved[4]; b1 = saved[5]; b2 = saved[6]; b3 = saved[7];
+        }
         float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
         Vector256<uint> magnitudes = default;
-        int c = 0;
+        int c = from;
         for (; c + 16 <= cols; c += 16)
         {
             var w = Weights8(row, c, format, ref magnitudes);
@@ -328,6 +338,94 @@ internal static unsafe class FloatKernels
         }
         float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
         ScalarTail(row, c, cols, x0, x1, x2, x3, result, s0, s1, s2, s3, format);
+    }
+
+    /// <summary>
+    /// The 256-bit <see cref="Dot4RowsF16ScaledAvx512"/>: four tokens against <paramref name="rows"/> consecutive finite
+    /// F16 rows (inputs pre-scaled), in column chunks of <see cref="Dot4ChunkColumns"/> so the four inputs stay in L1,
+    /// two rows at a time. Sixteen registers cannot hold two rows' even and odd accumulators (sixteen), so each chunk
+    /// runs twice per row pair, once for the even 8-column steps and once for the odd: every accumulator still takes
+    /// its columns in order, so each result is bit for bit that of <see cref="Dot4F16ScaledAvx2"/>, and each input load
+    /// serves two rows.
+    /// </summary>
+    public static void Dot4RowsF16ScaledAvx2(byte* first, long rowBytes, int rows, int cols, ActivationRow* x, float* results)
+    {
+        int stepsEnd = cols / 16 * 16;
+        var saved = stackalloc Vector256<float>[8 * rows];
+        int chunk = stepsEnd < 2 * Dot4ChunkColumns ? stepsEnd : Dot4ChunkColumns;
+        for (int start = 0; start < stepsEnd; start += chunk)
+        {
+            int end = Math.Min(stepsEnd, start + chunk);
+            int r = 0;
+            for (; r + 2 <= rows; r += 2)
+            {
+                byte* row = first + r * rowBytes;
+                HalfStepsTwoRows(row, rowBytes, start, end, 0, x, saved + 8 * r, saved + 8 * r + 8, rows * rowBytes);
+                HalfStepsTwoRows(row, rowBytes, start, end, 8, x, saved + 8 * r + 4, saved + 8 * r + 12, 0);
+            }
+            if (r < rows)
+            {
+                byte* row = first + r * rowBytes;
+                HalfStepsTwoRows(row, 0, start, end, 0, x, saved + 8 * r, null, rows * rowBytes);
+                HalfStepsTwoRows(row, 0, start, end, 8, x, saved + 8 * r + 4, null, 0);
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            Dot4Avx2(first + r * rowBytes, cols, x, results + 4 * r, 3, stepsEnd > 0 ? saved + 8 * r : null, stepsEnd);
+    }
+
+    /// <summary>
+    /// The even (<paramref name="phase"/> 0) or odd (8) 8-column steps of <see cref="Dot4Avx2"/> over [start, end) for
+    /// one finite F16 row, or two (<paramref name="secondSaved"/> given, the second row <paramref name="rowBytes"/> on),
+    /// into four accumulators per row kept in memory. The even pass fetches the same columns
+    /// <paramref name="prefetchDistance"/> bytes on (the next tile's rows) into L2, one line per 32 columns.
+    /// </summary>
+    private static void HalfStepsTwoRows(byte* row, long rowBytes, int start, int end, int phase, ActivationRow* x,
+        Vector256<float>* firstSaved, Vector256<float>* secondSaved, long prefetchDistance)
+    {
+        bool two = secondSaved != null;
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default, s0 = default, s1 = default, s2 = default, s3 = default;
+        if (start > 0)
+        {
+            f0 = firstSaved[0]; f1 = firstSaved[1]; f2 = firstSaved[2]; f3 = firstSaved[3];
+            if (two) { s0 = secondSaved[0]; s1 = secondSaved[1]; s2 = secondSaved[2]; s3 = secondSaved[3]; }
+        }
+        var first = (ushort*)row;
+        var second = (ushort*)(row + rowBytes);
+        float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
+        for (int c = start + phase; c < end; c += 16)
+        {
+            if (prefetchDistance != 0 && (c & 31) == 0)
+            {
+                Sse.Prefetch1((byte*)(first + c) + prefetchDistance);
+                if (two) Sse.Prefetch1((byte*)(second + c) + prefetchDistance);
+            }
+            var w = RawHalves(WidenSigned(first + c));
+            var input = Vector256.Load(x0 + c);
+            f0 = Fma.MultiplyAdd(w, input, f0);
+            if (two)
+            {
+                var v = RawHalves(WidenSigned(second + c));
+                s0 = Fma.MultiplyAdd(v, input, s0);
+                input = Vector256.Load(x1 + c);
+                f1 = Fma.MultiplyAdd(w, input, f1);
+                s1 = Fma.MultiplyAdd(v, input, s1);
+                input = Vector256.Load(x2 + c);
+                f2 = Fma.MultiplyAdd(w, input, f2);
+                s2 = Fma.MultiplyAdd(v, input, s2);
+                input = Vector256.Load(x3 + c);
+                f3 = Fma.MultiplyAdd(w, input, f3);
+                s3 = Fma.MultiplyAdd(v, input, s3);
+            }
+            else
+            {
+                f1 = Fma.MultiplyAdd(w, Vector256.Load(x1 + c), f1);
+                f2 = Fma.MultiplyAdd(w, Vector256.Load(x2 + c), f2);
+                f3 = Fma.MultiplyAdd(w, Vector256.Load(x3 + c), f3);
+            }
+        }
+        firstSaved[0] = f0; firstSaved[1] = f1; firstSaved[2] = f2; firstSaved[3] = f3;
+        if (two) { secondSaved[0] = s0; secondSaved[1] = s1; secondSaved[2] = s2; secondSaved[3] = s3; }
     }
 
     /// <summary>Eight weights as floats; F16 also feeds the Inf/NaN check (see <see cref="DotF16Avx2"/>).</summary>

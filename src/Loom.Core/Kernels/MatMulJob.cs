@@ -189,7 +189,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _parts[i].ScaledInput = true;
             _parts[i].Dot = wide ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
             _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
-            if (wide && _tokens >= 4 && _cols >= 32) _parts[i].DotFourRows = &FloatKernels.Dot4RowsF16ScaledAvx512;
+            if (_tokens >= 4 && _cols >= 32)
+                _parts[i].DotFourRows = wide ? &FloatKernels.Dot4RowsF16ScaledAvx512 : &FloatKernels.Dot4RowsF16ScaledAvx2;
         }
     }
 
