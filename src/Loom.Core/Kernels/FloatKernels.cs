@@ -341,6 +341,13 @@ internal static unsafe class FloatKernels
     }
 
     /// <summary>
+    /// Columns from which <see cref="Dot4RowsF16ScaledAvx2"/> replaces one row at a time: four tokens' inputs (16 KiB at
+    /// 1024 columns) no longer fit L1 beside the rows. Below, the extra pass per chunk costs more than the shared input
+    /// loads save (in-process A/B, two threads, SmolLM2-135M shape, 576 and 1536 columns, 32 sequences: −11% to −15%).
+    /// </summary>
+    public const int Dot4RowsMinColumnsAvx2 = 1024;
+
+    /// <summary>
     /// The 256-bit <see cref="Dot4RowsF16ScaledAvx512"/>: four tokens against <paramref name="rows"/> consecutive finite
     /// F16 rows (inputs pre-scaled), in column chunks of <see cref="Dot4ChunkColumns"/> so the four inputs stay in L1,
     /// two rows at a time. Sixteen registers cannot hold two rows' even and odd accumulators (sixteen), so each chunk

@@ -189,7 +189,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _parts[i].ScaledInput = true;
             _parts[i].Dot = wide ? &FloatKernels.DotF16ScaledAvx512 : &FloatKernels.DotF16ScaledAvx2;
             _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
-            if (_tokens >= 4 && _cols >= 32)
+            if (_tokens >= 4 && _cols >= (wide ? 32 : FloatKernels.Dot4RowsMinColumnsAvx2))
                 _parts[i].DotFourRows = wide ? &FloatKernels.Dot4RowsF16ScaledAvx512 : &FloatKernels.Dot4RowsF16ScaledAvx2;
         }
     }
