@@ -190,7 +190,7 @@ internal static unsafe class InterleavedKernels
         // one token, or an eight-row group left over by the sixteen-row kernels; in a batch the first token's pass fetches the next group
         Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0, next: tokens >= MatMulJob.TileMinTokens ? group + GroupRows * rowBytes : null);
 
-    /// <summary>From this many tokens on, Q8_0 (and Q4_0, below the tiles) run sixteen rows and several tokens per pass over the weights (<see cref="Passes"/>).</summary>
+    /// <summary>From this many tokens on, Q8_0 and Q4_0 run sixteen rows and several tokens per pass over the weights (<see cref="Passes"/>), unless the AVX-512 wide tiles take them.</summary>
     private const int PassMinTokens = 2;
 
     /// <summary>Rows <see cref="Passes"/> computes: two interleaved groups.</summary>
