@@ -186,9 +186,9 @@ internal static unsafe class InterleavedKernels
 
     // ---- few tokens: straight from the interleaved weights ----
 
+    // one token, or an eight-row group left over by the sixteen-row kernels
     private static void DirectQ8_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        // one token, or an eight-row group left over by the sixteen-row kernels; in a batch the first token's pass fetches the next group
-        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0, next: tokens >= MatMulJob.TileMinTokens ? group + GroupRows * rowBytes : null);
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0);
 
     /// <summary>From this many tokens on, Q8_0 and Q4_0 run sixteen rows and several tokens per pass over the weights (<see cref="Passes"/>), unless the AVX-512 wide tiles take them.</summary>
     private const int PassMinTokens = 2;
@@ -219,17 +219,17 @@ internal static unsafe class InterleavedKernels
         long cols = 32L * blocks;
         int t = 0;
         for (; t + 4 <= tokens; t += 4, next = null)
-            Pass<FourTokens>(group, second, blocks, qs + t * cols, d + (long)t * blocks, sums + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, rowBytes, offset);
+            Pass<FourTokens>(group, rowBytes, blocks, qs + t * cols, d + (long)t * blocks, sums + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, offset);
         if (t + 2 <= tokens)
         {
-            Pass<TwoTokens>(group, second, blocks, qs + t * cols, d + (long)t * blocks, sums + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, rowBytes, offset);
+            Pass<TwoTokens>(group, rowBytes, blocks, qs + t * cols, d + (long)t * blocks, sums + (long)t * blocks, y + (long)t * yStride, yStride, cols, next, offset);
             t += 2;
         }
         if (t < tokens)
         {
             short* xs = offset != 0 ? sums + (long)t * blocks : null;
-            Direct(group, blocks, qs + t * cols, d + (long)t * blocks, xs, 1, y + (long)t * yStride, yStride, offset, next: null);
-            Direct(second, blocks, qs + t * cols, d + (long)t * blocks, xs, 1, y + (long)t * yStride + GroupRows, yStride, offset, next: null);
+            Direct(group, blocks, qs + t * cols, d + (long)t * blocks, xs, 1, y + (long)t * yStride, yStride, offset);
+            Direct(second, blocks, qs + t * cols, d + (long)t * blocks, xs, 1, y + (long)t * yStride + GroupRows, yStride, offset);
         }
     }
 
@@ -240,12 +240,12 @@ internal static unsafe class InterleavedKernels
 
     /// <summary>
     /// <typeparamref name="TCount"/> consecutive tokens over two groups (<paramref name="low"/> rows 0–7,
-    /// <paramref name="high"/> rows 8–15). Every row's integer block sums and float steps are those of
+    /// the group <paramref name="rowBytes"/>·8 on rows 8–15). Every row's integer block sums and float steps are those of
     /// <see cref="InterleavedBlocks"/>; the phase accumulators (eight and the tail, per token and group) live in memory,
     /// since the sixteen registers hold the pass's integer sums and prepared weights.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining), SkipLocalsInit]
-    private static void Pass<TCount>(byte* low, byte* high, int blocks, sbyte* qs, float* d, short* sums, float* y, int yStride, long cols, byte* next, long rowBytes, int offset)
+    private static void Pass<TCount>(byte* low, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, float* y, int yStride, long cols, byte* next, int offset)
         where TCount : struct, ITokenCount
     {
         const int slots = 9, tail = 8;
@@ -254,6 +254,7 @@ internal static unsafe class InterleavedKernels
         for (int i = 0; i < count * slots; i++) acc[i] = Vector256<float>.Zero;
         int share = GroupBlockBytes(offset), full = blocks & ~7;
         long groupBytes = GroupRows * rowBytes;
+        byte* high = low + groupBytes;
         for (int b = 0; b < blocks; b++)
         {
             if (next != null && (b & 7) == 0)
@@ -383,14 +384,14 @@ internal static unsafe class InterleavedKernels
     }
 
     private static void DirectQ4_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 8, next: null);
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 8);
 
     private static void DirectQ5_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
-        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 16, next: null);
+        Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 16);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset, byte* next) =>
-        RowLaneKernels.RunPhases<InterleavedBlocks>(group, blocks, qs, d, sums, tokens, y, yStride, offset, next);
+    private static void Direct(byte* group, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset) =>
+        RowLaneKernels.RunPhases<InterleavedBlocks>(group, blocks, qs, d, sums, tokens, y, yStride, offset, next: null);
 
     /// <summary>Blocks read straight from the interleaved weights: the tile kernels' integer sums and float steps, per row lane.</summary>
     private struct InterleavedBlocks : RowLaneKernels.IRowLaneBlocks
