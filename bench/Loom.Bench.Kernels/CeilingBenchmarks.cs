@@ -26,7 +26,7 @@ public unsafe class CeilingBenchmarks
 
     private float* _a, _b, _c;
     private LoomThreadPool? _pool;
-    private ReadWork? _read;
+    private MemoryReadProbe? _read;
     private TriadWork? _triad;
     private FmaWork? _fma256, _fma512;
 
@@ -44,19 +44,15 @@ public unsafe class CeilingBenchmarks
         new Span<float>(_b, (int)ArrayFloats).Fill(2f);
         new Span<float>(_c, (int)ArrayFloats).Fill(3f);
         _pool = new LoomThreadPool(Threads);
-        _read = new ReadWork(_a);
+        _read = new MemoryReadProbe(ArrayFloats * sizeof(float));
         _triad = new TriadWork(_a, _b, _c);
         _fma256 = new FmaWork(wide: false);
         _fma512 = new FmaWork(wide: true);
     }
 
-    /// <summary>Sums one 256 MiB array (bytes read = 256 MiB).</summary>
+    /// <summary>Sums one 256 MiB array (bytes read = 256 MiB), the probe the side-by-side harness reads decode against.</summary>
     [Benchmark]
-    public float MemoryRead()
-    {
-        _pool!.Run(_read!, StreamChunks);
-        return _read!.Total;
-    }
+    public void MemoryRead() => _read!.ReadOnce(_pool!);
 
     /// <summary>a = b + s·c over 256 MiB arrays (bytes moved = 3 × 256 MiB, not counting write-allocate reads).</summary>
     [Benchmark]
@@ -84,6 +80,7 @@ public unsafe class CeilingBenchmarks
     public void Cleanup()
     {
         _pool?.Dispose();
+        _read?.Dispose();
         NativeMemory.AlignedFree(_a);
         NativeMemory.AlignedFree(_b);
         NativeMemory.AlignedFree(_c);
@@ -91,28 +88,6 @@ public unsafe class CeilingBenchmarks
 
     private static (long Start, long End) Range(int chunk) =>
         (ArrayFloats * chunk / StreamChunks, ArrayFloats * (chunk + 1) / StreamChunks);
-
-    private sealed class ReadWork(float* data) : IParallelWork
-    {
-        private float _total;
-        public float Total => _total;
-
-        public void Execute(int chunk)
-        {
-            var (start, end) = Range(chunk);
-            // Four independent accumulators hide the add latency, so the loop is limited by loads alone.
-            Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (long i = start; i < end; i += 32)
-            {
-                s0 += Vector256.Load(data + i);
-                s1 += Vector256.Load(data + i + 8);
-                s2 += Vector256.Load(data + i + 16);
-                s3 += Vector256.Load(data + i + 24);
-            }
-            float sum = Vector256.Sum(s0 + s1 + s2 + s3);
-            lock (this) _total += sum;
-        }
-    }
 
     private sealed class TriadWork(float* a, float* b, float* c) : IParallelWork
     {

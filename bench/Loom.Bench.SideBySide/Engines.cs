@@ -37,6 +37,9 @@ internal sealed class LoomEngine : IEngine
 
     public string Name => "Loom";
 
+    /// <summary>Bytes of weights a decoded token reads (the same file, so the same for llama.cpp).</summary>
+    public long WeightBytesPerToken => _model.WeightBytesPerToken;
+
     public double Prefill(int[] tokens, int count, int threads)
     {
         UseThreads(threads);

@@ -5,6 +5,7 @@ using System.Runtime.Intrinsics.X86;
 using LLama;
 using LLama.Native;
 using Loom.Bench.SideBySide;
+using Loom.Core.Threading;
 
 // Loom and llama.cpp side by side on the same random-weight GGUF files, alternating within one process.
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
@@ -27,6 +28,7 @@ NativeApi.llama_empty_call(); // loads the native library now, so its choice of 
 
 Directory.CreateDirectory(options.Directory);
 using var report = new Report(options.OutputPath);
+using var ceiling = new ReadCeiling();
 report.Header(options);
 
 if (options.EndToEndPrompts is { } promptsFile)
@@ -54,12 +56,13 @@ foreach (var shape in options.Shapes)
                 throw new InvalidOperationException($"llama.cpp could not quantize {basePath} to {type.Name}");
             Console.Error.WriteLine($"quantized {path} in {clock.Elapsed.TotalSeconds:F1} s");
         }
-        RunFile(shape, type.Name, path, options, report);
+        RunFile(shape, type.Name, path, options, report, ceiling);
     }
 }
+report.BandwidthTable();
 return 0;
 
-static void RunFile(ModelShape shape, string type, string path, Options o, Report report)
+static void RunFile(ModelShape shape, string type, string path, Options o, Report report, ReadCeiling ceiling)
 {
     int sessionContext = Math.Max(o.PromptTokens.DefaultIfEmpty(0).Max(), o.GenTokens) + 8;
     int batchContext = o.BatchSteps + 8;
@@ -68,13 +71,13 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
     using var loom = new LoomEngine(path, sessionContext, batchContext);
     using var llama = new LlamaCppEngine(path, sessionContext, batchContext);
 
-    var tests = new List<(string Name, Func<IEngine, int, double> Run)>();
-    foreach (int p in o.PromptTokens) tests.Add(($"prefill {p}", (e, t) => e.Prefill(tokens, p, t)));
-    if (o.GenTokens > 0) tests.Add(($"decode {o.GenTokens}", (e, t) => e.Decode(tokens, o.GenTokens, t)));
-    foreach (int n in o.Sequences) tests.Add(($"{n} seq × {o.BatchSteps}", (e, t) => e.Batched(tokens, n, o.BatchSteps, t)));
+    var tests = new List<(string Name, Func<IEngine, int, double> Run, bool Decode)>();
+    foreach (int p in o.PromptTokens) tests.Add(($"prefill {p}", (e, t) => e.Prefill(tokens, p, t), false));
+    if (o.GenTokens > 0) tests.Add(($"decode {o.GenTokens}", (e, t) => e.Decode(tokens, o.GenTokens, t), true));
+    foreach (int n in o.Sequences) tests.Add(($"{n} seq × {o.BatchSteps}", (e, t) => e.Batched(tokens, n, o.BatchSteps, t), false));
 
     foreach (int threads in o.Threads)
-        foreach (var (name, run) in tests)
+        foreach (var (name, run, decode) in tests)
         {
             string load = LoadAverage();
             // Warm up both engines with the same number of runs (Loom's JIT needs a few to reach its optimized code),
@@ -91,21 +94,31 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
 
             var loomRates = new double[o.Repetitions];
             var llamaRates = new double[o.Repetitions];
+            // Decode streams every weight once per token, so it is held to the memory read rate of the moment, which on
+            // a shared machine moves by half within minutes: each decode run is followed by a reading of that rate.
+            var loomCeiling = new double[o.Repetitions];
+            var llamaCeiling = new double[o.Repetitions];
             for (int r = 0; r < o.Repetitions; r++)
             {
                 // Alternate which engine goes first, so slow drifts in machine load hit both alike.
                 if (r % 2 == 0)
                 {
                     loomRates[r] = Settled(() => run(loom, threads));
+                    if (decode) loomCeiling[r] = ceiling.Measure(threads);
                     llamaRates[r] = Settled(() => run(llama, threads));
+                    if (decode) llamaCeiling[r] = ceiling.Measure(threads);
                 }
                 else
                 {
                     llamaRates[r] = Settled(() => run(llama, threads));
+                    if (decode) llamaCeiling[r] = ceiling.Measure(threads);
                     loomRates[r] = Settled(() => run(loom, threads));
+                    if (decode) loomCeiling[r] = ceiling.Measure(threads);
                 }
             }
             report.Row(shape.Name, type, threads, name, loomRates, llamaRates, llama.FlashAttention, $"{load} → {LoadAverage()}");
+            if (decode)
+                report.Bandwidth(shape.Name, type, threads, name, loom.WeightBytesPerToken, loomRates, loomCeiling, llamaRates, llamaCeiling);
         }
 }
 
@@ -269,6 +282,31 @@ internal sealed class Report : IDisposable
     {
         var ratios = loom.Zip(llama, (a, b) => a / b).ToArray();
         Line($"| {shape} | {type} | {threads} | {test} | {Stat(loom, "F1")} | {Stat(llama, "F1")} | {(flash ? "on" : "off")} | {Stat(ratios, "F2")} | {load} |");
+    }
+
+    private readonly List<string> _bandwidthRows = [];
+
+    /// <summary>Keeps a decode test's roofline reading for <see cref="BandwidthTable"/>: each run's weight bytes per second against the read rate measured right after it.</summary>
+    public void Bandwidth(string shape, string type, int threads, string test, long weightBytes, double[] loom, double[] loomCeiling, double[] llama, double[] llamaCeiling)
+    {
+        double[] Streamed(double[] rates) => rates.Select(r => r * weightBytes / 1e9).ToArray();
+        double[] Percent(double[] streamed, double[] ceiling) => streamed.Zip(ceiling, (s, c) => 100 * s / c).ToArray();
+        var loomStreamed = Streamed(loom);
+        var llamaStreamed = Streamed(llama);
+        _bandwidthRows.Add($"| {shape} | {type} | {threads} | {test} | {weightBytes / 1e6:F1} | {Stat(loomCeiling.Concat(llamaCeiling).ToArray(), "F1")} | " +
+                           $"{Stat(loomStreamed, "F1")} | {Stat(Percent(loomStreamed, loomCeiling), "F0")} | {Stat(llamaStreamed, "F1")} | {Stat(Percent(llamaStreamed, llamaCeiling), "F0")} |");
+    }
+
+    /// <summary>The roofline of every decode test run so far: weights streamed per second against the memory read rate.</summary>
+    public void BandwidthTable()
+    {
+        if (_bandwidthRows.Count == 0) return;
+        Line("");
+        Line("Decode against the memory read rate (GB/s = 10^9 bytes/s; each engine's run is divided by the reading taken right after it):");
+        Line("");
+        Line("| shape | type | threads | test | weights per token (MB) | read rate GB/s median (min–max) | Loom GB/s | Loom % of read rate | llama.cpp GB/s | llama.cpp % of read rate |");
+        Line("|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+        foreach (var row in _bandwidthRows) Line(row);
     }
 
     public void EndToEndHeader(string shape, string type, int prompts, int tokens, int threads, string loom)

@@ -58,7 +58,7 @@ internal static class BenchCommand
         int contextSize = Math.Max(longestPrompt, s.GenTokens) + 1;
         if (contextSize > config.ContextLength)
             throw new CliException($"the longest test needs {contextSize} positions but the model's context is {config.ContextLength}");
-        long weightBytesPerToken = WeightBytesPerToken(model);
+        long weightBytesPerToken = model.WeightBytesPerToken;
 
         output.WriteLine($"model: {s.ModelPath} ({config.Architecture}, {config.LayerCount} layers, dim {config.EmbeddingLength}, " +
                          $"vocab {config.VocabSize}, {FormatBytes(model.File.FileSize)})");
@@ -189,14 +189,6 @@ internal static class BenchCommand
         var sorted = values.Order().ToArray();
         int mid = sorted.Length / 2;
         return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-    }
-
-    /// <summary>Bytes of weights one decoded token streams from memory: every matrix, plus the output projection (the embedding table when tied), of which the input embedding reads just one row.</summary>
-    internal static long WeightBytesPerToken(TransformerModel model)
-    {
-        var tensors = model.File.Tensors;
-        bool tied = !tensors.Any(t => t.Name == "output.weight");
-        return tensors.Where(t => tied || t.Name != "token_embd.weight").Sum(t => t.ByteSize);
     }
 
     private static long KvCacheBytes(ModelConfig config, int positions) =>

@@ -35,6 +35,20 @@ public sealed class TransformerModel : IDisposable
     public ModelWeights Weights { get; }
 
     /// <summary>
+    /// Bytes of weights one decoded token streams from memory: every tensor once, the output projection included (the
+    /// embedding table when the two are tied), except an untied embedding table, of which a token reads just one row.
+    /// Decode is bound by this: tokens/s × these bytes against the machine's read bandwidth is its roofline.
+    /// </summary>
+    public long WeightBytesPerToken
+    {
+        get
+        {
+            bool tied = !_file.Tensors.Any(t => t.Name == "output.weight");
+            return _file.Tensors.Where(t => tied || t.Name != "token_embd.weight").Sum(t => t.ByteSize);
+        }
+    }
+
+    /// <summary>
     /// Opens a GGUF file and binds its weights; the model owns (and disposes) the file. The file is mapped copy-on-write:
     /// Q8_0, Q4_0 and Q5_0 matrices are reorganised in place into the kernels' interleaved layout (the file on disk is never
     /// changed), so <see cref="File"/>'s data for those tensors is no longer in GGML layout.
