@@ -161,6 +161,8 @@ public unsafe class InterleavedWeightsTests(ConformanceModels models)
     [InlineData("Avx512", 2100)] // column chunks for four tokens at a time, then a 16-column step and a scalar tail
     [InlineData("Avx2", 1032)]   // two column chunks (even and odd steps per row pair), then an 8-column step
     [InlineData("Avx2", 2100)]   // five column chunks, then a scalar tail
+    [InlineData("Avx2", 4105)]   // one token four rows at a time, then an 8-column step and a scalar tail
+    [InlineData("Avx512", 4117)] // one token four rows at a time, then a 16-column step and a scalar tail
     public void FiniteF16ProductsMatchThePlainKernelsBitForBit(string isaName, int cols)
     {
         var isa = Enum.Parse<KernelIsa>(isaName);

@@ -38,6 +38,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
         public delegate*<byte*, int, ActivationRow*, float*, void> DotFour;
         /// <summary>Four tokens against a tile of rows at once (finite F16 rows on the 512-bit path), or null.</summary>
         public delegate*<byte*, long, int, int, ActivationRow*, float*, void> DotFourRows;
+        /// <summary>Wide finite F16 rows: one token against a tile's rows at a time (null: <see cref="Dot"/> row by row).</summary>
+        public delegate*<byte*, long, int, int, in ActivationRow, float*, void> DotRows;
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
         /// <summary>Interleaved weights: the eight-row kernel for a last group that <see cref="Tile"/>'s sixteen rows leave over.</summary>
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> GroupTile;
@@ -105,6 +107,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
                 ? InterleavedKQuantKernels.PortableDot(matrix.Type) : DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
             part.DotFourRows = null;
+            part.DotRows = null;
             part.Interleaved = matrix.Interleaved;
             part.ScaledInput = false;
             part.Type = matrix.Type;
@@ -191,6 +194,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
             if (_tokens >= 4 && _cols >= (wide ? 32 : FloatKernels.Dot4RowsMinColumnsAvx2))
                 _parts[i].DotFourRows = wide ? &FloatKernels.Dot4RowsF16ScaledAvx512 : &FloatKernels.Dot4RowsF16ScaledAvx2;
+            if (_cols >= FloatKernels.DotRowsMinColumns)
+                _parts[i].DotRows = wide ? &FloatKernels.DotRowsF16ScaledAvx512 : &FloatKernels.DotRowsF16ScaledAvx2;
         }
     }
 
@@ -295,6 +300,11 @@ internal sealed unsafe class MatMulJob : IParallelWork
             {
                 var activation = Activation(part, t);
                 float* yt = y + (long)t * rows;
+                if (part.DotRows != null)
+                {
+                    part.DotRows(weights + tileStart * rowBytes, rowBytes, tileEnd - tileStart, units, activation, yt + tileStart);
+                    continue;
+                }
                 for (int r = tileStart; r < tileEnd; r++)
                     yt[r] = dot(weights + r * rowBytes, units, activation);
             }
