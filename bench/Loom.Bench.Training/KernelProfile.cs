@@ -19,6 +19,10 @@ internal static class KernelProfile
             for (long i = 0; i < count; i++) values[i] = (float)random.NextGaussian() * 0.1f;
             return values;
         }
+        // Each kernel is timed for a fraction of a second after one call: with tiered compilation on, kernels called a few
+        // times run partly in unoptimized code (attention and the cross-entropy measured several times slower that way).
+        if (Environment.GetEnvironmentVariable("DOTNET_TieredCompilation") != "0")
+            Console.WriteLine("note: tiered compilation is on, so rarely called kernels are timed partly unoptimized; run with DOTNET_TieredCompilation=0");
         // Process CPU time as well as wall time: on a loaded machine, with one thread, CPU time is the steadier measure.
         var process = Process.GetCurrentProcess();
         Console.WriteLine("| kernel | per step | ms each (wall) | ms each (CPU) | GFLOP/s (CPU) | ms per step (CPU) |");

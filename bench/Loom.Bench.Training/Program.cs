@@ -9,7 +9,7 @@ using TorchSharp;
 // shared machine falls on both alike. Each timed step is forward + backward + gradient clipping + AdamW.
 //   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--bf16] [--profile]
 // --bf16 adds Loom with bf16 products as a third contestant.
-// --profile times each kernel of a Loom step alone instead.
+// --profile times each kernel of a Loom step alone instead (with DOTNET_TieredCompilation=0, so every kernel is timed optimized).
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 int reps = Option("--reps", 5), steps = Option("--steps", 3), threads = Option("--threads", 2);
 const int batch = 8;
