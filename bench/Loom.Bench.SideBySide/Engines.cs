@@ -15,7 +15,12 @@ internal interface IEngine : IDisposable
     /// <summary>Prefills the first <paramref name="count"/> tokens in one call.</summary>
     double Prefill(int[] tokens, int count, int threads);
     /// <summary>Decodes <paramref name="count"/> tokens one call each (batch 1).</summary>
-    double Decode(int[] tokens, int count, int threads);
+    double Decode(int[] tokens, int count, int threads) => count / DecodeSegment(tokens, 0, count, threads);
+    /// <summary>
+    /// Decodes tokens [start, start + count) one call each, continuing the sequence (from an empty cache when start is 0);
+    /// returns the seconds taken.
+    /// </summary>
+    double DecodeSegment(int[] tokens, int start, int count, int threads);
     /// <summary>Decodes <paramref name="steps"/> tokens in each of <paramref name="sequences"/> sequences, one call per step; returns generated tokens/s.</summary>
     double Batched(int[] tokens, int sequences, int steps, int threads);
 }
@@ -49,13 +54,13 @@ internal sealed class LoomEngine : IEngine
         return count / Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
-    public double Decode(int[] tokens, int count, int threads)
+    public double DecodeSegment(int[] tokens, int start, int count, int threads)
     {
         UseThreads(threads);
-        _session.Truncate(0);
-        long start = Stopwatch.GetTimestamp();
-        for (int i = 0; i < count; i++) _session.Evaluate(tokens.AsSpan(i, 1));
-        return count / Stopwatch.GetElapsedTime(start).TotalSeconds;
+        if (start == 0) _session.Truncate(0);
+        long clock = Stopwatch.GetTimestamp();
+        for (int i = start; i < start + count; i++) _session.Evaluate(tokens.AsSpan(i, 1));
+        return Stopwatch.GetElapsedTime(clock).TotalSeconds;
     }
 
     public double Batched(int[] tokens, int sequences, int steps, int threads)
@@ -129,18 +134,18 @@ internal sealed class LlamaCppEngine : IEngine
         return count / Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
-    public double Decode(int[] tokens, int count, int threads)
+    public double DecodeSegment(int[] tokens, int start, int count, int threads)
     {
         var context = Context("session", 1, threads, _sessionContext, _sessionContext);
-        Clear(context);
-        long start = Stopwatch.GetTimestamp();
-        for (int i = 0; i < count; i++)
+        if (start == 0) Clear(context);
+        long clock = Stopwatch.GetTimestamp();
+        for (int i = start; i < start + count; i++)
         {
             _batch.Clear();
             _batch.Add(tokens[i], i, LLamaSeqId.Zero, true);
             Run(context);
         }
-        return count / Stopwatch.GetElapsedTime(start).TotalSeconds;
+        return Stopwatch.GetElapsedTime(clock).TotalSeconds;
     }
 
     public double Batched(int[] tokens, int sequences, int steps, int threads)

@@ -94,32 +94,57 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
 
             var loomRates = new double[o.Repetitions];
             var llamaRates = new double[o.Repetitions];
-            // Decode streams every weight once per token, so it is held to the memory read rate of the moment, which on
-            // a shared machine moves by half within minutes: each decode run is followed by a reading of that rate.
+            // Decode streams every weight once per token, so it is held to the memory read rate of the moment: each
+            // repetition records the rate read between its segments (see DecodeInterleaved).
             var loomCeiling = new double[o.Repetitions];
             var llamaCeiling = new double[o.Repetitions];
             for (int r = 0; r < o.Repetitions; r++)
             {
+                if (decode)
+                {
+                    (loomRates[r], llamaRates[r], loomCeiling[r]) = DecodeInterleaved(loom, llama, tokens, o.GenTokens, o.DecodeSegment, threads, r, ceiling);
+                    llamaCeiling[r] = loomCeiling[r];
+                    continue;
+                }
                 // Alternate which engine goes first, so slow drifts in machine load hit both alike.
                 if (r % 2 == 0)
                 {
                     loomRates[r] = Settled(() => run(loom, threads));
-                    if (decode) loomCeiling[r] = ceiling.Measure(threads);
                     llamaRates[r] = Settled(() => run(llama, threads));
-                    if (decode) llamaCeiling[r] = ceiling.Measure(threads);
                 }
                 else
                 {
                     llamaRates[r] = Settled(() => run(llama, threads));
-                    if (decode) llamaCeiling[r] = ceiling.Measure(threads);
                     loomRates[r] = Settled(() => run(loom, threads));
-                    if (decode) loomCeiling[r] = ceiling.Measure(threads);
                 }
             }
             report.Row(shape.Name, type, threads, name, loomRates, llamaRates, llama.FlashAttention, $"{load} → {LoadAverage()}");
             if (decode)
                 report.Bandwidth(shape.Name, type, threads, name, loom.WeightBytesPerToken, loomRates, loomCeiling, llamaRates, llamaCeiling);
         }
+}
+
+// Decode in alternating segments: both engines decode the same positions in turns of `segment` tokens (which goes first
+// alternates), so the memory bandwidth of the moment, which decode is held to and which moves by half within seconds on
+// a shared machine, falls on both alike. Returns each engine's tokens/s over the whole sequence and the median of the
+// read rates measured after each pair of segments.
+static (double Loom, double Llama, double ReadRate) DecodeInterleaved(IEngine loom, IEngine llama, int[] tokens, int count, int segment, int threads,
+    int repetition, ReadCeiling ceiling)
+{
+    double loomSeconds = 0, llamaSeconds = 0;
+    var readings = new List<double>();
+    for (int start = 0, k = repetition; start < count; start += segment, k++)
+    {
+        int n = Math.Min(segment, count - start);
+        void Loom() => loomSeconds += Settled(() => loom.DecodeSegment(tokens, start, n, threads));
+        void Llama() => llamaSeconds += Settled(() => llama.DecodeSegment(tokens, start, n, threads));
+        if (k % 2 == 0) { Loom(); Llama(); }
+        else { Llama(); Loom(); }
+        readings.Add(ceiling.Measure(threads));
+    }
+    readings.Sort();
+    double readRate = readings.Count % 2 == 1 ? readings[readings.Count / 2] : (readings[readings.Count / 2 - 1] + readings[readings.Count / 2]) / 2;
+    return (count / loomSeconds, count / llamaSeconds, readRate);
 }
 
 // The end-to-end test on the first shape and type: Loom's `loom generate` process against llama.cpp's continuous
@@ -187,6 +212,7 @@ internal sealed record Options
     public int[] Threads { get; init; } = [1, 2];
     public int[] PromptTokens { get; init; } = [128, 512];
     public int GenTokens { get; init; } = 128;
+    public int DecodeSegment { get; init; } = 16;
     public int[] Sequences { get; init; } = [8, 32];
     public int BatchSteps { get; init; } = 128;
     public int Repetitions { get; init; } = 3;
@@ -200,7 +226,7 @@ internal sealed record Options
 
     public const string Usage = """
         usage: Loom.Bench.SideBySide [--shapes smollm2-135m,qwen2.5-0.5b,llama3.2-1b] [--types F16,Q8_0,Q4_0,Q4_K_M]
-                                     [--threads 1,2] [--prompt 128,512] [--gen 128] [--sequences 8,32] [--batch-steps 128]
+                                     [--threads 1,2] [--prompt 128,512] [--gen 128] [--decode-segment 16] [--sequences 8,32] [--batch-steps 128]
                                      [--reps 3] [--dir DIR] [--out FILE.md] [--llama-avx avx2|avx512]
                                      [--e2e PROMPTS.txt [--e2e-parallel 8,32] [--e2e-tokens 128] [--loom path/to/loom.dll]]
           (an empty list, e.g. --sequences "", skips those tests; files are written once into DIR and reused;
@@ -222,6 +248,7 @@ internal sealed record Options
                 "--threads" => o with { Threads = Counts(key, value) },
                 "--prompt" => o with { PromptTokens = Counts(key, value) },
                 "--gen" => o with { GenTokens = Count(key, value, allowZero: true) },
+                "--decode-segment" => o with { DecodeSegment = Count(key, value, allowZero: false) },
                 "--sequences" => o with { Sequences = Counts(key, value) },
                 "--batch-steps" => o with { BatchSteps = Count(key, value, allowZero: false) },
                 "--reps" => o with { Repetitions = Count(key, value, allowZero: false) },
@@ -272,7 +299,8 @@ internal sealed class Report : IDisposable
              $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}); llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
         Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
         if (o.EndToEndPrompts is not null) return;
-        Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens; batches of {string.Join("/", o.Sequences)} sequences × {o.BatchSteps} steps");
+        Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens, the engines alternating every {o.DecodeSegment}; " +
+             $"batches of {string.Join("/", o.Sequences)} sequences × {o.BatchSteps} steps");
         Line("");
         Line("| shape | type | threads | test | Loom tok/s median (min–max) | llama.cpp tok/s median (min–max) | FA | Loom ÷ llama.cpp median (min–max) | load avg (start → end) |");
         Line("|---|---|---:|---|---:|---:|---|---:|---|");
@@ -286,7 +314,7 @@ internal sealed class Report : IDisposable
 
     private readonly List<string> _bandwidthRows = [];
 
-    /// <summary>Keeps a decode test's roofline reading for <see cref="BandwidthTable"/>: each run's weight bytes per second against the read rate measured right after it.</summary>
+    /// <summary>Keeps a decode test's roofline reading for <see cref="BandwidthTable"/>: each run's weight bytes per second against the read rate measured during it.</summary>
     public void Bandwidth(string shape, string type, int threads, string test, long weightBytes, double[] loom, double[] loomCeiling, double[] llama, double[] llamaCeiling)
     {
         double[] Streamed(double[] rates) => rates.Select(r => r * weightBytes / 1e9).ToArray();
@@ -302,7 +330,7 @@ internal sealed class Report : IDisposable
     {
         if (_bandwidthRows.Count == 0) return;
         Line("");
-        Line("Decode against the memory read rate (GB/s = 10^9 bytes/s; each engine's run is divided by the reading taken right after it):");
+        Line("Decode against the memory read rate (GB/s = 10^9 bytes/s; each repetition's rates are divided by the median of the readings taken after each pair of segments):");
         Line("");
         Line("| shape | type | threads | test | weights per token (MB) | read rate GB/s median (min–max) | Loom GB/s | Loom % of read rate | llama.cpp GB/s | llama.cpp % of read rate |");
         Line("|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
