@@ -96,14 +96,12 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
             var llamaRates = new double[o.Repetitions];
             // Decode streams every weight once per token, so it is held to the memory read rate of the moment: each
             // repetition records the rate read between its segments (see DecodeInterleaved).
-            var loomCeiling = new double[o.Repetitions];
-            var llamaCeiling = new double[o.Repetitions];
+            var readRates = new double[o.Repetitions];
             for (int r = 0; r < o.Repetitions; r++)
             {
                 if (decode)
                 {
-                    (loomRates[r], llamaRates[r], loomCeiling[r]) = DecodeInterleaved(loom, llama, tokens, o.GenTokens, o.DecodeSegment, threads, r, ceiling);
-                    llamaCeiling[r] = loomCeiling[r];
+                    (loomRates[r], llamaRates[r], readRates[r]) = DecodeInterleaved(loom, llama, tokens, o.GenTokens, o.DecodeSegment, threads, r, ceiling);
                     continue;
                 }
                 // Alternate which engine goes first, so slow drifts in machine load hit both alike.
@@ -120,7 +118,7 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
             }
             report.Row(shape.Name, type, threads, name, loomRates, llamaRates, llama.FlashAttention, $"{load} → {LoadAverage()}");
             if (decode)
-                report.Bandwidth(shape.Name, type, threads, name, loom.WeightBytesPerToken, loomRates, loomCeiling, llamaRates, llamaCeiling);
+                report.Bandwidth(shape.Name, type, threads, name, loom.WeightBytesPerToken, loomRates, llamaRates, readRates);
         }
 }
 
@@ -142,9 +140,7 @@ static (double Loom, double Llama, double ReadRate) DecodeInterleaved(IEngine lo
         else { Llama(); Loom(); }
         readings.Add(ceiling.Measure(threads));
     }
-    readings.Sort();
-    double readRate = readings.Count % 2 == 1 ? readings[readings.Count / 2] : (readings[readings.Count / 2 - 1] + readings[readings.Count / 2]) / 2;
-    return (count / loomSeconds, count / llamaSeconds, readRate);
+    return (count / loomSeconds, count / llamaSeconds, Report.Median(readings));
 }
 
 // The end-to-end test on the first shape and type: Loom's `loom generate` process against llama.cpp's continuous
@@ -314,15 +310,15 @@ internal sealed class Report : IDisposable
 
     private readonly List<string> _bandwidthRows = [];
 
-    /// <summary>Keeps a decode test's roofline reading for <see cref="BandwidthTable"/>: each run's weight bytes per second against the read rate measured during it.</summary>
-    public void Bandwidth(string shape, string type, int threads, string test, long weightBytes, double[] loom, double[] loomCeiling, double[] llama, double[] llamaCeiling)
+    /// <summary>Keeps a decode test's roofline reading for <see cref="BandwidthTable"/>: each repetition's weight bytes per second against the read rate measured during it.</summary>
+    public void Bandwidth(string shape, string type, int threads, string test, long weightBytes, double[] loom, double[] llama, double[] readRates)
     {
         double[] Streamed(double[] rates) => rates.Select(r => r * weightBytes / 1e9).ToArray();
-        double[] Percent(double[] streamed, double[] ceiling) => streamed.Zip(ceiling, (s, c) => 100 * s / c).ToArray();
+        double[] Percent(double[] streamed) => streamed.Zip(readRates, (s, c) => 100 * s / c).ToArray();
         var loomStreamed = Streamed(loom);
         var llamaStreamed = Streamed(llama);
-        _bandwidthRows.Add($"| {shape} | {type} | {threads} | {test} | {weightBytes / 1e6:F1} | {Stat(loomCeiling.Concat(llamaCeiling).ToArray(), "F1")} | " +
-                           $"{Stat(loomStreamed, "F1")} | {Stat(Percent(loomStreamed, loomCeiling), "F0")} | {Stat(llamaStreamed, "F1")} | {Stat(Percent(llamaStreamed, llamaCeiling), "F0")} |");
+        _bandwidthRows.Add($"| {shape} | {type} | {threads} | {test} | {weightBytes / 1e6:F1} | {Stat(readRates, "F1")} | " +
+                           $"{Stat(loomStreamed, "F1")} | {Stat(Percent(loomStreamed), "F0")} | {Stat(llamaStreamed, "F1")} | {Stat(Percent(llamaStreamed), "F0")} |");
     }
 
     /// <summary>The roofline of every decode test run so far: weights streamed per second against the memory read rate.</summary>
@@ -355,12 +351,14 @@ internal sealed class Report : IDisposable
                 .FirstOrDefault(path => path.EndsWith("/" + fileName, StringComparison.Ordinal)) ?? "not mapped"
             : "unknown";
 
-    private static string Stat(double[] values, string format)
+    private static string Stat(double[] values, string format) =>
+        $"{Median(values).ToString(format)} ({values.Min().ToString(format)}–{values.Max().ToString(format)})";
+
+    public static double Median(IReadOnlyCollection<double> values)
     {
         var sorted = values.Order().ToArray();
         int mid = sorted.Length / 2;
-        double median = sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-        return $"{median.ToString(format)} ({sorted[0].ToString(format)}–{sorted[^1].ToString(format)})";
+        return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     }
 
     private void Line(string text)
