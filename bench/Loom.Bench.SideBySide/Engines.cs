@@ -33,9 +33,9 @@ internal sealed class LoomEngine : IEngine
     private readonly int _batchContext;
     private int _threads;
 
-    public LoomEngine(string path, int sessionContext, int batchContext)
+    public LoomEngine(string path, int sessionContext, int batchContext, bool hugePages)
     {
-        _model = TransformerModel.Load(path);
+        _model = TransformerModel.Load(path, new ModelLoadOptions { HugePages = hugePages });
         _session = new InferenceSession(_model, sessionContext);
         _batchContext = batchContext;
     }

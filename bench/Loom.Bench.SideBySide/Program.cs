@@ -5,6 +5,7 @@ using System.Runtime.Intrinsics.X86;
 using LLama;
 using LLama.Native;
 using Loom.Bench.SideBySide;
+using Loom.Core.IO;
 using Loom.Core.Threading;
 
 // Loom and llama.cpp side by side on the same random-weight GGUF files, alternating within one process.
@@ -68,7 +69,7 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
     int batchContext = o.BatchSteps + 8;
     // Enough ids for the longest prompt; batched steps index into them cyclically.
     var tokens = PseudoRandomTokens(sessionContext, shape.Vocab);
-    using var loom = new LoomEngine(path, sessionContext, batchContext);
+    using var loom = new LoomEngine(path, sessionContext, batchContext, o.LoomHugePages);
     using var llama = new LlamaCppEngine(path, sessionContext, batchContext);
 
     var tests = new List<(string Name, Func<IEngine, int, double> Run, bool Decode)>();
@@ -215,6 +216,7 @@ internal sealed record Options
     public string Directory { get; init; } = Path.Combine(Path.GetTempPath(), "loom-bench");
     public string? OutputPath { get; init; }
     public AvxLevel? LlamaAvx { get; init; }
+    public bool LoomHugePages { get; init; } = true;
     public string? EndToEndPrompts { get; init; }
     public int[] EndToEndParallel { get; init; } = [8, 32];
     public int EndToEndTokens { get; init; } = 128;
@@ -223,7 +225,7 @@ internal sealed record Options
     public const string Usage = """
         usage: Loom.Bench.SideBySide [--shapes smollm2-135m,qwen2.5-0.5b,llama3.2-1b] [--types F16,Q8_0,Q4_0,Q4_K_M]
                                      [--threads 1,2] [--prompt 128,512] [--gen 128] [--decode-segment 16] [--sequences 8,32] [--batch-steps 128]
-                                     [--reps 3] [--dir DIR] [--out FILE.md] [--llama-avx avx2|avx512]
+                                     [--reps 3] [--dir DIR] [--out FILE.md] [--llama-avx avx2|avx512] [--loom-huge-pages on|off]
                                      [--e2e PROMPTS.txt [--e2e-parallel 8,32] [--e2e-tokens 128] [--loom path/to/loom.dll]]
           (an empty list, e.g. --sequences "", skips those tests; files are written once into DIR and reused;
            --e2e runs only the end-to-end test, on the first shape, type and thread count)
@@ -254,6 +256,15 @@ internal sealed record Options
                 "--e2e-parallel" => o with { EndToEndParallel = Counts(key, value) },
                 "--e2e-tokens" => o with { EndToEndTokens = Count(key, value, allowZero: false) },
                 "--loom" => o with { LoomDll = value },
+                "--loom-huge-pages" => o with
+                {
+                    LoomHugePages = value switch
+                    {
+                        "on" => true,
+                        "off" => false,
+                        _ => throw new ArgumentException($"--loom-huge-pages takes on or off (got '{value}')"),
+                    },
+                },
                 "--llama-avx" => o with
                 {
                     LlamaAvx = value.ToLowerInvariant() switch
@@ -292,7 +303,8 @@ internal sealed class Report : IDisposable
             : "?";
         Line($"cpu: {cpu}, {Environment.ProcessorCount} logical cores; started {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         Line($"Loom kernels: {(Avx512F.IsSupported && Avx512BW.IsSupported ? "AVX-512" : Avx2.IsSupported && Fma.IsSupported ? "AVX2" : "portable")} " +
-             $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}); llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
+             $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}), weight matrices {(o.LoomHugePages && WeightArena.HugePagesAvailable ? "in 2 MiB pages" : "in the memory map")}; " +
+             $"llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
         Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
         if (o.EndToEndPrompts is not null) return;
         Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens, the engines alternating every {o.DecodeSegment}; " +

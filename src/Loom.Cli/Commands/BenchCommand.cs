@@ -25,9 +25,10 @@ internal static class BenchCommand
         var sequences = new Option<string>("--sequences", "-s")
         { Description = "sequence counts decoded together through BatchedInference, comma-separated", DefaultValueFactory = _ => "1,8,32", HelpName = "N,N" };
         var repetitions = new Option<int>("--repetitions", "-r") { Description = "timed runs of each test (after one warm-up)", DefaultValueFactory = _ => 3 };
+        var noHugePages = new Option<bool>("--no-huge-pages") { Description = "leave the weight matrices in the file's memory map instead of copying them into 2 MiB pages" };
         var command = new Command("bench", "Measure prefill, decode and batched throughput, memory and allocations of a model")
         {
-            model, threads, promptTokens, genTokens, sequences, repetitions,
+            model, threads, promptTokens, genTokens, sequences, repetitions, noHugePages,
         };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
@@ -36,7 +37,8 @@ internal static class BenchCommand
                 ParseCounts(r.GetValue(promptTokens)!, "--prompt-tokens"),
                 RequirePositive(r.GetValue(genTokens), "--gen-tokens"),
                 ParseCounts(r.GetValue(sequences)!, "--sequences"),
-                RequirePositive(r.GetValue(repetitions), "--repetitions"));
+                RequirePositive(r.GetValue(repetitions), "--repetitions"),
+                new ModelLoadOptions { HugePages = !r.GetValue(noHugePages) });
             EngineSettings.SetKernelThreads(r.GetValue(threads));
             Run(settings, EngineSettings.KernelThreads, console.Out);
             return 0;
@@ -44,14 +46,14 @@ internal static class BenchCommand
         return command;
     }
 
-    internal sealed record BenchSettings(string ModelPath, int[] PromptTokens, int GenTokens, int[] Sequences, int Repetitions);
+    internal sealed record BenchSettings(string ModelPath, int[] PromptTokens, int GenTokens, int[] Sequences, int Repetitions, ModelLoadOptions Load);
 
     internal static void Run(BenchSettings s, int threads, TextWriter output)
     {
         var inv = CultureInfo.InvariantCulture;
         long rssBefore = ProcessMemory.ResidentBytes();
         var loadClock = Stopwatch.StartNew();
-        using var model = TransformerModel.Load(s.ModelPath);
+        using var model = TransformerModel.Load(s.ModelPath, s.Load);
         double loadSeconds = loadClock.Elapsed.TotalSeconds;
         var config = model.Config;
         int longestPrompt = s.PromptTokens.Length == 0 ? 0 : s.PromptTokens.Max();
@@ -65,7 +67,8 @@ internal static class BenchCommand
         output.WriteLine($"cpu: {CpuInfo.ModelName()}; {Environment.ProcessorCount} logical cores; {threads} kernel threads");
         output.WriteLine($"simd: {SimdSummary()}");
         output.WriteLine($"load average: {CpuInfo.LoadAverage()}; model load {loadSeconds:F2} s");
-        output.WriteLine($"weights read per decoded token: {FormatBytes(weightBytesPerToken)}");
+        output.WriteLine($"weights read per decoded token: {FormatBytes(weightBytesPerToken)}; " +
+                         (model.HugePageWeightBytes > 0 ? $"{FormatBytes(model.HugePageWeightBytes)} of matrices in 2 MiB pages" : "all in the file's memory map"));
         output.WriteLine();
         output.WriteLine("| test | tokens/s median | min | max | note |");
         output.WriteLine("|---|---:|---:|---:|---|");

@@ -1,3 +1,4 @@
+using Loom.Core.IO;
 using Loom.Core.Quantization;
 using Loom.Core.Threading;
 
@@ -5,7 +6,8 @@ namespace Loom.Core.Kernels;
 
 /// <summary>
 /// A weight matrix of <see cref="Rows"/> rows × <see cref="Cols"/> columns stored row-major in a GGML type
-/// (each row is Cols elements, i.e. ne0 = Cols in GGUF terms). Data is borrowed (usually a memory map), never copied.
+/// (each row is Cols elements, i.e. ne0 = Cols in GGUF terms). Data is borrowed: a memory map, or a
+/// <see cref="WeightArena"/> that <see cref="CreateOptimized"/> copied it into.
 /// </summary>
 /// <remarks>
 /// Quantized types multiply as llama.cpp does: the inputs are quantized once per call (Q8_0/Q8_1 blocks for the
@@ -49,13 +51,18 @@ public sealed unsafe class WeightMatrix
     /// tokens their transposition (llama.cpp repacks such weights at load for the same reason): the memory must be
     /// writable and must not be read as GGML rows afterwards (a copy-on-write map of the model file serves). F16 weights
     /// are checked once for Inf/NaN. Shapes that gain nothing (rows not a multiple of eight, a CPU without AVX2, Inf/NaN
-    /// scales) are left as they are. <see cref="DequantizeRow"/> gives bit for bit what a plain matrix gives, and so do
+    /// scales) are left as they are. Given an <paramref name="arena"/>, the matrix is first copied into it and the source's
+    /// pages released (see <see cref="WeightArena.CopyAndRelease"/>), and all of this happens to the copy; the source
+    /// then needs no write access. <see cref="DequantizeRow"/> gives bit for bit what a plain matrix gives, and so do
     /// the products, except Q4_K/Q6_K's: those have their own arithmetic (see <see cref="InterleavedKQuantKernels"/>),
     /// the same on every path and within rounding of the plain matrix's.
     /// </summary>
-    public static WeightMatrix CreateOptimized(GgmlType type, byte* data, int rows, int cols)
+    public static WeightMatrix CreateOptimized(GgmlType type, byte* data, int rows, int cols, WeightArena? arena = null)
     {
         var matrix = new WeightMatrix(type, data, rows, cols);
+        if (arena is not null && rows > 0)
+            matrix = new WeightMatrix(type, arena.CopyAndRelease(data, rows * matrix.RowBytes), rows, cols);
+        data = matrix.Data;
         if (KernelIsaSupport.Best == KernelIsa.Portable || rows == 0) return matrix;
         if (type == GgmlType.F16)
             return FloatKernels.HalvesFinite((ushort*)data, (long)rows * cols) ? new WeightMatrix(type, data, rows, cols) { FiniteHalves = true } : matrix;

@@ -1,4 +1,5 @@
 using Loom.Core;
+using Loom.Core.IO;
 using Loom.Core.Kernels;
 using Loom.Models.Gguf;
 
@@ -53,9 +54,14 @@ public sealed class ModelWeights
     public float[]? RopeFrequencyFactors { get; init; }
     public required LayerWeights[] Layers { get; init; }
 
-    public static ModelWeights Bind(GgufFile file, ModelConfig config)
+    /// <param name="arena">
+    /// Where the matrices that every token multiplies are copied (see <see cref="WeightArena"/>), or null to leave them
+    /// in the memory map. Tables a token only looks rows up in (an untied token embedding, learned positions) stay in
+    /// the map either way: copying them would make all their rows resident.
+    /// </param>
+    public static ModelWeights Bind(GgufFile file, ModelConfig config, WeightArena? arena = null)
     {
-        var binder = new Binder(file);
+        var binder = new Binder(file, arena);
         var spec = config.Spec;
         int embedding = config.EmbeddingLength, vocab = config.VocabSize;
         bool layerNorm = spec.Norm == NormKind.LayerNorm;
@@ -87,15 +93,16 @@ public sealed class ModelWeights
             };
         }
 
-        var tokenEmbedding = binder.Matrix("token_embd.weight", embedding, vocab);
-        var output = file.FindTensor("output.weight") is null
+        bool tied = file.FindTensor("output.weight") is null;
+        var tokenEmbedding = binder.Matrix("token_embd.weight", embedding, vocab, multiplied: tied);
+        var output = tied
             ? new Linear(tokenEmbedding, binder.OptionalVector("output.bias", vocab))
             : binder.Linear("output", embedding, vocab);
         return new ModelWeights
         {
             TokenEmbedding = tokenEmbedding,
             PositionEmbedding = spec.LearnedPositions
-                ? binder.Matrix("position_embd.weight", embedding, binder.Rows("position_embd.weight"))
+                ? binder.Matrix("position_embd.weight", embedding, binder.Rows("position_embd.weight"), multiplied: false)
                 : null,
             OutputNorm = Norm("output_norm"),
             Output = output,
@@ -105,7 +112,7 @@ public sealed class ModelWeights
     }
 
     /// <summary>Looks tensors up by name and checks their shapes, so that every error names the tensor at fault.</summary>
-    private sealed unsafe class Binder(GgufFile file)
+    private sealed unsafe class Binder(GgufFile file, WeightArena? arena)
     {
         private GgufTensorInfo Require(string name, long[] shape) =>
             Find(name, shape) ?? throw new ModelFormatException($"{file.Path}: tensor '{name}' is missing");
@@ -131,12 +138,15 @@ public sealed class ModelWeights
             return (int)tensor.Dimensions[1];
         }
 
-        /// <summary>A [cols, rows] GGUF tensor (PyTorch [rows, cols]) as a matrix of <paramref name="rows"/> output rows.</summary>
-        public WeightMatrix Matrix(string name, int cols, int rows)
+        /// <summary>
+        /// A [cols, rows] GGUF tensor (PyTorch [rows, cols]) as a matrix of <paramref name="rows"/> output rows; one that
+        /// is <paramref name="multiplied"/> (not only looked up) goes to the arena, when there is one.
+        /// </summary>
+        public WeightMatrix Matrix(string name, int cols, int rows, bool multiplied = true)
         {
             var tensor = Require(name, [cols, rows]);
             return file.IsPrivateCopy
-                ? WeightMatrix.CreateOptimized(tensor.Type, file.DataPointer(tensor), rows, cols)
+                ? WeightMatrix.CreateOptimized(tensor.Type, file.DataPointer(tensor), rows, cols, multiplied ? arena : null)
                 : new WeightMatrix(tensor.Type, file.DataPointer(tensor), rows, cols);
         }
 

@@ -1,3 +1,4 @@
+using Loom.Core.IO;
 using Loom.Models.Gguf;
 using Loom.Models.Tokenizers;
 
@@ -7,13 +8,15 @@ namespace Loom.Models.Architectures;
 public sealed class TransformerModel : IDisposable
 {
     private readonly GgufFile _file;
+    private readonly WeightArena? _arena;
     // The tokenizer is built on first use: a model can be evaluated from token ids without one.
     private readonly Lazy<Tokenizer> _tokenizer;
     private bool _disposed;
 
-    private TransformerModel(GgufFile file, ModelConfig config, ModelWeights weights)
+    private TransformerModel(GgufFile file, WeightArena? arena, ModelConfig config, ModelWeights weights)
     {
         _file = file;
+        _arena = arena;
         Config = config;
         Weights = weights;
         _tokenizer = new Lazy<Tokenizer>(() => Tokenizer.FromGguf(file));
@@ -48,21 +51,34 @@ public sealed class TransformerModel : IDisposable
         }
     }
 
+    /// <summary>Bytes of weight matrices held in 2 MiB pages (see <see cref="ModelLoadOptions.HugePages"/>); 0 when they stay in the map.</summary>
+    public long HugePageWeightBytes => _arena?.Used ?? 0;
+
     /// <summary>
-    /// Opens a GGUF file and binds its weights; the model owns (and disposes) the file. The file is mapped copy-on-write:
-    /// Q8_0, Q4_0 and Q5_0 matrices are reorganised in place into the kernels' interleaved layout (the file on disk is never
-    /// changed), so <see cref="File"/>'s data for those tensors is no longer in GGML layout.
+    /// Opens a GGUF file and binds its weights; the model owns (and disposes) the file. The file is mapped copy-on-write
+    /// (the file on disk is never changed). The matrices every token multiplies are copied into 2 MiB pages where the
+    /// options and the system allow it (see <see cref="ModelLoadOptions.HugePages"/>), and otherwise stay in the map;
+    /// Q8_0, Q4_0, Q5_0, Q4_K and Q6_K matrices are then reorganised, wherever they live, into the kernels' interleaved
+    /// layout, so <see cref="File"/>'s data for those tensors is no longer to be read as GGML rows.
     /// </summary>
-    public static TransformerModel Load(string path)
+    public static TransformerModel Load(string path, ModelLoadOptions? options = null)
     {
+        options ??= new ModelLoadOptions();
         var file = GgufFile.OpenPrivateCopy(path);
+        WeightArena? arena = null;
         try
         {
             var config = ModelConfig.FromGguf(file);
-            return new TransformerModel(file, config, ModelWeights.Bind(file, config));
+            long matrixBytes = file.Tensors.Where(t => t.Dimensions.Length >= 2).Sum(t => t.ByteSize + 64);
+            // Copies cannot be paged out to the file under memory pressure as a map can, so only models that fit well.
+            if (options.HugePages && WeightArena.HugePagesAvailable && matrixBytes > 0
+                && matrixBytes <= GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2)
+                arena = new WeightArena(matrixBytes);
+            return new TransformerModel(file, arena, config, ModelWeights.Bind(file, config, arena));
         }
         catch
         {
+            arena?.Dispose();
             file.Dispose();
             throw;
         }
@@ -72,8 +88,21 @@ public sealed class TransformerModel : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _arena?.Dispose();
         _file.Dispose();
     }
+}
+
+/// <summary>How <see cref="TransformerModel.Load"/> places the weights.</summary>
+public sealed record ModelLoadOptions
+{
+    /// <summary>
+    /// Copy the matrices every token multiplies out of the memory map into memory backed by 2 MiB pages (Linux with
+    /// transparent huge pages; elsewhere this does nothing), releasing the mapped pages, so resident memory stays the
+    /// same. Decode streams these matrices once per token, and over 2 MiB pages it ran 3–42% faster on this project's
+    /// benchmark machines. Loading takes one copy longer. Models larger than half the memory stay in the map.
+    /// </summary>
+    public bool HugePages { get; init; } = true;
 }
 
 public enum RopeScalingType
