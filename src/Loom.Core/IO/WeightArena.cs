@@ -51,13 +51,8 @@ public sealed unsafe class WeightArena : IDisposable
     /// </summary>
     public byte* CopyAndRelease(byte* source, long bytes)
     {
-        ObjectDisposedException.ThrowIf(_base == null, this);
         ArgumentNullException.ThrowIfNull(source);
-        ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 1);
-        long start = (_used + MatrixAlignment - 1) / MatrixAlignment * MatrixAlignment;
-        if (bytes > Capacity - start)
-            throw new InvalidOperationException($"the weight arena holds {Capacity} bytes; {start} are taken and {bytes} more were asked for");
-        byte* copy = _base + start;
+        byte* copy = Allocate(bytes);
         // In pieces, each released once copied, so that at no time are a large matrix's pages resident twice.
         for (long done = 0; done < bytes;)
         {
@@ -68,8 +63,19 @@ public sealed unsafe class WeightArena : IDisposable
             done += piece;
             LinuxMemory.ReleasePages(from, source + done - from);
         }
-        _used = start + bytes;
         return copy;
+    }
+
+    /// <summary>The next <paramref name="bytes"/> bytes of the arena, on a cache line, uninitialised.</summary>
+    public byte* Allocate(long bytes)
+    {
+        ObjectDisposedException.ThrowIf(_base == null, this);
+        ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 1);
+        long start = (_used + MatrixAlignment - 1) / MatrixAlignment * MatrixAlignment;
+        if (bytes > Capacity - start)
+            throw new InvalidOperationException($"the weight arena holds {Capacity} bytes; {start} are taken and {bytes} more were asked for");
+        _used = start + bytes;
+        return _base + start;
     }
 
     public void Dispose()

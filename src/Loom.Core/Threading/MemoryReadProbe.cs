@@ -1,6 +1,6 @@
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using Loom.Core.IO;
 
 namespace Loom.Core.Threading;
 
@@ -17,6 +17,7 @@ public sealed unsafe class MemoryReadProbe : IDisposable
     /// <summary>Pieces a pass is split into: enough to balance the threads, each a long sequential stream.</summary>
     private const int Chunks = 64;
 
+    private readonly WeightArena _memory;
     private readonly ReadWork _work;
     private bool _disposed;
 
@@ -25,7 +26,9 @@ public sealed unsafe class MemoryReadProbe : IDisposable
         // Whole 128-byte steps per chunk, so the loop needs no tail.
         if (bytes < Chunks * 128L) throw new ArgumentOutOfRangeException(nameof(bytes), bytes, $"the probe needs at least {Chunks * 128} bytes");
         long floats = bytes / sizeof(float) / (Chunks * 32) * (Chunks * 32);
-        var data = (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+        // In the pages weights get (2 MiB where the system grants them), which stream faster than 4 KiB ones.
+        _memory = new WeightArena(floats * sizeof(float));
+        var data = (float*)_memory.Allocate(floats * sizeof(float));
         // Written once, so every page is mapped before any timing.
         for (long done = 0; done < floats; done += int.MaxValue)
             new Span<float>(data + done, (int)Math.Min(floats - done, int.MaxValue)).Fill(1f);
@@ -61,12 +64,11 @@ public sealed unsafe class MemoryReadProbe : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        NativeMemory.AlignedFree(_work.Data);
+        _memory.Dispose();
     }
 
     private sealed class ReadWork(float* data, long floats) : IParallelWork
     {
-        public float* Data => data;
         public long Floats => floats;
         /// <summary>Where the sums go, so the loads cannot be optimised away.</summary>
         public float Sink;
