@@ -32,6 +32,35 @@ public class CliTests
         Assert.InRange(line.RootElement.GetProperty("generated_tokens").GetInt32(), 1, 8);
     }
 
+    /// <summary>Weights copied into 2 MiB pages (the default where Linux offers them) or left in the memory map: the same text.</summary>
+    [Fact]
+    public void Generate_WithAndWithoutHugePages_WritesTheSameText()
+    {
+        string Text(params string[] extra)
+        {
+            var (code, output, err) = Run("", ["generate", "-m", Stories, "--prompt", "Once upon a time", "--max-tokens", "24", "--temperature", "0", .. extra]);
+            Assert.True(code == 0, err);
+            using var line = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[0]);
+            return line.RootElement.GetProperty("output").GetString()!;
+        }
+        string copied = Text();
+        Assert.False(string.IsNullOrWhiteSpace(copied));
+        Assert.Equal(copied, Text("--no-huge-pages"));
+    }
+
+    /// <summary>`loom bench` says where the weights are: in 2 MiB pages where Linux offers them, in the map when told.</summary>
+    [Fact]
+    public void Bench_ReportsWhereTheWeightsAre()
+    {
+        string[] quick = ["bench", "-m", Stories, "-p", "8", "-n", "4", "-s", "2", "-r", "1"];
+        var (code, output, err) = Run("", quick);
+        Assert.True(code == 0, err);
+        Assert.Contains(Loom.Core.IO.WeightArena.HugePagesAvailable ? "of matrices in 2 MiB pages" : "all in the file's memory map", output);
+        (code, output, err) = Run("", [.. quick, "--no-huge-pages"]);
+        Assert.True(code == 0, err);
+        Assert.Contains("all in the file's memory map", output);
+    }
+
     [Fact]
     public void Generate_WithMissingModelFile_FailsClearly()
     {

@@ -25,7 +25,7 @@ internal static class BenchCommand
         var sequences = new Option<string>("--sequences", "-s")
         { Description = "sequence counts decoded together through BatchedInference, comma-separated", DefaultValueFactory = _ => "1,8,32", HelpName = "N,N" };
         var repetitions = new Option<int>("--repetitions", "-r") { Description = "timed runs of each test (after one warm-up)", DefaultValueFactory = _ => 3 };
-        var noHugePages = new Option<bool>("--no-huge-pages") { Description = "leave the weight matrices in the file's memory map instead of copying them into 2 MiB pages" };
+        var noHugePages = WeightPlacementOption.Create();
         var command = new Command("bench", "Measure prefill, decode and batched throughput, memory and allocations of a model")
         {
             model, threads, promptTokens, genTokens, sequences, repetitions, noHugePages,
@@ -38,7 +38,7 @@ internal static class BenchCommand
                 RequirePositive(r.GetValue(genTokens), "--gen-tokens"),
                 ParseCounts(r.GetValue(sequences)!, "--sequences"),
                 RequirePositive(r.GetValue(repetitions), "--repetitions"),
-                new ModelLoadOptions { HugePages = !r.GetValue(noHugePages) });
+                WeightPlacementOption.LoadOptions(r, noHugePages));
             EngineSettings.SetKernelThreads(r.GetValue(threads));
             Run(settings, EngineSettings.KernelThreads, console.Out);
             return 0;

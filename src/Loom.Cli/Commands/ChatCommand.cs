@@ -23,7 +23,7 @@ internal static class ChatCommand
             int contextSize = run.ContextSize(r);
             EngineSettings.SetKernelThreads(r.GetValue(run.Threads));
 
-            using var model = TransformerModel.Load(modelPath);
+            using var model = TransformerModel.Load(modelPath, run.Load(r));
             using var session = new InferenceSession(model, contextSize);
             var generator = Generator.ForModel(model, session);
             var conversation = new ChatConversation(generator, r.GetValue(system));

@@ -1,8 +1,18 @@
 using System.CommandLine;
 using Loom.Inference.Generation;
 using Loom.Inference.Sampling;
+using Loom.Models.Architectures;
 
 namespace Loom.Cli.Commands;
+
+/// <summary>How the commands that load a model place its weights.</summary>
+internal static class WeightPlacementOption
+{
+    public static Option<bool> Create() =>
+        new("--no-huge-pages") { Description = "leave the weight matrices in the file's memory map instead of copying them into 2 MiB pages" };
+
+    public static ModelLoadOptions LoadOptions(ParseResult r, Option<bool> noHugePages) => new() { HugePages = !r.GetValue(noHugePages) };
+}
 
 /// <summary>Options shared by the commands that run a model (generate, chat), with llama.cpp's defaults.</summary>
 internal sealed class ModelRunOptions
@@ -24,6 +34,7 @@ internal sealed class ModelRunOptions
     public Option<int> Context { get; } = new("--ctx", "-c") { Description = "context size in tokens (0 = the model's trained context, capped at 4096)", DefaultValueFactory = _ => 0 };
     public Option<string[]> Stop { get; } = new("--stop") { Description = "stop when this text appears (repeatable)" };
     public Option<bool> IgnoreEos { get; } = new("--ignore-eos") { Description = "never sample end-of-generation tokens: run to --max-tokens, a stop string or a full context" };
+    public Option<bool> NoHugePages { get; } = WeightPlacementOption.Create();
 
     public ModelRunOptions(int defaultMaxTokens)
     {
@@ -33,9 +44,11 @@ internal sealed class ModelRunOptions
     public void AddTo(Command command)
     {
         foreach (Option o in new Option[] { Model, MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN,
-                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop, IgnoreEos })
+                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop, IgnoreEos, NoHugePages })
             command.Add(o);
     }
+
+    public ModelLoadOptions Load(ParseResult r) => WeightPlacementOption.LoadOptions(r, NoHugePages);
 
     public SamplerOptions Sampling(ParseResult r)
     {

@@ -49,7 +49,7 @@ internal static class GenerateCommand
             EngineSettings.SetKernelThreads(r.GetValue(run.Threads));
             string? outputPath = r.GetValue(output);
 
-            using var model = TransformerModel.Load(modelPath);
+            using var model = TransformerModel.Load(modelPath, run.Load(r));
             if (ChatTemplate.Detect(model.Config.ChatTemplate) is null && !string.IsNullOrWhiteSpace(model.Config.ChatTemplate))
                 console.Error.WriteLine("loom: note: the model's chat template is not one Loom recognises; questions run as plain text");
             // One prompt at a time runs on a single session; several share a continuous-batching engine whose queue

@@ -18,7 +18,8 @@ internal static class ServeCommand
         var context = new Option<int>("--ctx", "-c") { Description = "context size per sequence (0 = the model's trained context, capped at 4096)", DefaultValueFactory = _ => 0 };
         var queue = new Option<int>("--queue") { Description = "requests that may wait for a free sequence before new ones get 429", DefaultValueFactory = _ => 64 };
         var threads = new Option<int?>("--threads", "-t") { Description = "compute threads (default: all cores)" };
-        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API") { model, host, port, apiKey, parallel, context, queue, threads };
+        var noHugePages = WeightPlacementOption.Create();
+        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API") { model, host, port, apiKey, parallel, context, queue, threads, noHugePages };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
             string path = LoomCli.ModelOrDefault(r.GetValue(model));
@@ -31,7 +32,7 @@ internal static class ServeCommand
             };
             engineOptions.Validate();
             var serverOptions = new ServerOptions { Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = r.GetValue(apiKey) };
-            using var engine = LoomEngine.Load(path, engineOptions);
+            using var engine = LoomEngine.Load(path, engineOptions, WeightPlacementOption.LoadOptions(r, noHugePages));
             var app = LoomServer.Build(engine, serverOptions);
             app.Start();
             foreach (var address in LoomServer.Addresses(app))

@@ -67,10 +67,10 @@ public sealed class LoomEngine : IDisposable
         Created = DateTimeOffset.UtcNow;
     }
 
-    /// <summary>Loads a GGUF model; its id is the file name without extension unless options name one.</summary>
-    public static LoomEngine Load(string path, EngineOptions options)
+    /// <summary>Loads a GGUF model (placed as <paramref name="load"/> says); its id is the file name without extension unless options name one.</summary>
+    public static LoomEngine Load(string path, EngineOptions options, ModelLoadOptions? load = null)
     {
-        var model = TransformerModel.Load(path);
+        var model = TransformerModel.Load(path, load);
         try
         {
             return new LoomEngine(model, options with { ModelId = options.ModelId ?? Path.GetFileNameWithoutExtension(path) }, ownsModel: true);
