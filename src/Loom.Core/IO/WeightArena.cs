@@ -91,7 +91,8 @@ internal static unsafe class LinuxMemory
 {
     private const int DontNeed = 4;
     private const int HugePage = 14;
-    public const long PageBytes = 4096;
+    /// <summary>The system's base page (4 KiB on x64; 16 or 64 KiB on some ARM64 kernels), the unit madvise works in.</summary>
+    public static readonly long PageBytes = Environment.SystemPageSize;
 
     private static readonly delegate* unmanaged<void*, nuint, int, int> s_madvise = ResolveMadvise();
 
@@ -102,7 +103,7 @@ internal static unsafe class LinuxMemory
         if (HugePagesAvailable) s_madvise(start, (nuint)bytes, HugePage);
     }
 
-    /// <summary>Drops the whole 4 KiB pages inside [start, start + bytes) from this process; pages shared with neighbours stay.</summary>
+    /// <summary>Drops the whole pages inside [start, start + bytes) from this process; pages shared with neighbours stay.</summary>
     public static void ReleasePages(byte* start, long bytes)
     {
         if (s_madvise == null) return;
