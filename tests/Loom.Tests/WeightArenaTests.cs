@@ -46,6 +46,26 @@ public unsafe class WeightArenaTests(ConformanceModels models)
         Assert.Throws<ArgumentOutOfRangeException>(() => new WeightArena(0));
     }
 
+    /// <summary>Copies are made only where huge pages exist, and only of what fits in half the memory free now.</summary>
+    [Fact]
+    public void CopiesAreWorthwhileOnlyWhereHugePagesExistAndMemoryIsFree()
+    {
+        Assert.True(WeightArena.FitsFreeMemory(4 << 20, processLimit: 8 << 20, systemAvailable: null));
+        Assert.False(WeightArena.FitsFreeMemory(5 << 20, processLimit: 8 << 20, systemAvailable: null));
+        Assert.False(WeightArena.FitsFreeMemory(5 << 20, processLimit: 64 << 20, systemAvailable: 8 << 20));
+        Assert.False(WeightArena.FitsFreeMemory(5 << 20, processLimit: 8 << 20, systemAvailable: 64 << 20));
+        Assert.Equal(WeightArena.HugePagesAvailable, WeightArena.Worthwhile(1 << 20));
+        Assert.False(WeightArena.Worthwhile(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2 + 1));
+        if (OperatingSystem.IsLinux())
+        {
+            long? available = LinuxMemory.AvailableBytes();
+            Assert.NotNull(available);
+            Assert.True(available > 1 << 20, $"MemAvailable read as {available} bytes");
+            // A gigabyte of slack for memory freed between the two readings.
+            Assert.False(WeightArena.Worthwhile(available!.Value / 2 + (1L << 30)));
+        }
+    }
+
     /// <summary>
     /// On Linux the released pages of private anonymous memory read back as zeros, which shows exactly which were
     /// released: every whole page inside the copied range (a large copy goes in 16 MiB pieces, so their seams are

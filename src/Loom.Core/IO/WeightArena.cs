@@ -38,6 +38,18 @@ public sealed unsafe class WeightArena : IDisposable
     /// </summary>
     public static bool HugePagesAvailable => LinuxMemory.HugePagesAvailable;
 
+    /// <summary>
+    /// Whether copying <paramref name="bytes"/> of weights into an arena is worth it and safe: where huge pages are
+    /// available, and the copy takes at most half of the memory that is free now (counting reclaimable caches, within
+    /// the process's limit). A copy cannot be paged back to the file under memory pressure as a memory map can.
+    /// </summary>
+    public static bool Worthwhile(long bytes) =>
+        HugePagesAvailable && FitsFreeMemory(bytes, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, LinuxMemory.AvailableBytes());
+
+    /// <summary>At most half of the smaller of the process's memory limit and the system's available memory (when known).</summary>
+    internal static bool FitsFreeMemory(long bytes, long processLimit, long? systemAvailable) =>
+        bytes <= Math.Min(processLimit, systemAvailable ?? long.MaxValue) / 2;
+
     public long Capacity { get; }
 
     /// <summary>Bytes handed out so far, alignment padding included.</summary>
@@ -109,6 +121,22 @@ internal static unsafe class LinuxMemory
         if (s_madvise == null) return;
         long first = ((long)start + PageBytes - 1) & ~(PageBytes - 1), end = ((long)start + bytes) & ~(PageBytes - 1);
         if (end > first) s_madvise((void*)first, (nuint)(end - first), DontNeed);
+    }
+
+    /// <summary>MemAvailable from /proc/meminfo (free memory plus what the kernel can reclaim), or null where unreadable.</summary>
+    public static long? AvailableBytes()
+    {
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/meminfo"))
+                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal)
+                    && long.TryParse(line.AsSpan(13).Trim().TrimEnd("kB").Trim(), out long kib))
+                    return kib * 1024;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+        return null;
     }
 
     private static delegate* unmanaged<void*, nuint, int, int> ResolveMadvise()

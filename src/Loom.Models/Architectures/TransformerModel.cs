@@ -70,9 +70,7 @@ public sealed class TransformerModel : IDisposable
         {
             var config = ModelConfig.FromGguf(file);
             long matrixBytes = file.Tensors.Where(t => t.Dimensions.Length >= 2).Sum(t => t.ByteSize + 64);
-            // Copies cannot be paged out to the file under memory pressure as a map can, so only models that fit well.
-            if (options.HugePages && WeightArena.HugePagesAvailable && matrixBytes > 0
-                && matrixBytes <= GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2)
+            if (options.HugePages && matrixBytes > 0 && WeightArena.Worthwhile(matrixBytes))
                 arena = new WeightArena(matrixBytes);
             return new TransformerModel(file, arena, config, ModelWeights.Bind(file, config, arena));
         }
@@ -99,8 +97,10 @@ public sealed record ModelLoadOptions
     /// <summary>
     /// Copy the matrices every token multiplies out of the memory map into memory backed by 2 MiB pages (Linux with
     /// transparent huge pages; elsewhere this does nothing), releasing the mapped pages, so resident memory stays the
-    /// same. Decode streams these matrices once per token, and over 2 MiB pages it ran 3–42% faster on this project's
-    /// benchmark machines. Loading takes one copy longer. Models larger than half the memory stay in the map.
+    /// same. Decode streams these matrices once per token, and over 2 MiB pages it ran up to 1.42× faster on this
+    /// project's benchmark machine (1.00–1.06× on the largest model measured, Llama-3.2-1B). Loading takes one copy
+    /// longer. Models larger than half the memory available at load stay in the map (see
+    /// <see cref="Loom.Core.IO.WeightArena.Worthwhile"/>).
     /// </summary>
     public bool HugePages { get; init; } = true;
 }
