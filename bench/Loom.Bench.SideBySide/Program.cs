@@ -5,6 +5,7 @@ using System.Runtime.Intrinsics.X86;
 using LLama;
 using LLama.Native;
 using Loom.Bench.SideBySide;
+using Loom.Core;
 using Loom.Core.IO;
 using Loom.Core.Threading;
 
@@ -141,7 +142,7 @@ static (double Loom, double Llama, double ReadRate) DecodeInterleaved(IEngine lo
         else { Llama(); Loom(); }
         readings.Add(ceiling.Measure(threads));
     }
-    return (count / loomSeconds, count / llamaSeconds, Report.Median(readings));
+    return (count / loomSeconds, count / llamaSeconds, Statistics.Median(readings));
 }
 
 // The end-to-end test on the first shape and type: Loom's `loom generate` process against llama.cpp's continuous
@@ -364,14 +365,8 @@ internal sealed class Report : IDisposable
             : "unknown";
 
     private static string Stat(double[] values, string format) =>
-        $"{Median(values).ToString(format)} ({values.Min().ToString(format)}–{values.Max().ToString(format)})";
+        $"{Statistics.Median(values).ToString(format)} ({values.Min().ToString(format)}–{values.Max().ToString(format)})";
 
-    public static double Median(IReadOnlyCollection<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        int mid = sorted.Length / 2;
-        return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-    }
 
     private void Line(string text)
     {

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Loom.Bench.Training;
+using Loom.Core;
 using Loom.Training;
 using TorchSharp;
 
@@ -115,7 +116,7 @@ for (int r = 0; r < reps; r++)
 
 // MFU against the highest peak measured (what the cores can do when this process has them) and against the median
 // one (what the shared machine gave during the run).
-double peak = peaks.Max(), typicalPeak = Median(peaks);
+double peak = peaks.Max(), typicalPeak = Statistics.Median(peaks);
 var torchRates = rates["PyTorch fp32"];
 Console.WriteLine();
 Console.WriteLine("| engine | median tok/s | min | max | GFLOP/s (median) | MFU vs best peak | MFU vs median peak | ÷ PyTorch (median of reps) |");
@@ -123,10 +124,10 @@ Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|");
 foreach (var (name, _) in contestants)
 {
     var list = rates[name];
-    double median = Median(list), flops = median * flopsPerToken;
+    double median = Statistics.Median(list), flops = median * flopsPerToken;
     var ratios = list.Zip(torchRates, (l, t) => l / t).ToList();
     Console.WriteLine($"| {name} | {median:F0} | {list.Min():F0} | {list.Max():F0} | {flops / 1e9:F1} | {flops / peak:P0} | {flops / typicalPeak:P0} | " +
-                      $"{Median(ratios):F2} ({string.Join(", ", ratios.Select(x => x.ToString("F2")))}) |");
+                      $"{Statistics.Median(ratios):F2} ({string.Join(", ", ratios.Select(x => x.ToString("F2")))}) |");
 }
 Console.WriteLine($"FMA peak max {peak / 1e9:F0} GFLOP/s, median {typicalPeak / 1e9:F0}, min {peaks.Min() / 1e9:F0}; load average {LoadAverage()}");
 
@@ -139,12 +140,6 @@ int Option(string name, int fallback)
     return value;
 }
 
-static double Median(List<double> values)
-{
-    var sorted = values.Order().ToList();
-    int n = sorted.Count;
-    return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
-}
 
 static string CpuName()
 {

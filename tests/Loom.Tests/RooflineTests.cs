@@ -47,4 +47,15 @@ public class RooflineTests
         probe.Dispose();
         Assert.Throws<ObjectDisposedException>(() => probe.ReadOnce(pool));
     }
+
+    /// <summary>The one median every probe and benchmark uses: the middle value, or the mean of the middle two.</summary>
+    [Fact]
+    public void MedianTakesTheMiddleAndLeavesItsInputAlone()
+    {
+        var odd = new[] { 5.0, 1.0, 3.0 };
+        Assert.Equal(3.0, Loom.Core.Statistics.Median(odd));
+        Assert.Equal([5.0, 1.0, 3.0], odd);
+        Assert.Equal(2.5, Loom.Core.Statistics.Median(new List<double> { 4, 1, 2, 3 }));
+        Assert.Throws<ArgumentException>(() => Loom.Core.Statistics.Median([]));
+    }
 }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Loom.Core;
 using Loom.Inference;
 using Loom.Models.Architectures;
 
@@ -100,7 +101,7 @@ internal static class BenchCommand
                 allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
                 return rate;
             });
-            double bandwidth = Median(decodeRates) * weightBytesPerToken / 1e9;
+            double bandwidth = Statistics.Median(decodeRates) * weightBytesPerToken / 1e9;
             Row(output, $"decode {s.GenTokens}", decodeRates,
                 $"weights streamed at {bandwidth.ToString("F1", inv)} GB/s; {(double)allocated / s.GenTokens:F0} B allocated per token");
         }
@@ -183,15 +184,8 @@ internal static class BenchCommand
     private static void Row(TextWriter output, string test, double[] rates, string note)
     {
         var inv = CultureInfo.InvariantCulture;
-        output.WriteLine($"| {test} | {Median(rates).ToString("F1", inv)} | {rates.Min().ToString("F1", inv)} | {rates.Max().ToString("F1", inv)} | {note} |");
+        output.WriteLine($"| {test} | {Statistics.Median(rates).ToString("F1", inv)} | {rates.Min().ToString("F1", inv)} | {rates.Max().ToString("F1", inv)} | {note} |");
         output.Flush();
-    }
-
-    internal static double Median(double[] values)
-    {
-        var sorted = values.Order().ToArray();
-        int mid = sorted.Length / 2;
-        return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     }
 
     private static long KvCacheBytes(ModelConfig config, int positions) =>

@@ -56,8 +56,7 @@ public sealed unsafe class MemoryReadProbe : IDisposable
             ReadOnce(pool);
             rates[i] = Bytes / Stopwatch.GetElapsedTime(start).TotalSeconds / 1e9;
         }
-        Array.Sort(rates);
-        return passes % 2 == 1 ? rates[passes / 2] : (rates[passes / 2 - 1] + rates[passes / 2]) / 2;
+        return Statistics.Median(rates);
     }
 
     public void Dispose()
