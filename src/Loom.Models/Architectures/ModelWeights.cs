@@ -56,8 +56,7 @@ public sealed class ModelWeights
 
     /// <param name="arena">
     /// Where the matrices that every token multiplies are copied (see <see cref="WeightArena"/>), or null to leave them
-    /// in the memory map. Tables a token only looks rows up in (an untied token embedding, learned positions) stay in
-    /// the map either way: copying them would make all their rows resident.
+    /// in the memory map; the lookup-only tables (see <see cref="LookupOnly"/>) stay in the map either way.
     /// </param>
     public static ModelWeights Bind(GgufFile file, ModelConfig config, WeightArena? arena = null)
     {
@@ -93,16 +92,15 @@ public sealed class ModelWeights
             };
         }
 
-        bool tied = file.FindTensor("output.weight") is null;
-        var tokenEmbedding = binder.Matrix("token_embd.weight", embedding, vocab, multiplied: tied);
-        var output = tied
+        var tokenEmbedding = binder.Matrix("token_embd.weight", embedding, vocab);
+        var output = TiedOutput(file)
             ? new Linear(tokenEmbedding, binder.OptionalVector("output.bias", vocab))
             : binder.Linear("output", embedding, vocab);
         return new ModelWeights
         {
             TokenEmbedding = tokenEmbedding,
             PositionEmbedding = spec.LearnedPositions
-                ? binder.Matrix("position_embd.weight", embedding, binder.Rows("position_embd.weight"), multiplied: false)
+                ? binder.Matrix("position_embd.weight", embedding, binder.Rows("position_embd.weight"))
                 : null,
             OutputNorm = Norm("output_norm"),
             Output = output,
@@ -110,6 +108,20 @@ public sealed class ModelWeights
             Layers = layers,
         };
     }
+
+    /// <summary>Whether the file has no output.weight, so that the token embedding is the output projection too.</summary>
+    public static bool TiedOutput(GgufFile file) => file.FindTensor("output.weight") is null;
+
+    /// <summary>
+    /// Tables a token only looks rows up in (an untied token embedding, learned positions): they stay in the memory map,
+    /// since copying them into an arena would make all their rows resident.
+    /// </summary>
+    private static bool LookupOnly(GgufFile file, string name) =>
+        name == "position_embd.weight" || (name == "token_embd.weight" && !TiedOutput(file));
+
+    /// <summary>An upper bound on the bytes <see cref="Bind"/> copies into an arena: every two-dimensional tensor but the lookup-only tables, each on its cache line.</summary>
+    public static long ArenaBytes(GgufFile file) =>
+        file.Tensors.Where(t => t.Dimensions.Length >= 2 && !LookupOnly(file, t.Name)).Sum(t => t.ByteSize + 64);
 
     /// <summary>Looks tensors up by name and checks their shapes, so that every error names the tensor at fault.</summary>
     private sealed unsafe class Binder(GgufFile file, WeightArena? arena)
@@ -139,14 +151,14 @@ public sealed class ModelWeights
         }
 
         /// <summary>
-        /// A [cols, rows] GGUF tensor (PyTorch [rows, cols]) as a matrix of <paramref name="rows"/> output rows; one that
-        /// is <paramref name="multiplied"/> (not only looked up) goes to the arena, when there is one.
+        /// A [cols, rows] GGUF tensor (PyTorch [rows, cols]) as a matrix of <paramref name="rows"/> output rows; unless it
+        /// is only looked up, it goes to the arena, when there is one.
         /// </summary>
-        public WeightMatrix Matrix(string name, int cols, int rows, bool multiplied = true)
+        public WeightMatrix Matrix(string name, int cols, int rows)
         {
             var tensor = Require(name, [cols, rows]);
             return file.IsPrivateCopy
-                ? WeightMatrix.CreateOptimized(tensor.Type, file.DataPointer(tensor), rows, cols, multiplied ? arena : null)
+                ? WeightMatrix.CreateOptimized(tensor.Type, file.DataPointer(tensor), rows, cols, LookupOnly(file, name) ? null : arena)
                 : new WeightMatrix(tensor.Type, file.DataPointer(tensor), rows, cols);
         }
 

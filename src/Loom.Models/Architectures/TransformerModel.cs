@@ -46,7 +46,7 @@ public sealed class TransformerModel : IDisposable
     {
         get
         {
-            bool tied = !_file.Tensors.Any(t => t.Name == "output.weight");
+            bool tied = ModelWeights.TiedOutput(_file);
             return _file.Tensors.Where(t => tied || t.Name != "token_embd.weight").Sum(t => t.ByteSize);
         }
     }
@@ -69,7 +69,7 @@ public sealed class TransformerModel : IDisposable
         try
         {
             var config = ModelConfig.FromGguf(file);
-            long matrixBytes = file.Tensors.Where(t => t.Dimensions.Length >= 2).Sum(t => t.ByteSize + 64);
+            long matrixBytes = ModelWeights.ArenaBytes(file);
             if (options.HugePages && matrixBytes > 0 && WeightArena.Worthwhile(matrixBytes))
                 arena = new WeightArena(matrixBytes);
             return new TransformerModel(file, arena, config, ModelWeights.Bind(file, config, arena));
