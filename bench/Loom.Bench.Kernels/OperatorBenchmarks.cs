@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
 using Loom.Inference;
@@ -7,7 +8,7 @@ namespace Loom.Bench.Kernels;
 /// <summary>
 /// The operators a forward pass runs between its matrix products, on one thread, at Llama-3.2-1B's shapes (dim 2048,
 /// 32 query heads and 8 key/value heads of 64): RMSNorm and RoPE over a batch of 32 tokens, softmax over attention
-/// rows, and decode attention of one token over a 2048-position cache. Norm, RoPE and softmax data stay in cache (as
+/// rows, and decode attention of one token over a 2048-position cache (F32 and F16, the two KV cache types). Norm, RoPE and softmax data stay in cache (as
 /// in a forward pass); the attention's keys and values (8 MiB) come from L3. More warm-up than the suite's default:
 /// the library calls inside the operators (TensorPrimitives) start in tier-0 code and need a few hundred
 /// milliseconds of calls to be recompiled; measured before that, RMSNorm ran 4× and attention 6× slower.
@@ -25,6 +26,8 @@ public unsafe class OperatorBenchmarks
     public int Threads { get; set; }
 
     private float* _x, _y, _cos, _sin, _rows, _keys, _values, _query, _scores, _output;
+    private Half* _keyHalves, _valueHalves;
+    private float* _converted;
 
     /// <summary>Bytes an invocation of <paramref name="method"/> reads and writes (for GB/s).</summary>
     public static double Bytes(string method) => method switch
@@ -33,11 +36,13 @@ public unsafe class OperatorBenchmarks
         nameof(Rope) => Repeats * 2.0 * Tokens * Heads * HeadLength * sizeof(float),
         nameof(Softmax) => Repeats * 2.0 * Heads * Context * sizeof(float),
         nameof(DecodeAttention) => 2.0 * Heads * Context * HeadLength * sizeof(float),
+        nameof(DecodeAttentionF16) => 2.0 * Heads * Context * HeadLength * sizeof(ushort),
         _ => 0,
     };
 
     /// <summary>Floating-point operations of an invocation of the attention (two multiply-adds per position and dimension).</summary>
-    public static double Flops(string method) => method == nameof(DecodeAttention) ? 4.0 * Heads * Context * HeadLength : 0;
+    public static double Flops(string method) =>
+        method is nameof(DecodeAttention) or nameof(DecodeAttentionF16) ? 4.0 * Heads * Context * HeadLength : 0;
 
     [GlobalSetup]
     public void Setup()
@@ -66,6 +71,12 @@ public unsafe class OperatorBenchmarks
         _query = Fill((long)Heads * HeadLength, 1f);
         _scores = Fill((long)(Heads / KvHeads) * Context, 0f);
         _output = Fill((long)Heads * HeadLength, 0f);
+        long cached = (long)KvHeads * Context * HeadLength;
+        _keyHalves = (Half*)NativeMemory.AlignedAlloc((nuint)(cached * sizeof(ushort)), 64);
+        _valueHalves = (Half*)NativeMemory.AlignedAlloc((nuint)(cached * sizeof(ushort)), 64);
+        _converted = Fill(OperatorKernels.HalfBlockFloats, 0f);
+        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(_keys, (int)cached), new Span<Half>(_keyHalves, (int)cached));
+        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(_values, (int)cached), new Span<Half>(_valueHalves, (int)cached));
     }
 
     [Benchmark]
@@ -108,9 +119,25 @@ public unsafe class OperatorBenchmarks
         }
     }
 
+    /// <summary>The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold), converted a block at a time.</summary>
+    [Benchmark]
+    public void DecodeAttentionF16()
+    {
+        float scale = 1f / MathF.Sqrt(HeadLength);
+        int group = Heads / KvHeads;
+        for (int kv = 0; kv < KvHeads; kv++)
+        {
+            OperatorKernels.ScoresGroupHalves(_query + kv * group * HeadLength, group, _keyHalves + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context, _converted, finite: true);
+            for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
+            OperatorKernels.WeightedSumGroupHalves(_valueHalves + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength, _converted, finite: true);
+        }
+    }
+
     [GlobalCleanup]
     public void Cleanup()
     {
-        foreach (var p in new[] { _x, _y, _cos, _sin, _rows, _keys, _values, _query, _scores, _output }) NativeMemory.AlignedFree(p);
+        foreach (var p in new[] { _x, _y, _cos, _sin, _rows, _keys, _values, _query, _scores, _output, _converted }) NativeMemory.AlignedFree(p);
+        NativeMemory.AlignedFree(_keyHalves);
+        NativeMemory.AlignedFree(_valueHalves);
     }
 }

@@ -25,7 +25,9 @@ public sealed unsafe class BatchedInference : IDisposable
     private readonly int[] _stepSlots;
     private bool _disposed;
 
-    public BatchedInference(TransformerModel model, int maxSequences, int contextSize = 0)
+    /// <param name="contextSize">Positions each slot holds (0: the model's context, at most <see cref="InferenceSession.DefaultContextSize"/>).</param>
+    /// <param name="cacheType">How keys and values are stored: F16 (as llama.cpp by default) or F32.</param>
+    public BatchedInference(TransformerModel model, int maxSequences, int contextSize = 0, KvCacheType cacheType = KvCacheType.F16)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSequences, 1);
@@ -35,7 +37,7 @@ public sealed unsafe class BatchedInference : IDisposable
         // A step holds a full prefill chunk plus one decode token for every other sequence.
         MaxTokensPerStep = InferenceSession.MaxBatchSize + maxSequences;
         _caches = new KvCache[maxSequences];
-        for (int i = 0; i < maxSequences; i++) _caches[i] = new KvCache(model.Config, contextSize);
+        for (int i = 0; i < maxSequences; i++) _caches[i] = new KvCache(model.Config, contextSize, cacheType);
         _lengths = new int[maxSequences];
         _inCall = new bool[maxSequences];
         _stepTokens = new int[MaxTokensPerStep];
@@ -48,6 +50,7 @@ public sealed unsafe class BatchedInference : IDisposable
     public int MaxSequences => _caches.Length;
     /// <summary>Positions each slot can hold.</summary>
     public int ContextSize { get; }
+    public KvCacheType CacheType => _caches[0].Type;
     /// <summary>
     /// Tokens computed in one forward step. An <see cref="Evaluate"/> call with more tokens than this is split into
     /// several steps (weights are then read once per step), so a scheduler gets the most from each call by keeping

@@ -50,6 +50,9 @@ internal sealed unsafe class ForwardPass : IParallelWork
     // Softmax scratch, one row of MaxContext floats per thread that can attend at once; a work item claims a free row.
     private readonly PinnedBuffer _scores;
     private readonly int[] _scoreRowBusy;
+    // Beside each score block, room for a block of F16 cache rows converted to floats.
+    private readonly PinnedBuffer _converted;
+    private readonly int _convertedStride;
 
     // The step being computed (read by the attention workers).
     private ForwardSegment[] _segments = [];
@@ -89,6 +92,8 @@ internal sealed unsafe class ForwardPass : IParallelWork
         // finding every block taken waits for one.
         _scoreRowBusy = new int[Math.Max(Environment.ProcessorCount, LoomThreadPool.Shared.ThreadCount)];
         _scores = new PinnedBuffer((long)_scoreRowBusy.Length * _headsPerKvHead * maxContext);
+        _convertedStride = Math.Max(OperatorKernels.HalfBlockFloats, Math.Max(config.KeyLength, config.ValueLength));
+        _converted = new PinnedBuffer((long)_scoreRowBusy.Length * _convertedStride);
     }
 
     public int MaxTokens { get; }
@@ -188,10 +193,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
             {
                 long token = segment.Offset + t, position = segment.Start + t;
                 for (int h = 0; h < c.HeadCountKv; h++)
-                {
-                    Copy(k + token * c.KeyValueDim + h * c.KeyLength, cache.Keys(layer, h) + position * c.KeyLength, c.KeyLength);
-                    Copy(v + token * c.ValueDim + h * c.ValueLength, cache.Values(layer, h) + position * c.ValueLength, c.ValueLength);
-                }
+                    cache.Store(layer, h, position, k + token * c.KeyValueDim + h * c.KeyLength, v + token * c.ValueDim + h * c.ValueLength);
             }
             work += (long)segment.Count * (segment.Start + segment.Count);
         }
@@ -239,7 +241,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
             row = (row + 1) % _scoreRowBusy.Length;
         try
         {
-            Attend(_segments[item / kvHeads], item % kvHeads, _scores.Pointer + (long)row * _headsPerKvHead * MaxContext);
+            Attend(_segments[item / kvHeads], item % kvHeads, row);
         }
         finally
         {
@@ -251,12 +253,21 @@ internal sealed unsafe class ForwardPass : IParallelWork
     /// Causal attention of one sequence's new tokens for the query heads of one key/value head, against that sequence's
     /// cache: the heads go through the keys and the values together, so the cache is read once for all of them.
     /// </summary>
-    private void Attend(in ForwardSegment segment, int kvHead, float* scores)
+    private void Attend(in ForwardSegment segment, int kvHead, int scratchRow)
     {
         var c = _config;
+        var cache = segment.Cache;
+        float* scores = _scores.Pointer + (long)scratchRow * _headsPerKvHead * MaxContext;
+        if (!Vector256.IsHardwareAccelerated || c.KeyLength % 16 != 0 || c.ValueLength % 8 != 0)
+        {
+            AttendPortable(segment, kvHead, scores);
+            return;
+        }
+        float* converted = _converted.Pointer + (long)scratchRow * _convertedStride;
+        bool halves = cache.Type == KvCacheType.F16, finite = !cache.HoldsNonFiniteHalves;
         int group = _headsPerKvHead, firstHead = kvHead * group;
-        float* keys = segment.Cache.Keys(_layer, kvHead);
-        float* values = segment.Cache.Values(_layer, kvHead);
+        void* keys = cache.Keys(_layer, kvHead);
+        void* values = cache.Values(_layer, kvHead);
         int keyLength = c.KeyLength, valueLength = c.ValueLength;
 
         for (int t = 0; t < segment.Count; t++)
@@ -264,33 +275,58 @@ internal sealed unsafe class ForwardPass : IParallelWork
             long token = segment.Offset + t;
             int visible = segment.Start + t + 1;
             float* queries = _query.Pointer + token * c.QueryDim + firstHead * keyLength;
-            if (Vector256.IsHardwareAccelerated && keyLength % 16 == 0)
-                OperatorKernels.ScoresGroup(queries, group, keys, keyLength, visible, _attentionScale, scores, MaxContext);
-            else
-                for (int g = 0; g < group; g++)
-                {
-                    var query = new ReadOnlySpan<float>(queries + g * keyLength, keyLength);
-                    for (int j = 0; j < visible; j++)
-                        scores[(long)g * MaxContext + j] = TensorPrimitives.Dot(query, new ReadOnlySpan<float>(keys + (long)j * keyLength, keyLength)) * _attentionScale;
-                }
+            if (halves) OperatorKernels.ScoresGroupHalves(queries, group, (Half*)keys, keyLength, visible, _attentionScale, scores, MaxContext, converted, finite);
+            else OperatorKernels.ScoresGroup(queries, group, (float*)keys, keyLength, visible, _attentionScale, scores, MaxContext);
+            for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(scores + (long)g * MaxContext, visible));
+            float* outputs = _attention.Pointer + token * c.HeadCount * valueLength + firstHead * valueLength;
+            if (halves) OperatorKernels.WeightedSumGroupHalves((Half*)values, valueLength, visible, scores, MaxContext, group, outputs, converted, finite);
+            else OperatorKernels.WeightedSumGroup((float*)values, valueLength, visible, scores, MaxContext, group, outputs);
+        }
+    }
 
+    /// <summary>The same attention with library calls, for head sizes the kernels do not take and machines without vectors.</summary>
+    private void AttendPortable(in ForwardSegment segment, int kvHead, float* scores)
+    {
+        var c = _config;
+        var cache = segment.Cache;
+        int group = _headsPerKvHead, firstHead = kvHead * group;
+        int keyLength = c.KeyLength, valueLength = c.ValueLength;
+        Span<float> row = stackalloc float[Math.Max(keyLength, valueLength)];
+
+        for (int t = 0; t < segment.Count; t++)
+        {
+            long token = segment.Offset + t;
+            int visible = segment.Start + t + 1;
+            float* queries = _query.Pointer + token * c.QueryDim + firstHead * keyLength;
+            for (int j = 0; j < visible; j++)
+            {
+                var key = CachedRow(cache.Keys(_layer, kvHead), j, keyLength, cache.Type, row);
+                for (int g = 0; g < group; g++)
+                    scores[(long)g * MaxContext + j] = TensorPrimitives.Dot(new ReadOnlySpan<float>(queries + g * keyLength, keyLength), key) * _attentionScale;
+            }
             for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(scores + (long)g * MaxContext, visible));
 
             float* outputs = _attention.Pointer + token * c.HeadCount * valueLength + firstHead * valueLength;
-            if (Vector256.IsHardwareAccelerated && valueLength % 8 == 0)
+            new Span<float>(outputs, group * valueLength).Clear();
+            for (int j = 0; j < visible; j++)
             {
-                OperatorKernels.WeightedSumGroup(values, valueLength, visible, scores, MaxContext, group, outputs);
-                continue;
-            }
-            for (int g = 0; g < group; g++)
-            {
-                var weights = new Span<float>(scores + (long)g * MaxContext, visible);
-                var output = new Span<float>(outputs + g * valueLength, valueLength);
-                output.Clear();
-                for (int j = 0; j < visible; j++)
-                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * valueLength, valueLength), weights[j], output, output);
+                var value = CachedRow(cache.Values(_layer, kvHead), j, valueLength, cache.Type, row);
+                for (int g = 0; g < group; g++)
+                {
+                    var output = new Span<float>(outputs + g * valueLength, valueLength);
+                    TensorPrimitives.MultiplyAdd(value, scores[(long)g * MaxContext + j], output, output);
+                }
             }
         }
+    }
+
+    /// <summary>Row <paramref name="position"/> of a head's cached keys or values as floats (F16 rows converted into <paramref name="scratch"/>).</summary>
+    private static ReadOnlySpan<float> CachedRow(void* head, int position, int length, KvCacheType type, Span<float> scratch)
+    {
+        if (type == KvCacheType.F32) return new ReadOnlySpan<float>((float*)head + (long)position * length, length);
+        var converted = scratch[..length];
+        TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>((Half*)head + (long)position * length, length), converted);
+        return converted;
     }
 
     /// <summary>Applies RoPE to <paramref name="heads"/> heads of each batch token, in place.</summary>

@@ -17,11 +17,13 @@ public sealed unsafe class InferenceSession : IDisposable
     private int _position;
     private bool _disposed;
 
-    public InferenceSession(TransformerModel model, int contextSize = 0)
+    /// <param name="contextSize">Positions the KV cache holds (0: the model's context, at most <see cref="DefaultContextSize"/>).</param>
+    /// <param name="cacheType">How keys and values are stored: F16 (as llama.cpp by default) or F32.</param>
+    public InferenceSession(TransformerModel model, int contextSize = 0, KvCacheType cacheType = KvCacheType.F16)
     {
         contextSize = ResolveContextSize(model, contextSize);
         Model = model;
-        _cache = new KvCache(model.Config, contextSize);
+        _cache = new KvCache(model.Config, contextSize, cacheType);
         _forward = new ForwardPass(model.Config, model.Weights, Math.Min(MaxBatchSize, contextSize), contextSize);
         _logits = new PinnedBuffer(model.Config.VocabSize);
     }
@@ -30,6 +32,7 @@ public sealed unsafe class InferenceSession : IDisposable
     /// <summary>Number of tokens currently in the KV cache.</summary>
     public int Position => _position;
     public int ContextSize => _cache.Capacity;
+    public KvCacheType CacheType => _cache.Type;
 
     /// <summary>Appends tokens (one batched prefill) and returns the logits after the last one (valid until the next call).</summary>
     public ReadOnlySpan<float> Evaluate(ReadOnlySpan<int> tokens)
@@ -48,6 +51,10 @@ public sealed unsafe class InferenceSession : IDisposable
             throw new ArgumentException($"logits holds {logits.Length} floats but {tokens.Length} tokens × {Model.Config.VocabSize} vocabulary need {needed}", nameof(logits));
         fixed (float* destination = logits) Append(tokens, destination, allPositions: true);
     }
+
+    /// <summary>Memory a KV cache of <paramref name="positions"/> positions takes for <paramref name="config"/>'s layers.</summary>
+    public static long KvCacheBytes(ModelConfig config, int positions, KvCacheType type) =>
+        config.LayerCount * (long)positions * KvCache.BytesPerPosition(config, type);
 
     /// <summary>Forgets cached positions from <paramref name="position"/> on (0 clears the cache).</summary>
     public void Truncate(int position)

@@ -1,41 +1,113 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Loom.Models.Architectures;
 
 namespace Loom.Inference;
 
+/// <summary>How a KV cache stores keys and values (llama.cpp's <c>--cache-type-k/-v</c>).</summary>
+public enum KvCacheType
+{
+    /// <summary>IEEE half precision, llama.cpp's default: half the memory and half the bytes attention reads.</summary>
+    F16,
+    /// <summary>Single precision: attention sees exactly the keys and values the projections computed.</summary>
+    F32,
+}
+
 /// <summary>
-/// F32 keys and values of every layer for up to <see cref="Capacity"/> positions. Each layer and key/value head is a
-/// [position, head dimension] block, so attention reads one head's history contiguously.
+/// Keys and values of every layer for up to <see cref="Capacity"/> positions, as F32 or F16 elements. Each layer and
+/// key/value head is a [position, head dimension] block, so attention reads one head's history contiguously.
 /// </summary>
 internal sealed unsafe class KvCache
 {
-    private readonly PinnedBuffer[] _keys;
-    private readonly PinnedBuffer[] _values;
+    private readonly Array[] _blocks;
+    private readonly nint[] _keys;
+    private readonly nint[] _values;
     private readonly long _keyHeadStride;
     private readonly long _valueHeadStride;
 
-    public KvCache(ModelConfig config, int capacity)
+    public KvCache(ModelConfig config, int capacity, KvCacheType type)
     {
+        if (!Enum.IsDefined(type)) throw new ArgumentOutOfRangeException(nameof(type), type, "unknown KV cache type");
+        Type = type;
         Capacity = capacity;
         KeyLength = config.KeyLength;
         ValueLength = config.ValueLength;
         _keyHeadStride = (long)capacity * KeyLength;
         _valueHeadStride = (long)capacity * ValueLength;
-        _keys = new PinnedBuffer[config.LayerCount];
-        _values = new PinnedBuffer[config.LayerCount];
+        _blocks = new Array[2 * config.LayerCount];
+        _keys = new nint[config.LayerCount];
+        _values = new nint[config.LayerCount];
         for (int layer = 0; layer < config.LayerCount; layer++)
         {
-            _keys[layer] = new PinnedBuffer(_keyHeadStride * config.HeadCountKv);
-            _values[layer] = new PinnedBuffer(_valueHeadStride * config.HeadCountKv);
+            _keys[layer] = Allocate(2 * layer, _keyHeadStride * config.HeadCountKv);
+            _values[layer] = Allocate(2 * layer + 1, _valueHeadStride * config.HeadCountKv);
         }
     }
 
+    public KvCacheType Type { get; }
     public int Capacity { get; }
     public int KeyLength { get; }
     public int ValueLength { get; }
 
-    /// <summary>Keys of one head: row p (KeyLength floats) is position p.</summary>
-    public float* Keys(int layer, int head) => _keys[layer].Pointer + head * _keyHeadStride;
+    /// <summary>
+    /// Whether an F16 cache may hold an Inf or NaN (a projection beyond ±65504 rounds to Inf), so attention must take
+    /// the general half conversion. Set by <see cref="Store"/>, never cleared.
+    /// </summary>
+    public bool HoldsNonFiniteHalves { get; private set; }
 
-    /// <summary>Values of one head: row p (ValueLength floats) is position p.</summary>
-    public float* Values(int layer, int head) => _values[layer].Pointer + head * _valueHeadStride;
+    /// <summary>Bytes one position takes in one layer (keys and values of every head).</summary>
+    public static long BytesPerPosition(ModelConfig config, KvCacheType type) =>
+        (long)config.HeadCountKv * (config.KeyLength + config.ValueLength) * ElementSize(type);
+
+    public static int ElementSize(KvCacheType type) => type == KvCacheType.F16 ? sizeof(ushort) : sizeof(float);
+
+    /// <summary>Keys of one head: row p (KeyLength elements of <see cref="Type"/>) is position p.</summary>
+    public void* Keys(int layer, int head) => (byte*)_keys[layer] + head * _keyHeadStride * ElementSize(Type);
+
+    /// <summary>Values of one head: row p (ValueLength elements of <see cref="Type"/>) is position p.</summary>
+    public void* Values(int layer, int head) => (byte*)_values[layer] + head * _valueHeadStride * ElementSize(Type);
+
+    /// <summary>
+    /// Writes one head's key and value at <paramref name="position"/>, rounded to the cache's type (to nearest, ties to
+    /// even; beyond ±65504 an F16 element becomes ±Inf, as in llama.cpp's F16 cache).
+    /// </summary>
+    public void Store(int layer, int head, long position, float* key, float* value)
+    {
+        if (Type == KvCacheType.F32)
+        {
+            new ReadOnlySpan<float>(key, KeyLength).CopyTo(new Span<float>((float*)Keys(layer, head) + position * KeyLength, KeyLength));
+            new ReadOnlySpan<float>(value, ValueLength).CopyTo(new Span<float>((float*)Values(layer, head) + position * ValueLength, ValueLength));
+            return;
+        }
+        var keyHalves = new Span<Half>((Half*)Keys(layer, head) + position * KeyLength, KeyLength);
+        var valueHalves = new Span<Half>((Half*)Values(layer, head) + position * ValueLength, ValueLength);
+        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(key, KeyLength), keyHalves);
+        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(value, ValueLength), valueHalves);
+        if (!HoldsNonFiniteHalves && !(AllFinite(keyHalves) && AllFinite(valueHalves))) HoldsNonFiniteHalves = true;
+    }
+
+    private static bool AllFinite(ReadOnlySpan<Half> halves)
+    {
+        foreach (var h in halves)
+            if (!Half.IsFinite(h)) return false;
+        return true;
+    }
+
+    /// <summary>A zeroed pinned array of <paramref name="elements"/> elements of the cache's type, kept alive in slot <paramref name="slot"/>.</summary>
+    private nint Allocate(int slot, long elements)
+    {
+        if (elements > Array.MaxLength)
+            throw new OutOfMemoryException($"a KV cache block of {elements} elements exceeds the largest array .NET can hold; use a smaller context");
+        int length = (int)Math.Max(elements, 1);
+        if (Type == KvCacheType.F16)
+        {
+            var halves = GC.AllocateArray<ushort>(length, pinned: true);
+            _blocks[slot] = halves;
+            return (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(halves));
+        }
+        var floats = GC.AllocateArray<float>(length, pinned: true);
+        _blocks[slot] = floats;
+        return (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(floats));
+    }
 }

@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Loom.Inference;
 
@@ -77,25 +78,61 @@ internal static unsafe class OperatorKernels
 
     /// <summary>
     /// scores[g·scoresStride + j] = (q_g · k_j)·scale for j &lt; count and each of the <paramref name="group"/> query
-    /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 16):
-    /// position by position for all heads, so each key is read from memory once and from L1 for the other heads.
+    /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 16).
     /// A score's arithmetic does not depend on the group.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride)
+    public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride) =>
+        Scores<SingleKeys>(q, group, (byte*)keys, length, count, scale, scores, scoresStride);
+
+    /// <summary>
+    /// Up to four heads at a time go through the keys together, position by position: each piece of a key is loaded
+    /// (and, from an F16 cache, converted) once for all of them, and their eight accumulator chains run side by side.
+    /// Each score is still its own two chains over the dimensions in order, so the bits do not depend on the group.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Scores<TKeys>(float* q, int group, byte* keys, int length, int count, float scale, float* scores, int scoresStride)
+        where TKeys : struct, IKeyElements
     {
-        for (int j = 0; j < count; j++, keys += length)
-            for (int g = 0; g < group; g++)
+        long rowBytes = (long)length * TKeys.Size;
+        for (int first = 0; first < group; first += 4)
+        {
+            int heads = Math.Min(4, group - first);
+            float* q0 = q + first * length;
+            float* q1 = heads > 1 ? q0 + length : q0, q2 = heads > 2 ? q0 + 2 * length : q0, q3 = heads > 3 ? q0 + 3 * length : q0;
+            float* s0 = scores + (long)first * scoresStride;
+            byte* key = keys;
+            for (int j = 0; j < count; j++, key += rowBytes)
             {
-                float* query = q + g * length;
-                Vector256<float> even = default, odd = default;
+                Vector256<float> e0 = default, o0 = default, e1 = default, o1 = default, e2 = default, o2 = default, e3 = default, o3 = default;
                 for (int d = 0; d < length; d += 16)
                 {
-                    even = Vector256.MultiplyAddEstimate(Vector256.Load(query + d), Vector256.Load(keys + d), even);
-                    odd = Vector256.MultiplyAddEstimate(Vector256.Load(query + d + 8), Vector256.Load(keys + d + 8), odd);
+                    var k0 = TKeys.Load8(key, d);
+                    var k1 = TKeys.Load8(key, d + 8);
+                    e0 = Vector256.MultiplyAddEstimate(Vector256.Load(q0 + d), k0, e0);
+                    o0 = Vector256.MultiplyAddEstimate(Vector256.Load(q0 + d + 8), k1, o0);
+                    if (heads > 1)
+                    {
+                        e1 = Vector256.MultiplyAddEstimate(Vector256.Load(q1 + d), k0, e1);
+                        o1 = Vector256.MultiplyAddEstimate(Vector256.Load(q1 + d + 8), k1, o1);
+                    }
+                    if (heads > 2)
+                    {
+                        e2 = Vector256.MultiplyAddEstimate(Vector256.Load(q2 + d), k0, e2);
+                        o2 = Vector256.MultiplyAddEstimate(Vector256.Load(q2 + d + 8), k1, o2);
+                    }
+                    if (heads > 3)
+                    {
+                        e3 = Vector256.MultiplyAddEstimate(Vector256.Load(q3 + d), k0, e3);
+                        o3 = Vector256.MultiplyAddEstimate(Vector256.Load(q3 + d + 8), k1, o3);
+                    }
                 }
-                scores[(long)g * scoresStride + j] = Vector256.Sum(even + odd) * scale;
+                s0[j] = Vector256.Sum(e0 + o0) * scale;
+                if (heads > 1) s0[scoresStride + j] = Vector256.Sum(e1 + o1) * scale;
+                if (heads > 2) s0[2L * scoresStride + j] = Vector256.Sum(e2 + o2) * scale;
+                if (heads > 3) s0[3L * scoresStride + j] = Vector256.Sum(e3 + o3) * scale;
             }
+        }
     }
 
     /// <summary>
@@ -105,8 +142,9 @@ internal static unsafe class OperatorKernels
     /// each row is read from memory once. Each output is the one chain of multiply-adds over the rows in order that a
     /// single head gets (its partial sums pass through the output between blocks), so the bits do not depend on the group.
     /// </summary>
+    /// <param name="accumulate">Continue the sums already in <paramref name="output"/> (rows before these) instead of starting at zero.</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void WeightedSumGroup(float* values, int length, int count, float* weights, int weightsStride, int group, float* output)
+    public static void WeightedSumGroup(float* values, int length, int count, float* weights, int weightsStride, int group, float* output, bool accumulate = false)
     {
         // 16 KiB of value rows stay in L1 across the heads; one head needs no blocks
         int block = group == 1 ? count : Math.Max(1, 4096 / length);
@@ -114,7 +152,7 @@ internal static unsafe class OperatorKernels
         {
             int to = Math.Min(count, from + block);
             for (int g = 0; g < group; g++)
-                WeightedSumRange(values, length, from, to, weights + (long)g * weightsStride, output + (long)g * length, accumulate: from > 0);
+                WeightedSumRange(values, length, from, to, weights + (long)g * weightsStride, output + (long)g * length, accumulate || from > 0);
         }
     }
 
@@ -163,5 +201,125 @@ internal static unsafe class OperatorKernels
             if (width > 48) a6.Store(o + 48);
             if (width > 56) a7.Store(o + 56);
         }
+    }
+
+    // An F16 cache is read a block of rows at a time: each block is converted to floats once (into an L1-sized scratch)
+    // and every head of the group then runs the F32 kernels on it; converting inside the kernels would repeat the work
+    // for every head. The conversion is exact, so the bits are those of F32 rows holding the same halves. Caches known
+    // to hold no Inf/NaN take the short conversion below; TensorPrimitives' general one runs about three times slower.
+
+    /// <summary>Floats converted per block; the F16 kernels' scratch holds max(this, length) floats.</summary>
+    public const int HalfBlockFloats = 4096;
+
+    /// <summary>
+    /// <see cref="ScoresGroup"/> over F16 keys. Finite keys are read in place as raw halves (h·2^-112, see
+    /// <see cref="FiniteHalvesToSingles"/>) against queries scaled by 2^112 into <paramref name="scratch"/>: both
+    /// scalings are exact, so every product, and every score, is bit for bit the F32 one. Otherwise (or for queries too
+    /// large to scale) the keys are converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.
+    /// </summary>
+    /// <param name="finite">The keys hold no Inf or NaN.</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void ScoresGroupHalves(float* q, int group, Half* keys, int length, int count, float scale, float* scores, int scoresStride,
+        float* scratch, bool finite)
+    {
+        int queries = group * length;
+        if (finite && queries <= HalfBlockFloats && TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(q, queries)) < ScaledQueryLimit)
+        {
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(q, queries), HalfRebase, new Span<float>(scratch, queries));
+            Scores<RawHalfKeys>(scratch, group, (byte*)keys, length, count, scale, scores, scoresStride);
+            return;
+        }
+        int rows = Math.Max(1, HalfBlockFloats / length);
+        for (int from = 0; from < count; from += rows)
+        {
+            int n = Math.Min(rows, count - from);
+            HalvesToSingles(keys + (long)from * length, scratch, n * length, finite);
+            ScoresGroup(q, group, scratch, length, n, scale, scores + from, scoresStride);
+        }
+    }
+
+    /// <summary>Queries below this magnitude stay finite once scaled by 2^112.</summary>
+    private const float ScaledQueryLimit = 32768f;
+
+    /// <summary><see cref="WeightedSumGroup"/> over F16 values, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
+    /// <param name="finite">The values hold no Inf or NaN (<see cref="FiniteHalvesToSingles"/> may convert them).</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void WeightedSumGroupHalves(Half* values, int length, int count, float* weights, int weightsStride, int group, float* output,
+        float* scratch, bool finite)
+    {
+        int rows = Math.Max(1, HalfBlockFloats / length);
+        for (int from = 0; from < count; from += rows)
+        {
+            int n = Math.Min(rows, count - from);
+            HalvesToSingles(values + (long)from * length, scratch, n * length, finite);
+            WeightedSumGroup(scratch, length, n, weights + from, weightsStride, group, output, accumulate: from > 0);
+        }
+    }
+
+    private static void HalvesToSingles(Half* source, float* destination, int count, bool finite)
+    {
+        if (finite) FiniteHalvesToSingles(source, destination, count);
+        else TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(source, count), new Span<float>(destination, count));
+    }
+
+    private const float HalfRebase = 5.192296858534828e33f; // 2^112
+    private const int HalfMagnitudeMask = unchecked((int)0x8FFFE000);
+
+    /// <summary>
+    /// Converts halves that hold no Inf or NaN to floats, exactly. A sign-extended half shifted left by 13 and masked
+    /// keeps its sign in bit 31 and its magnitude where a float's exponent and mantissa sit; read as a float that is
+    /// exactly h·2^-112 (subnormal halves included), so one multiply by 2^112 gives h.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void FiniteHalvesToSingles(Half* source, float* destination, int count)
+    {
+        var halves = (short*)source;
+        int i = 0;
+        if (Avx512F.IsSupported)
+            for (; i + 16 <= count; i += 16)
+            {
+                var h = Avx512F.ConvertToVector512Int32(Vector256.Load(halves + i));
+                (((h << 13) & Vector512.Create(HalfMagnitudeMask)).AsSingle() * Vector512.Create(HalfRebase)).Store(destination + i);
+            }
+        if (Avx2.IsSupported)
+            for (; i + 8 <= count; i += 8)
+            {
+                var h = Avx2.ConvertToVector256Int32(halves + i);
+                (((h << 13) & Vector256.Create(HalfMagnitudeMask)).AsSingle() * Vector256.Create(HalfRebase)).Store(destination + i);
+            }
+        for (; i < count; i++) destination[i] = (float)source[i];
+    }
+}
+
+/// <summary>How <see cref="OperatorKernels"/>' scores read eight consecutive elements of a cached key as floats.</summary>
+internal unsafe interface IKeyElements
+{
+    /// <summary>Bytes per element.</summary>
+    static abstract int Size { get; }
+
+    static abstract Vector256<float> Load8(byte* row, int index);
+}
+
+/// <summary>F32 keys.</summary>
+internal readonly unsafe struct SingleKeys : IKeyElements
+{
+    public static int Size => sizeof(float);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* row, int index) => Vector256.Load((float*)row + index);
+}
+
+/// <summary>Finite F16 keys as raw halves, h·2^-112 (the queries carry the 2^112).</summary>
+internal readonly unsafe struct RawHalfKeys : IKeyElements
+{
+    public static int Size => sizeof(ushort);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* row, int index)
+    {
+        var halves = (short*)row + index;
+        var signExtended = Avx2.IsSupported ? Avx2.ConvertToVector256Int32(halves)
+            : Vector256.Create(Vector128.WidenLower(Vector128.Load(halves)), Vector128.WidenUpper(Vector128.Load(halves)));
+        return ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
     }
 }

@@ -56,10 +56,10 @@ public static class Perplexity
 
     /// <summary>
     /// Scores <paramref name="tokens"/> chunk by chunk. <paramref name="maxChunks"/> limits the chunks evaluated (0 = all);
-    /// <paramref name="onChunk"/> hears about each finished chunk.
+    /// <paramref name="onChunk"/> hears about each finished chunk; <paramref name="cacheType"/> is the KV cache's element type.
     /// </summary>
     public static PerplexityResult Evaluate(TransformerModel model, ReadOnlySpan<int> tokens, int contextSize, int maxChunks = 0,
-        Action<PerplexityProgress>? onChunk = null, CancellationToken cancellation = default)
+        Action<PerplexityProgress>? onChunk = null, CancellationToken cancellation = default, KvCacheType cacheType = KvCacheType.F16)
     {
         ArgumentNullException.ThrowIfNull(model);
         ObjectDisposedException.ThrowIf(model.IsDisposed, model);
@@ -81,7 +81,7 @@ public static class Perplexity
         var chunk = new int[contextSize];
         double sum = 0, sumOfSquares = 0;
         int count = 0;
-        using var session = new InferenceSession(model, contextSize);
+        using var session = new InferenceSession(model, contextSize, cacheType);
         for (int c = 0; c < chunks; c++)
         {
             cancellation.ThrowIfCancellationRequested();

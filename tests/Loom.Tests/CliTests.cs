@@ -32,20 +32,22 @@ public class CliTests
         Assert.InRange(line.RootElement.GetProperty("generated_tokens").GetInt32(), 1, 8);
     }
 
+    /// <summary>The greedy continuation of "Once upon a time" by stories260K, 24 tokens, with <paramref name="extra"/> options.</summary>
+    private static string GreedyStory(params string[] extra)
+    {
+        var (code, output, err) = Run("", ["generate", "-m", Stories, "--prompt", "Once upon a time", "--max-tokens", "24", "--temperature", "0", .. extra]);
+        Assert.True(code == 0, err);
+        using var line = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[0]);
+        return line.RootElement.GetProperty("output").GetString()!;
+    }
+
     /// <summary>Weights copied into 2 MiB pages (the default where Linux offers them) or left in the memory map: the same text.</summary>
     [Fact]
     public void Generate_WithAndWithoutHugePages_WritesTheSameText()
     {
-        string Text(params string[] extra)
-        {
-            var (code, output, err) = Run("", ["generate", "-m", Stories, "--prompt", "Once upon a time", "--max-tokens", "24", "--temperature", "0", .. extra]);
-            Assert.True(code == 0, err);
-            using var line = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[0]);
-            return line.RootElement.GetProperty("output").GetString()!;
-        }
-        string copied = Text();
+        string copied = GreedyStory();
         Assert.False(string.IsNullOrWhiteSpace(copied));
-        Assert.Equal(copied, Text("--no-huge-pages"));
+        Assert.Equal(copied, GreedyStory("--no-huge-pages"));
     }
 
     /// <summary>`loom bench` says where the weights are: in 2 MiB pages where Linux offers them, in the map when told.</summary>
@@ -59,6 +61,29 @@ public class CliTests
         (code, output, err) = Run("", [.. quick, "--no-huge-pages"]);
         Assert.True(code == 0, err);
         Assert.Contains("all in the file's memory map", output);
+    }
+
+    /// <summary>
+    /// `--cache-type` reaches the caches: the greedy story is the same from either (stories260K's logits lead by far
+    /// more than F16 rounding moves them), `bench` reports the type and its size, and other values are refused.
+    /// </summary>
+    [Fact]
+    public void CacheType_ReachesGenerateAndBench_AndRejectsOtherValues()
+    {
+        Assert.Equal(GreedyStory("--cache-type", "f32"), GreedyStory());
+
+        string[] quick = ["bench", "-m", Stories, "-p", "8", "-n", "4", "-s", "2", "-r", "1"];
+        var (benchCode, benchOutput, benchErr) = Run("", quick);
+        Assert.True(benchCode == 0, benchErr);
+        Assert.Contains("F16 KV cache", benchOutput);
+        (benchCode, benchOutput, benchErr) = Run("", [.. quick, "--cache-type", "f32"]);
+        Assert.True(benchCode == 0, benchErr);
+        Assert.Contains("F32 KV cache", benchOutput);
+
+        var (badCode, _, badErr) = Run("", "generate", "-m", Stories, "--prompt", "x", "--cache-type", "q8_0");
+        Assert.NotEqual(0, badCode);
+        Assert.Contains("q8_0", badErr);
+        Assert.DoesNotContain("   at ", badErr);
     }
 
     [Fact]

@@ -107,7 +107,7 @@ public sealed class ExportLlamaCppTests(TrainedExports exports, ITestOutputHelpe
 
         float[] expected = reference.EvaluateAll(tokens);
         var actual = new float[tokens.Length * vocab];
-        using (var session = new InferenceSession(model, ReferenceContext)) session.EvaluateAll(tokens, actual);
+        using (var session = new InferenceSession(model, ReferenceContext, KvCacheType.F32)) session.EvaluateAll(tokens, actual);
         double relative = Comparison.MaxRelativeDiff(expected, actual, vocab);
         double kl = Comparison.MeanKlDivergence(expected, actual, vocab);
         var (agreement, decisive) = Comparison.DecisiveArgMaxAgreement(expected, actual, vocab, ConformanceLogitsTests.NearTieFraction);
@@ -146,7 +146,7 @@ public sealed class ExportLlamaCppTests(TrainedExports exports, ITestOutputHelpe
         int[] prompt = model.Tokenizer.Encode("Once upon a time, there was a little", addSpecial: true, parseSpecial: false);
         int[] expected = reference.GenerateGreedy(prompt, GeneratedTokens);
 
-        using var session = new InferenceSession(model, ReferenceContext);
+        using var session = new InferenceSession(model, ReferenceContext, KvCacheType.F32);
         var actual = new int[GeneratedTokens];
         int next = Comparison.ArgMax(session.Evaluate(prompt));
         for (int step = 0; step < actual.Length; step++)

@@ -87,10 +87,13 @@ public sealed class LlamaCppReference : IDisposable
     public int[] Tokenize(string text, bool addSpecial, bool parseSpecial) =>
         _weights.Tokenize(text, addSpecial, parseSpecial, Encoding.UTF8).Select(t => (int)t).ToArray();
 
-    /// <summary>Logits at every position of <paramref name="tokens"/> evaluated as one batch on an empty cache (tokens × vocab).</summary>
-    public float[] EvaluateAll(IReadOnlyList<int> tokens)
+    /// <summary>
+    /// Logits at every position of <paramref name="tokens"/> evaluated as one batch on an empty cache (tokens × vocab),
+    /// with keys and values cached in F32 or, when <paramref name="f16Cache"/> is set, in F16 (llama.cpp's default).
+    /// </summary>
+    public float[] EvaluateAll(IReadOnlyList<int> tokens, bool f16Cache = false)
     {
-        using var context = CreateContext(tokens.Count);
+        using var context = CreateContext(tokens.Count, f16Cache ? GGMLType.GGML_TYPE_F16 : GGMLType.GGML_TYPE_F32);
         var batch = new LLamaBatch();
         for (int i = 0; i < tokens.Count; i++) batch.Add(tokens[i], i, LLamaSeqId.Zero, logits: true);
         Decode(context, batch);
@@ -119,7 +122,7 @@ public sealed class LlamaCppReference : IDisposable
         return output;
     }
 
-    private LLamaContext CreateContext(int tokens)
+    private LLamaContext CreateContext(int tokens, GGMLType cacheType = GGMLType.GGML_TYPE_F32)
     {
         if (tokens > ContextSize) throw new ArgumentException($"{tokens} tokens do not fit the reference context of {ContextSize}");
         var parameters = new ModelParams(Path)
@@ -127,8 +130,8 @@ public sealed class LlamaCppReference : IDisposable
             ContextSize = (uint)ContextSize,
             BatchSize = (uint)ContextSize,
             UBatchSize = (uint)ContextSize,
-            TypeK = GGMLType.GGML_TYPE_F32,
-            TypeV = GGMLType.GGML_TYPE_F32,
+            TypeK = cacheType,
+            TypeV = cacheType,
             FlashAttention = false,
             Threads = Math.Min(Environment.ProcessorCount, 4),
             BatchThreads = Math.Min(Environment.ProcessorCount, 4),

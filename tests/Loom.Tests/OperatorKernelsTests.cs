@@ -37,4 +37,99 @@ public unsafe class OperatorKernelsTests
             Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(output[i]),
                 $"head {i / length} column {i % length}: grouped {output[i]:R}, alone {expected[i]:R}");
     }
+
+    /// <summary>
+    /// An F16 cache gives exactly what F32 rows holding the same halves give: scores and weighted sums bit for bit,
+    /// over several converted blocks, with subnormal and zero halves (both signs) among the values, through the short
+    /// conversion for finite caches and the general one alike.
+    /// </summary>
+    [Theory]
+    [InlineData(64, 300, 4)]
+    [InlineData(80, 129, 7)]
+    [InlineData(128, 65, 3)]
+    [InlineData(64, 1, 1)]
+    public void HalfRowsGiveTheBitsOfTheirFloats(int length, int count, int group)
+    {
+        var (halfScores, halfOutput, floatScores, floatOutput) = AttendBothWays(length, count, group, withSpecials: false, finite: true);
+        AssertSameBits(floatScores, halfScores, "score");
+        AssertSameBits(floatOutput, halfOutput, "output");
+        (halfScores, halfOutput, _, _) = AttendBothWays(length, count, group, withSpecials: false, finite: false);
+        AssertSameBits(floatScores, halfScores, "score");
+        AssertSameBits(floatOutput, halfOutput, "output");
+    }
+
+    /// <summary>
+    /// A query too large to scale by 2^112 (the in-place reading of finite halves) sends the keys through conversion:
+    /// still the F32 bits, not Inf.
+    /// </summary>
+    [Fact]
+    public void LargeQueriesStillGiveTheBitsOfTheirFloats()
+    {
+        var (halfScores, halfOutput, floatScores, floatOutput) = AttendBothWays(64, 70, 4, withSpecials: false, finite: true, largeQuery: 1e5f);
+        Assert.DoesNotContain(floatScores, float.IsInfinity);
+        AssertSameBits(floatScores, halfScores, "score");
+        AssertSameBits(floatOutput, halfOutput, "output");
+    }
+
+    /// <summary>Halves that overflowed to Inf or hold NaN stay Inf and NaN, as in F32 rows, through the general conversion.</summary>
+    [Fact]
+    public void NonFiniteHalvesStayNonFinite()
+    {
+        var (halfScores, halfOutput, floatScores, floatOutput) = AttendBothWays(64, 40, 2, withSpecials: true, finite: false);
+        Assert.Contains(floatScores, float.IsNaN);
+        Assert.Contains(floatScores, float.IsInfinity);
+        AssertSameBits(floatScores, halfScores, "score");
+        AssertSameBits(floatOutput, halfOutput, "output");
+    }
+
+    /// <summary>Scores and weighted sums from F16 rows and from F32 rows holding the same values.</summary>
+    private static (float[], float[], float[], float[]) AttendBothWays(int length, int count, int group, bool withSpecials, bool finite,
+        float largeQuery = 0)
+    {
+        var rng = new Random(length * 31 + count);
+        var q = new float[group * length];
+        for (int i = 0; i < q.Length; i++) q[i] = rng.NextSingle() * 4 - 2;
+        if (largeQuery != 0) q[q.Length - 3] = largeQuery;
+        Half[] Halves()
+        {
+            var h = new Half[count * length];
+            for (int i = 0; i < h.Length; i++) h[i] = (Half)((rng.NextSingle() * 2 - 1) * MathF.Pow(2, rng.Next(-26, 8)));
+            h[Math.Min(3, h.Length - 1)] = BitConverter.UInt16BitsToHalf(0x0001); // smallest subnormal
+            h[Math.Min(5, h.Length - 1)] = BitConverter.UInt16BitsToHalf(0x83FF); // largest negative subnormal
+            h[Math.Min(7, h.Length - 1)] = BitConverter.UInt16BitsToHalf(0x8000); // -0
+            h[Math.Min(9, h.Length - 1)] = Half.MaxValue;
+            if (withSpecials)
+            {
+                h[length + 1] = Half.PositiveInfinity;
+                h[2 * length + 2] = Half.NegativeInfinity;
+                h[3 * length + 3] = Half.NaN;
+            }
+            return h;
+        }
+        Half[] keys = Halves(), values = Halves();
+        float[] keyFloats = Array.ConvertAll(keys, h => (float)h), valueFloats = Array.ConvertAll(values, h => (float)h);
+
+        int stride = count + 1;
+        float[] halfScores = new float[group * stride], floatScores = new float[group * stride];
+        float[] halfOutput = new float[group * length], floatOutput = new float[group * length];
+        var weights = new float[group * stride];
+        for (int i = 0; i < weights.Length; i++) weights[i] = rng.NextSingle() / count;
+        var scratch = new float[Math.Max(OperatorKernels.HalfBlockFloats, length)];
+        fixed (float* qp = q, kf = keyFloats, vf = valueFloats, hs = halfScores, fs = floatScores, ho = halfOutput, fo = floatOutput, wp = weights, sp = scratch)
+        fixed (Half* kh = keys, vh = values)
+        {
+            OperatorKernels.ScoresGroupHalves(qp, group, kh, length, count, 0.125f, hs, stride, sp, finite);
+            OperatorKernels.ScoresGroup(qp, group, kf, length, count, 0.125f, fs, stride);
+            OperatorKernels.WeightedSumGroupHalves(vh, length, count, wp, stride, group, ho, sp, finite);
+            OperatorKernels.WeightedSumGroup(vf, length, count, wp, stride, group, fo);
+        }
+        return (halfScores, halfOutput, floatScores, floatOutput);
+    }
+
+    private static void AssertSameBits(float[] expected, float[] actual, string what)
+    {
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(float.IsNaN(expected[i]) ? float.IsNaN(actual[i]) : BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                $"{what} {i}: F16 rows {actual[i]:R}, F32 rows {expected[i]:R}");
+    }
 }

@@ -50,7 +50,7 @@ public sealed class PerplexityTests(ConformanceModels models, ITestOutputHelper 
         Assert.Equal(addsBos, model.Tokenizer.AddBos);
 
         var chunkReports = new List<PerplexityProgress>();
-        var result = Perplexity.Evaluate(model, tokens, contextSize, maxChunks, chunkReports.Add);
+        var result = Perplexity.Evaluate(model, tokens, contextSize, maxChunks, chunkReports.Add, cacheType: KvCacheType.F32);
 
         // The reference: llama.cpp's logits for each chunk, scored here in double precision.
         int chunks = maxChunks > 0 ? Math.Min(maxChunks, tokens.Length / contextSize) : tokens.Length / contextSize;

@@ -27,9 +27,10 @@ internal static class BenchCommand
         { Description = "sequence counts decoded together through BatchedInference, comma-separated", DefaultValueFactory = _ => "1,8,32", HelpName = "N,N" };
         var repetitions = new Option<int>("--repetitions", "-r") { Description = "timed runs of each test (after one warm-up)", DefaultValueFactory = _ => 3 };
         var noHugePages = WeightPlacementOption.Create();
+        var cacheType = CacheTypeOption.Create();
         var command = new Command("bench", "Measure prefill, decode and batched throughput, memory and allocations of a model")
         {
-            model, threads, promptTokens, genTokens, sequences, repetitions, noHugePages,
+            model, threads, promptTokens, genTokens, sequences, repetitions, noHugePages, cacheType,
         };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
@@ -39,7 +40,8 @@ internal static class BenchCommand
                 RequirePositive(r.GetValue(genTokens), "--gen-tokens"),
                 ParseCounts(r.GetValue(sequences)!, "--sequences"),
                 RequirePositive(r.GetValue(repetitions), "--repetitions"),
-                WeightPlacementOption.LoadOptions(r, noHugePages));
+                WeightPlacementOption.LoadOptions(r, noHugePages),
+                CacheTypeOption.Value(r, cacheType));
             EngineSettings.SetKernelThreads(r.GetValue(threads));
             Run(settings, EngineSettings.KernelThreads, console.Out);
             return 0;
@@ -47,7 +49,8 @@ internal static class BenchCommand
         return command;
     }
 
-    internal sealed record BenchSettings(string ModelPath, int[] PromptTokens, int GenTokens, int[] Sequences, int Repetitions, ModelLoadOptions Load);
+    internal sealed record BenchSettings(string ModelPath, int[] PromptTokens, int GenTokens, int[] Sequences, int Repetitions, ModelLoadOptions Load,
+        KvCacheType CacheType = KvCacheType.F16);
 
     internal static void Run(BenchSettings s, int threads, TextWriter output)
     {
@@ -75,7 +78,7 @@ internal static class BenchCommand
         output.WriteLine("|---|---:|---:|---:|---|");
 
         var tokens = PseudoRandomTokens(Math.Max(longestPrompt, s.GenTokens), config.VocabSize);
-        using (var session = new InferenceSession(model, contextSize))
+        using (var session = new InferenceSession(model, contextSize, s.CacheType))
         {
             // Warm-up: JIT tiers and first-touch page faults of the mapped weights stay out of the timings.
             session.Evaluate(tokens.AsSpan(0, Math.Min(16, tokens.Length)));
@@ -109,7 +112,7 @@ internal static class BenchCommand
         foreach (int n in s.Sequences)
         {
             // Each sequence only ever holds the decoded tokens, so its cache needs no room for the prompts.
-            using var batch = new BatchedInference(model, n, s.GenTokens + 1);
+            using var batch = new BatchedInference(model, n, s.GenTokens + 1, s.CacheType);
             long allocated = 0;
             var runner = new BatchedDecode(batch, tokens, config.VocabSize);
             runner.Run(Math.Min(4, s.GenTokens));
@@ -127,8 +130,8 @@ internal static class BenchCommand
         output.WriteLine();
         output.WriteLine($"resident memory: {FormatBytes(ProcessMemory.ResidentBytes())} now, {FormatBytes(ProcessMemory.PeakResidentBytes())} peak " +
                          $"({FormatBytes(rssBefore)} before loading; model file {FormatBytes(model.File.FileSize)}; " +
-                         $"F32 KV cache {FormatBytes(KvCacheBytes(config, contextSize))} for the single sequence, " +
-                         $"{FormatBytes(KvCacheBytes(config, s.GenTokens + 1))} per batched sequence)");
+                         $"{s.CacheType} KV cache {FormatBytes(InferenceSession.KvCacheBytes(config, contextSize, s.CacheType))} for the single sequence, " +
+                         $"{FormatBytes(InferenceSession.KvCacheBytes(config, s.GenTokens + 1, s.CacheType))} per batched sequence)");
         output.WriteLine($"load average after: {CpuInfo.LoadAverage()}");
     }
 
@@ -187,9 +190,6 @@ internal static class BenchCommand
         output.WriteLine($"| {test} | {Statistics.Median(rates).ToString("F1", inv)} | {rates.Min().ToString("F1", inv)} | {rates.Max().ToString("F1", inv)} | {note} |");
         output.Flush();
     }
-
-    private static long KvCacheBytes(ModelConfig config, int positions) =>
-        (long)config.LayerCount * config.HeadCountKv * positions * (config.KeyLength + config.ValueLength) * sizeof(float);
 
     /// <summary>Deterministic token ids spread over the vocabulary (a fixed LCG, so every run feeds the same ids).</summary>
     internal static int[] PseudoRandomTokens(int count, int vocab)

@@ -24,7 +24,7 @@ internal static class ChatCommand
             EngineSettings.SetKernelThreads(r.GetValue(run.Threads));
 
             using var model = TransformerModel.Load(modelPath, run.Load(r));
-            using var session = new InferenceSession(model, contextSize);
+            using var session = new InferenceSession(model, contextSize, run.Cache(r));
             var generator = Generator.ForModel(model, session);
             var conversation = new ChatConversation(generator, r.GetValue(system));
             console.Error.WriteLine($"loom: chatting with {Path.GetFileName(modelPath)} ({generator.Template!.Family} template, " +

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Loom.Inference;
 using Loom.Inference.Generation;
 using Loom.Inference.Sampling;
 using Loom.Models.Architectures;
@@ -12,6 +13,24 @@ internal static class WeightPlacementOption
         new("--no-huge-pages") { Description = "leave the weight matrices in the file's memory map instead of copying them into 2 MiB pages" };
 
     public static ModelLoadOptions LoadOptions(ParseResult r, Option<bool> noHugePages) => new() { HugePages = !r.GetValue(noHugePages) };
+}
+
+/// <summary>How the commands that run a model store the KV cache (llama.cpp's --cache-type-k/-v, both at once).</summary>
+internal static class CacheTypeOption
+{
+    public static Option<string> Create()
+    {
+        var option = new Option<string>("--cache-type", "-ct")
+        {
+            Description = "KV cache element type: f16 (llama.cpp's default, half the memory) or f32 (attention on unrounded keys and values)",
+            DefaultValueFactory = _ => "f16",
+            HelpName = "f16|f32",
+        };
+        option.AcceptOnlyFromAmong("f16", "f32");
+        return option;
+    }
+
+    public static KvCacheType Value(ParseResult r, Option<string> option) => r.GetValue(option) == "f32" ? KvCacheType.F32 : KvCacheType.F16;
 }
 
 /// <summary>Options shared by the commands that run a model (generate, chat), with llama.cpp's defaults.</summary>
@@ -35,6 +54,7 @@ internal sealed class ModelRunOptions
     public Option<string[]> Stop { get; } = new("--stop") { Description = "stop when this text appears (repeatable)" };
     public Option<bool> IgnoreEos { get; } = new("--ignore-eos") { Description = "never sample end-of-generation tokens: run to --max-tokens, a stop string or a full context" };
     public Option<bool> NoHugePages { get; } = WeightPlacementOption.Create();
+    public Option<string> CacheType { get; } = CacheTypeOption.Create();
 
     public ModelRunOptions(int defaultMaxTokens)
     {
@@ -44,11 +64,13 @@ internal sealed class ModelRunOptions
     public void AddTo(Command command)
     {
         foreach (Option o in new Option[] { Model, MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN,
-                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop, IgnoreEos, NoHugePages })
+                                            FrequencyPenalty, PresencePenalty, Seed, Threads, Context, Stop, IgnoreEos, NoHugePages, CacheType })
             command.Add(o);
     }
 
     public ModelLoadOptions Load(ParseResult r) => WeightPlacementOption.LoadOptions(r, NoHugePages);
+
+    public KvCacheType Cache(ParseResult r) => CacheTypeOption.Value(r, CacheType);
 
     public SamplerOptions Sampling(ParseResult r)
     {

@@ -54,8 +54,10 @@ internal static class GenerateCommand
                 console.Error.WriteLine("loom: note: the model's chat template is not one Loom recognises; questions run as plain text");
             // One prompt at a time runs on a single session; several share a continuous-batching engine whose queue
             // holds a prompt submitted while its predecessor's slot is still being released.
-            using var session = together == 1 ? new InferenceSession(model, contextSize) : null;
-            using var engine = together == 1 ? null : new LoomEngine(model, new EngineOptions { Parallel = together, ContextSize = contextSize, QueueCapacity = together });
+            var cacheType = run.Cache(r);
+            using var session = together == 1 ? new InferenceSession(model, contextSize, cacheType) : null;
+            using var engine = together == 1 ? null
+                : new LoomEngine(model, new EngineOptions { Parallel = together, ContextSize = contextSize, QueueCapacity = together, CacheType = cacheType });
             var generator = session is null ? null : Generator.ForModel(model, session);
             using var sink = outputPath is null ? null : new StreamWriter(outputPath, append: false, new UTF8Encoding(false));
             TextWriter jsonl = sink ?? console.Out;

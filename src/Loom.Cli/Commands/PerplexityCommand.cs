@@ -19,9 +19,10 @@ internal static class PerplexityCommand
         var context = new Option<int>("--ctx", "-c") { Description = $"tokens per chunk (0 = {DefaultContext}, or the model's context if shorter)", DefaultValueFactory = _ => 0 };
         var chunks = new Option<int>("--chunks") { Description = "score at most this many chunks (0 = all)", DefaultValueFactory = _ => 0 };
         var threads = new Option<int?>("--threads", "-t") { Description = "compute threads (default: all cores)" };
+        var cacheType = CacheTypeOption.Create();
         var command = new Command("perplexity", "Measure a model's perplexity on a text (chunked as llama.cpp's llama-perplexity does, so figures compare)")
         {
-            model, data, context, chunks, threads,
+            model, data, context, chunks, threads, cacheType,
         };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
@@ -41,7 +42,7 @@ internal static class PerplexityCommand
             {
                 console.Error.Write($"[{progress.Chunk}]{progress.RunningPerplexity.ToString("F4", CultureInfo.InvariantCulture)},");
                 if (progress.Chunk == progress.Chunks) console.Error.WriteLine();
-            });
+            }, cacheType: CacheTypeOption.Value(r, cacheType));
             console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"perplexity: {result.Value:F4} ± {result.Uncertainty:F5} ({result.TokensScored:N0} tokens scored in {result.Chunks} chunks " +
                 $"of {result.ContextSize}, {result.Elapsed.TotalSeconds:F2} s)"));

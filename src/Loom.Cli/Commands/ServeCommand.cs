@@ -19,7 +19,8 @@ internal static class ServeCommand
         var queue = new Option<int>("--queue") { Description = "requests that may wait for a free sequence before new ones get 429", DefaultValueFactory = _ => 64 };
         var threads = new Option<int?>("--threads", "-t") { Description = "compute threads (default: all cores)" };
         var noHugePages = WeightPlacementOption.Create();
-        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API") { model, host, port, apiKey, parallel, context, queue, threads, noHugePages };
+        var cacheType = CacheTypeOption.Create();
+        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API") { model, host, port, apiKey, parallel, context, queue, threads, noHugePages, cacheType };
         command.SetAction(r => LoomCli.Guard(console, () =>
         {
             string path = LoomCli.ModelOrDefault(r.GetValue(model));
@@ -29,6 +30,7 @@ internal static class ServeCommand
                 Parallel = r.GetValue(parallel),
                 ContextSize = r.GetValue(context),
                 QueueCapacity = r.GetValue(queue),
+                CacheType = CacheTypeOption.Value(r, cacheType),
             };
             engineOptions.Validate();
             var serverOptions = new ServerOptions { Host = r.GetValue(host)!, Port = r.GetValue(port), ApiKey = r.GetValue(apiKey) };

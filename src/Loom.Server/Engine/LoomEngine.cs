@@ -19,6 +19,8 @@ public sealed record EngineOptions
     public int PrefillTokensPerStep { get; init; } = 256;
     /// <summary>The name clients use for the model; default: the file name without extension.</summary>
     public string? ModelId { get; init; }
+    /// <summary>How every slot's KV cache stores keys and values.</summary>
+    public KvCacheType CacheType { get; init; } = KvCacheType.F16;
 
     public void Validate()
     {
@@ -27,6 +29,7 @@ public sealed record EngineOptions
         if (QueueCapacity is < 0 or > 100_000) throw new ArgumentException($"the queue capacity must be between 0 and 100000 (got {QueueCapacity})");
         if (PrefillChunk is < 1 or > InferenceSession.MaxBatchSize * 8) throw new ArgumentException($"the prefill chunk must be between 1 and {InferenceSession.MaxBatchSize * 8} (got {PrefillChunk})");
         if (PrefillTokensPerStep is < 1 or > 1 << 16) throw new ArgumentException($"the prefill tokens per step must be between 1 and 65536 (got {PrefillTokensPerStep})");
+        if (!Enum.IsDefined(CacheType)) throw new ArgumentException($"unknown KV cache type {CacheType}");
     }
 }
 
@@ -53,7 +56,7 @@ public sealed class LoomEngine : IDisposable
         Prompts = new PromptEncoder(Codec, ChatTemplate.Detect(model.Config.ChatTemplate));
         ModelId = string.IsNullOrWhiteSpace(options.ModelId) ? "loom" : options.ModelId;
         Metrics = new ServerMetrics();
-        _batch = new BatchedInference(model, options.Parallel, options.ContextSize);
+        _batch = new BatchedInference(model, options.Parallel, options.ContextSize, options.CacheType);
         try
         {
             _scheduler = new BatchScheduler(_batch, Codec, Metrics, options.QueueCapacity, options.PrefillChunk,

@@ -20,7 +20,7 @@ public class ConformanceGenerationTests(ConformanceModels models, ITestOutputHel
         var expected = reference.GenerateGreedy(prompt, ConformanceText.GeneratedTokens);
 
         using var model = TransformerModel.Load(path);
-        using var session = new InferenceSession(model, 256);
+        using var session = new InferenceSession(model, 256, KvCacheType.F32);
         var actual = new int[ConformanceText.GeneratedTokens];
         int next = Comparison.ArgMax(session.Evaluate(prompt));
         for (int step = 0; step < actual.Length; step++)
