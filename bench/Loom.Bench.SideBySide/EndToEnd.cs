@@ -28,7 +28,7 @@ internal static class EndToEnd
             ArgumentList =
             {
                 loomDll, "generate", "-m", model, "--prompts", prompts, "--max-tokens", tokens.ToString(), "--ignore-eos",
-                "--temperature", "0", "--parallel", parallel.ToString(), "--threads", threads.ToString(), "--output", output,
+                "--temperature", "0", "--parallel", parallel.ToString(), "--threads", threads.ToString(), "--cache-type", "f16", "--output", output,
             },
             RedirectStandardError = true,
             RedirectStandardOutput = true,
@@ -73,6 +73,8 @@ internal static class EndToEnd
             Threads = threads,
             BatchThreads = threads,
             FlashAttention = flashAttention,
+            TypeK = GGMLType.GGML_TYPE_F16,
+            TypeV = GGMLType.GGML_TYPE_F16,
         };
         using var context = weights.CreateContext(parameters);
         var batch = new LLamaBatch();

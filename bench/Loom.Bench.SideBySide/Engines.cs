@@ -36,7 +36,7 @@ internal sealed class LoomEngine : IEngine
     public LoomEngine(string path, int sessionContext, int batchContext, bool hugePages)
     {
         _model = TransformerModel.Load(path, new ModelLoadOptions { HugePages = hugePages });
-        _session = new InferenceSession(_model, sessionContext);
+        _session = new InferenceSession(_model, sessionContext, KvCacheType.F16);
         _batchContext = batchContext;
     }
 
@@ -68,7 +68,7 @@ internal sealed class LoomEngine : IEngine
         UseThreads(threads);
         if (!_batches.TryGetValue(sequences, out var state))
         {
-            state = (new BatchedInference(_model, sequences, _batchContext), new BatchEntry[sequences], new float[(long)sequences * _model.Config.VocabSize]);
+            state = (new BatchedInference(_model, sequences, _batchContext, KvCacheType.F16), new BatchEntry[sequences], new float[(long)sequences * _model.Config.VocabSize]);
             _batches[sequences] = state;
         }
         for (int s = 0; s < sequences; s++) state.Batch.Truncate(s, 0);
@@ -177,6 +177,8 @@ internal sealed class LlamaCppEngine : IEngine
             Threads = threads,
             BatchThreads = threads,
             FlashAttention = FlashAttention,
+            TypeK = GGMLType.GGML_TYPE_F16,
+            TypeV = GGMLType.GGML_TYPE_F16,
         };
         context = _weights.CreateContext(parameters);
         _contexts[key] = context;

@@ -305,7 +305,7 @@ internal sealed class Report : IDisposable
         Line($"cpu: {cpu}, {Environment.ProcessorCount} logical cores; started {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         Line($"Loom kernels: {(Avx512F.IsSupported && Avx512BW.IsSupported ? "AVX-512" : Avx2.IsSupported && Fma.IsSupported ? "AVX2" : "portable")} " +
              $"(Vector512 accelerated {Vector512.IsHardwareAccelerated}), weight matrices {(o.LoomHugePages && WeightArena.HugePagesAvailable ? "in 2 MiB pages" : "in the memory map")}; " +
-             $"llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}");
+             $"llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}; KV cache F16 in both engines (their default)");
         Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
         if (o.EndToEndPrompts is not null) return;
         Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens, the engines alternating every {o.DecodeSegment}; " +
