@@ -35,14 +35,14 @@ public unsafe class OperatorBenchmarks
         nameof(RmsNorm) => Repeats * 2.0 * Tokens * Dim * sizeof(float),
         nameof(Rope) => Repeats * 2.0 * Tokens * Heads * HeadLength * sizeof(float),
         nameof(Softmax) => Repeats * 2.0 * Heads * Context * sizeof(float),
-        nameof(DecodeAttention) => 2.0 * Heads * Context * HeadLength * sizeof(float),
-        nameof(DecodeAttentionF16) => 2.0 * Heads * Context * HeadLength * sizeof(ushort),
+        nameof(DecodeAttention) => Repeats * 2.0 * Heads * Context * HeadLength * sizeof(float),
+        nameof(DecodeAttentionF16) => Repeats * 2.0 * Heads * Context * HeadLength * sizeof(ushort),
         _ => 0,
     };
 
     /// <summary>Floating-point operations of an invocation of the attention (two multiply-adds per position and dimension).</summary>
     public static double Flops(string method) =>
-        method is nameof(DecodeAttention) or nameof(DecodeAttentionF16) ? 4.0 * Heads * Context * HeadLength : 0;
+        method is nameof(DecodeAttention) or nameof(DecodeAttentionF16) ? Repeats * 4.0 * Heads * Context * HeadLength : 0;
 
     [GlobalSetup]
     public void Setup()
@@ -103,34 +103,37 @@ public unsafe class OperatorBenchmarks
     }
 
     /// <summary>
-    /// One query token, every head, as a forward pass attends: per key/value head, its query heads' scores against the
-    /// cached keys, their softmax, and the weighted sums of the values.
+    /// One query token, every head, as a forward pass attends (<see cref="Repeats"/> times: one pass is too short to
+    /// time): per key/value head, its query heads' scores against the cached keys, their softmax, and the weighted sums
+    /// of the values.
     /// </summary>
     [Benchmark]
     public void DecodeAttention()
     {
         float scale = 1f / MathF.Sqrt(HeadLength);
         int group = Heads / KvHeads;
-        for (int kv = 0; kv < KvHeads; kv++)
-        {
-            OperatorKernels.ScoresGroup(_query + kv * group * HeadLength, group, _keys + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context);
-            for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
-            OperatorKernels.WeightedSumGroup(_values + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength);
-        }
+        for (int r = 0; r < Repeats; r++)
+            for (int kv = 0; kv < KvHeads; kv++)
+            {
+                OperatorKernels.ScoresGroup(_query + kv * group * HeadLength, group, _keys + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context);
+                for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
+                OperatorKernels.WeightedSumGroup(_values + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength);
+            }
     }
 
-    /// <summary>The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold), converted a block at a time.</summary>
+    /// <summary>The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold): keys read in place, values converted a block at a time.</summary>
     [Benchmark]
     public void DecodeAttentionF16()
     {
         float scale = 1f / MathF.Sqrt(HeadLength);
         int group = Heads / KvHeads;
-        for (int kv = 0; kv < KvHeads; kv++)
-        {
-            OperatorKernels.ScoresGroupHalves(_query + kv * group * HeadLength, group, _keyHalves + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context, _converted, finite: true);
-            for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
-            OperatorKernels.WeightedSumGroupHalves(_valueHalves + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength, _converted, finite: true);
-        }
+        for (int r = 0; r < Repeats; r++)
+            for (int kv = 0; kv < KvHeads; kv++)
+            {
+                OperatorKernels.ScoresGroupHalves(_query + kv * group * HeadLength, group, _keyHalves + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context, _converted, finite: true);
+                for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
+                OperatorKernels.WeightedSumGroupHalves(_valueHalves + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength, _converted, finite: true);
+            }
     }
 
     [GlobalCleanup]

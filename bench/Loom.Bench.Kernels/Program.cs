@@ -43,7 +43,7 @@ foreach (var report in summaries.SelectMany(s => s.Reports).Where(r => r.ResultS
         nameof(OperatorBenchmarks.Rope) => ($"RoPE {OperatorBenchmarks.Tokens} tokens × {OperatorBenchmarks.Heads} heads × {OperatorBenchmarks.HeadLength} (×{OperatorBenchmarks.Repeats})", OperatorBenchmarks.Bytes(method), 0),
         nameof(OperatorBenchmarks.Softmax) => ($"softmax {OperatorBenchmarks.Heads} rows × {OperatorBenchmarks.Context} (×{OperatorBenchmarks.Repeats})", OperatorBenchmarks.Bytes(method), 0),
         nameof(OperatorBenchmarks.DecodeAttention) or nameof(OperatorBenchmarks.DecodeAttentionF16) =>
-            ($"decode attention, {(method == nameof(OperatorBenchmarks.DecodeAttention) ? "F32" : "F16")} cache, {OperatorBenchmarks.Heads} heads × {OperatorBenchmarks.Context} positions × {OperatorBenchmarks.HeadLength} (K and V counted per query head)", OperatorBenchmarks.Bytes(method), OperatorBenchmarks.Flops(method)),
+            ($"decode attention, {(method == nameof(OperatorBenchmarks.DecodeAttention) ? "F32" : "F16")} cache, {OperatorBenchmarks.Heads} heads × {OperatorBenchmarks.Context} positions × {OperatorBenchmarks.HeadLength} (×{OperatorBenchmarks.Repeats}; K and V counted per query head)", OperatorBenchmarks.Bytes(method), OperatorBenchmarks.Flops(method)),
         _ => MatMulRow(c.Parameters),
     };
     Console.WriteLine($"| {row.Name} | {threads} | {seconds * 1e3:F2} | {Rate(row.Bytes, seconds)} | {Rate(row.Flops, seconds)} |");
