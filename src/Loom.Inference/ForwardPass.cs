@@ -258,7 +258,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
         var c = _config;
         var cache = segment.Cache;
         float* scores = _scores.Pointer + (long)scratchRow * _headsPerKvHead * MaxContext;
-        if (!Vector256.IsHardwareAccelerated || c.KeyLength % 16 != 0 || c.ValueLength % 8 != 0)
+        if (!Vector256.IsHardwareAccelerated || c.KeyLength % 8 != 0 || c.ValueLength % 8 != 0)
         {
             AttendPortable(segment, kvHead, scores);
             return;

@@ -78,61 +78,64 @@ internal static unsafe class OperatorKernels
 
     /// <summary>
     /// scores[g·scoresStride + j] = (q_g · k_j)·scale for j &lt; count and each of the <paramref name="group"/> query
-    /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 16).
+    /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 8).
+    /// Eight positions at a time: their keys (a few KiB) stay in L1 while every head of the group goes through them.
     /// A score's arithmetic does not depend on the group.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride) =>
-        Scores<SingleKeys>(q, group, (byte*)keys, length, count, scale, scores, scoresStride);
+    public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride)
+    {
+        for (int j = 0; j < count; j += 8)
+            ScoresEight(q, group, keys + (long)j * length, length, Math.Min(8, count - j), scale, scores + j, scoresStride);
+    }
 
     /// <summary>
-    /// Up to four heads at a time go through the keys together, position by position: each piece of a key is loaded
-    /// (and, from an F16 cache, converted) once for all of them, and their eight accumulator chains run side by side.
-    /// Each score is still its own two chains over the dimensions in order, so the bits do not depend on the group.
+    /// The scores of <paramref name="n"/> ≤ 8 consecutive positions: one accumulator chain per position over the
+    /// dimensions in order (eight independent chains), the eight sums reduced together and stored as one vector.
+    /// Positions past n repeat the last one, read but never stored.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Scores<TKeys>(float* q, int group, byte* keys, int length, int count, float scale, float* scores, int scoresStride)
-        where TKeys : struct, IKeyElements
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScoresEight(float* q, int group, float* keys, int length, int n, float scale, float* scores, int scoresStride)
     {
-        long rowBytes = (long)length * TKeys.Size;
-        for (int first = 0; first < group; first += 4)
+        float* k0 = keys, k1 = keys + Math.Min(1, n - 1) * length, k2 = keys + Math.Min(2, n - 1) * length, k3 = keys + Math.Min(3, n - 1) * length;
+        float* k4 = keys + Math.Min(4, n - 1) * length, k5 = keys + Math.Min(5, n - 1) * length, k6 = keys + Math.Min(6, n - 1) * length;
+        float* k7 = keys + Math.Min(7, n - 1) * length;
+        for (int g = 0; g < group; g++)
         {
-            int heads = Math.Min(4, group - first);
-            float* q0 = q + first * length;
-            float* q1 = heads > 1 ? q0 + length : q0, q2 = heads > 2 ? q0 + 2 * length : q0, q3 = heads > 3 ? q0 + 3 * length : q0;
-            float* s0 = scores + (long)first * scoresStride;
-            byte* key = keys;
-            for (int j = 0; j < count; j++, key += rowBytes)
+            float* query = q + g * length;
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            for (int d = 0; d < length; d += 8)
             {
-                Vector256<float> e0 = default, o0 = default, e1 = default, o1 = default, e2 = default, o2 = default, e3 = default, o3 = default;
-                for (int d = 0; d < length; d += 16)
-                {
-                    var k0 = TKeys.Load8(key, d);
-                    var k1 = TKeys.Load8(key, d + 8);
-                    e0 = Vector256.MultiplyAddEstimate(Vector256.Load(q0 + d), k0, e0);
-                    o0 = Vector256.MultiplyAddEstimate(Vector256.Load(q0 + d + 8), k1, o0);
-                    if (heads > 1)
-                    {
-                        e1 = Vector256.MultiplyAddEstimate(Vector256.Load(q1 + d), k0, e1);
-                        o1 = Vector256.MultiplyAddEstimate(Vector256.Load(q1 + d + 8), k1, o1);
-                    }
-                    if (heads > 2)
-                    {
-                        e2 = Vector256.MultiplyAddEstimate(Vector256.Load(q2 + d), k0, e2);
-                        o2 = Vector256.MultiplyAddEstimate(Vector256.Load(q2 + d + 8), k1, o2);
-                    }
-                    if (heads > 3)
-                    {
-                        e3 = Vector256.MultiplyAddEstimate(Vector256.Load(q3 + d), k0, e3);
-                        o3 = Vector256.MultiplyAddEstimate(Vector256.Load(q3 + d + 8), k1, o3);
-                    }
-                }
-                s0[j] = Vector256.Sum(e0 + o0) * scale;
-                if (heads > 1) s0[scoresStride + j] = Vector256.Sum(e1 + o1) * scale;
-                if (heads > 2) s0[2L * scoresStride + j] = Vector256.Sum(e2 + o2) * scale;
-                if (heads > 3) s0[3L * scoresStride + j] = Vector256.Sum(e3 + o3) * scale;
+                var x = Vector256.Load(query + d);
+                a0 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k0 + d), a0);
+                a1 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k1 + d), a1);
+                a2 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k2 + d), a2);
+                a3 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k3 + d), a3);
+                a4 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k4 + d), a4);
+                a5 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k5 + d), a5);
+                a6 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k6 + d), a6);
+                a7 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k7 + d), a7);
             }
+            var sums = SumEach(a0, a1, a2, a3, a4, a5, a6, a7) * scale;
+            float* row = scores + (long)g * scoresStride;
+            if (n == 8) sums.Store(row);
+            else
+                for (int p = 0; p < n; p++) row[p] = sums.GetElement(p);
         }
+    }
+
+    /// <summary>The horizontal sums of eight vectors, as one vector (element i is the sum of vi's lanes).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> SumEach(Vector256<float> v0, Vector256<float> v1, Vector256<float> v2, Vector256<float> v3,
+        Vector256<float> v4, Vector256<float> v5, Vector256<float> v6, Vector256<float> v7)
+    {
+        if (!Avx.IsSupported)
+            return Vector256.Create(Vector256.Sum(v0), Vector256.Sum(v1), Vector256.Sum(v2), Vector256.Sum(v3),
+                Vector256.Sum(v4), Vector256.Sum(v5), Vector256.Sum(v6), Vector256.Sum(v7));
+        // pairwise sums within each 128-bit half, then the two halves added: lanes 0–3 from v0–v3, 4–7 from v4–v7
+        var low = Avx.HorizontalAdd(Avx.HorizontalAdd(v0, v1), Avx.HorizontalAdd(v2, v3));
+        var high = Avx.HorizontalAdd(Avx.HorizontalAdd(v4, v5), Avx.HorizontalAdd(v6, v7));
+        return Avx.Permute2x128(low, high, 0x20) + Avx.Permute2x128(low, high, 0x31);
     }
 
     /// <summary>
@@ -211,24 +214,12 @@ internal static unsafe class OperatorKernels
     /// <summary>Floats converted per block; the F16 kernels' scratch holds max(this, length) floats.</summary>
     public const int HalfBlockFloats = 4096;
 
-    /// <summary>
-    /// <see cref="ScoresGroup"/> over F16 keys. Finite keys are read in place as raw halves (h·2^-112, see
-    /// <see cref="FiniteHalvesToSingles"/>) against queries scaled by 2^112 into <paramref name="scratch"/>: both
-    /// scalings are exact, so every product, and every score, is bit for bit the F32 one. Otherwise (or for queries too
-    /// large to scale) the keys are converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.
-    /// </summary>
-    /// <param name="finite">The keys hold no Inf or NaN.</param>
+    /// <summary><see cref="ScoresGroup"/> over F16 keys, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
+    /// <param name="finite">The keys hold no Inf or NaN (<see cref="FiniteHalvesToSingles"/> may convert them).</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScoresGroupHalves(float* q, int group, Half* keys, int length, int count, float scale, float* scores, int scoresStride,
         float* scratch, bool finite)
     {
-        int queries = group * length;
-        if (finite && queries <= HalfBlockFloats && TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(q, queries)) < ScaledQueryLimit)
-        {
-            TensorPrimitives.Multiply(new ReadOnlySpan<float>(q, queries), HalfRebase, new Span<float>(scratch, queries));
-            Scores<RawHalfKeys>(scratch, group, (byte*)keys, length, count, scale, scores, scoresStride);
-            return;
-        }
         int rows = Math.Max(1, HalfBlockFloats / length);
         for (int from = 0; from < count; from += rows)
         {
@@ -237,9 +228,6 @@ internal static unsafe class OperatorKernels
             ScoresGroup(q, group, scratch, length, n, scale, scores + from, scoresStride);
         }
     }
-
-    /// <summary>Queries below this magnitude stay finite once scaled by 2^112.</summary>
-    private const float ScaledQueryLimit = 32768f;
 
     /// <summary><see cref="WeightedSumGroup"/> over F16 values, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
     /// <param name="finite">The values hold no Inf or NaN (<see cref="FiniteHalvesToSingles"/> may convert them).</param>
@@ -288,38 +276,5 @@ internal static unsafe class OperatorKernels
                 (((h << 13) & Vector256.Create(HalfMagnitudeMask)).AsSingle() * Vector256.Create(HalfRebase)).Store(destination + i);
             }
         for (; i < count; i++) destination[i] = (float)source[i];
-    }
-}
-
-/// <summary>How <see cref="OperatorKernels"/>' scores read eight consecutive elements of a cached key as floats.</summary>
-internal unsafe interface IKeyElements
-{
-    /// <summary>Bytes per element.</summary>
-    static abstract int Size { get; }
-
-    static abstract Vector256<float> Load8(byte* row, int index);
-}
-
-/// <summary>F32 keys.</summary>
-internal readonly unsafe struct SingleKeys : IKeyElements
-{
-    public static int Size => sizeof(float);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(byte* row, int index) => Vector256.Load((float*)row + index);
-}
-
-/// <summary>Finite F16 keys as raw halves, h·2^-112 (the queries carry the 2^112).</summary>
-internal readonly unsafe struct RawHalfKeys : IKeyElements
-{
-    public static int Size => sizeof(ushort);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(byte* row, int index)
-    {
-        var halves = (short*)row + index;
-        var signExtended = Avx2.IsSupported ? Avx2.ConvertToVector256Int32(halves)
-            : Vector256.Create(Vector128.WidenLower(Vector128.Load(halves)), Vector128.WidenUpper(Vector128.Load(halves)));
-        return ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
     }
 }

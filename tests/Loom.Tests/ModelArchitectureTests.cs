@@ -17,7 +17,8 @@ public class ModelArchitectureTests(ITestOutputHelper output)
         new() { Architecture = "llama", RopeScaling = "yarn", RopeFactor = 4f, RopeOriginalContext = 32, FreqBase = 1000f },
         new() { Architecture = "qwen2", TiedOutput = true },
         new() { Architecture = "qwen3", KeyLength = 32 },
-        new() { Architecture = "llama", KeyLength = 24 }, // a head size the vector attention kernels do not take
+        new() { Architecture = "llama", KeyLength = 24 }, // a multiple of 8, not of 16
+        new() { Architecture = "llama", KeyLength = 20 }, // a head size the vector attention kernels do not take
         new() { Architecture = "gpt2", KvHeads = 4 },
     }.ToDictionary(v => v.ToString());
 

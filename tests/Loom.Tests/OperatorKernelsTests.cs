@@ -58,10 +58,7 @@ public unsafe class OperatorKernelsTests
         AssertSameBits(floatOutput, halfOutput, "output");
     }
 
-    /// <summary>
-    /// A query too large to scale by 2^112 (the in-place reading of finite halves) sends the keys through conversion:
-    /// still the F32 bits, not Inf.
-    /// </summary>
+    /// <summary>A query far beyond the halves' range: F16 keys still give the F32 bits, not Inf.</summary>
     [Fact]
     public void LargeQueriesStillGiveTheBitsOfTheirFloats()
     {
@@ -131,5 +128,32 @@ public unsafe class OperatorKernelsTests
         for (int i = 0; i < expected.Length; i++)
             Assert.True(float.IsNaN(expected[i]) ? float.IsNaN(actual[i]) : BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
                 $"{what} {i}: F16 rows {actual[i]:R}, F32 rows {expected[i]:R}");
+    }
+
+    /// <summary>Every score against a plain double-precision dot product, at counts that leave 1–7 positions in the last block of eight.</summary>
+    [Theory]
+    [InlineData(64, 13, 4)]
+    [InlineData(24, 9, 3)]
+    [InlineData(128, 8, 1)]
+    [InlineData(32, 7, 2)]
+    public void ScoresAreTheDotProducts(int length, int count, int group)
+    {
+        var rng = new Random(length + count);
+        float[] Random(int n) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = rng.NextSingle() * 2 - 1; return a; }
+        float[] q = Random(group * length), keys = Random(count * length);
+        int stride = count + 5;
+        var scores = new float[group * stride];
+        Array.Fill(scores, float.NaN);
+        fixed (float* qp = q, kp = keys, sp = scores) OperatorKernels.ScoresGroup(qp, group, kp, length, count, 0.5f, sp, stride);
+        for (int g = 0; g < group; g++)
+        {
+            for (int j = 0; j < count; j++)
+            {
+                double dot = 0;
+                for (int d = 0; d < length; d++) dot += (double)q[g * length + d] * keys[j * length + d];
+                Assert.True(Math.Abs(scores[g * stride + j] - 0.5 * dot) <= 1e-5 * (1 + Math.Abs(dot)), $"head {g} position {j}: {scores[g * stride + j]} against {0.5 * dot}");
+            }
+            for (int j = count; j < stride; j++) Assert.True(float.IsNaN(scores[g * stride + j]), $"head {g}: position {j} past the count was written");
+        }
     }
 }
