@@ -13,8 +13,7 @@ public unsafe class OperatorKernelsTests
     public void GroupedAttentionMatchesEachHeadAloneBitForBit(int length, int count, int group)
     {
         var rng = new Random(length * 1000 + count);
-        float[] Random(int n) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = rng.NextSingle() * 2 - 1; return a; }
-        float[] q = Random(group * length), keys = Random(count * length), values = Random(count * length);
+        float[] q = Uniform(rng, group * length), keys = Uniform(rng, count * length), values = Uniform(rng, count * length);
         int stride = count + 3;
         var scores = new float[group * stride];
         var expectedScores = new float[group * count];
@@ -139,8 +138,7 @@ public unsafe class OperatorKernelsTests
     public void ScoresAreTheDotProducts(int length, int count, int group)
     {
         var rng = new Random(length + count);
-        float[] Random(int n) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = rng.NextSingle() * 2 - 1; return a; }
-        float[] q = Random(group * length), keys = Random(count * length);
+        float[] q = Uniform(rng, group * length), keys = Uniform(rng, count * length);
         int stride = count + 5;
         var scores = new float[group * stride];
         Array.Fill(scores, float.NaN);
@@ -155,5 +153,12 @@ public unsafe class OperatorKernelsTests
             }
             for (int j = count; j < stride; j++) Assert.True(float.IsNaN(scores[g * stride + j]), $"head {g}: position {j} past the count was written");
         }
+    }
+
+    private static float[] Uniform(Random rng, int n)
+    {
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = rng.NextSingle() * 2 - 1;
+        return a;
     }
 }
