@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Loom.Core.Kernels;
 using Loom.Models.Architectures;
 
 namespace Loom.Inference;
@@ -80,18 +81,13 @@ internal sealed unsafe class KvCache
             new ReadOnlySpan<float>(value, ValueLength).CopyTo(new Span<float>((float*)Values(layer, head) + position * ValueLength, ValueLength));
             return;
         }
-        var keyHalves = new Span<Half>((Half*)Keys(layer, head) + position * KeyLength, KeyLength);
-        var valueHalves = new Span<Half>((Half*)Values(layer, head) + position * ValueLength, ValueLength);
-        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(key, KeyLength), keyHalves);
-        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(value, ValueLength), valueHalves);
-        if (!HoldsNonFiniteHalves && !(AllFinite(keyHalves) && AllFinite(valueHalves))) HoldsNonFiniteHalves = true;
-    }
-
-    private static bool AllFinite(ReadOnlySpan<Half> halves)
-    {
-        foreach (var h in halves)
-            if (!Half.IsFinite(h)) return false;
-        return true;
+        var keyHalves = (Half*)Keys(layer, head) + position * KeyLength;
+        var valueHalves = (Half*)Values(layer, head) + position * ValueLength;
+        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(key, KeyLength), new Span<Half>(keyHalves, KeyLength));
+        TensorPrimitives.ConvertToHalf(new ReadOnlySpan<float>(value, ValueLength), new Span<Half>(valueHalves, ValueLength));
+        if (!HoldsNonFiniteHalves &&
+            !(FloatKernels.HalvesFinite((ushort*)keyHalves, KeyLength) && FloatKernels.HalvesFinite((ushort*)valueHalves, ValueLength)))
+            HoldsNonFiniteHalves = true;
     }
 
     /// <summary>A zeroed pinned array of <paramref name="elements"/> elements of the cache's type, kept alive in slot <paramref name="slot"/>.</summary>

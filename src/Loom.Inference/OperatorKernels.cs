@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Loom.Core.Kernels;
 
 namespace Loom.Inference;
 
@@ -209,13 +210,14 @@ internal static unsafe class OperatorKernels
     // An F16 cache is read a block of rows at a time: each block is converted to floats once (into an L1-sized scratch)
     // and every head of the group then runs the F32 kernels on it; converting inside the kernels would repeat the work
     // for every head. The conversion is exact, so the bits are those of F32 rows holding the same halves. Caches known
-    // to hold no Inf/NaN take the short conversion below; TensorPrimitives' general one runs about three times slower.
+    // to hold no Inf/NaN take the short conversion of the F16 matrix kernels (FloatKernels.FiniteHalvesToSingles);
+    // TensorPrimitives' general one runs about three times slower.
 
     /// <summary>Floats converted per block; the F16 kernels' scratch holds max(this, length) floats.</summary>
     public const int HalfBlockFloats = 4096;
 
     /// <summary><see cref="ScoresGroup"/> over F16 keys, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
-    /// <param name="finite">The keys hold no Inf or NaN (<see cref="FiniteHalvesToSingles"/> may convert them).</param>
+    /// <param name="finite">The keys hold no Inf or NaN (<see cref="FloatKernels.FiniteHalvesToSingles"/> may convert them).</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScoresGroupHalves(float* q, int group, Half* keys, int length, int count, float scale, float* scores, int scoresStride,
         float* scratch, bool finite)
@@ -230,7 +232,7 @@ internal static unsafe class OperatorKernels
     }
 
     /// <summary><see cref="WeightedSumGroup"/> over F16 values, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
-    /// <param name="finite">The values hold no Inf or NaN (<see cref="FiniteHalvesToSingles"/> may convert them).</param>
+    /// <param name="finite">The values hold no Inf or NaN (<see cref="FloatKernels.FiniteHalvesToSingles"/> may convert them).</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void WeightedSumGroupHalves(Half* values, int length, int count, float* weights, int weightsStride, int group, float* output,
         float* scratch, bool finite)
@@ -246,35 +248,7 @@ internal static unsafe class OperatorKernels
 
     private static void HalvesToSingles(Half* source, float* destination, int count, bool finite)
     {
-        if (finite) FiniteHalvesToSingles(source, destination, count);
+        if (finite) FloatKernels.FiniteHalvesToSingles((ushort*)source, destination, count);
         else TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(source, count), new Span<float>(destination, count));
-    }
-
-    private const float HalfRebase = 5.192296858534828e33f; // 2^112
-    private const int HalfMagnitudeMask = unchecked((int)0x8FFFE000);
-
-    /// <summary>
-    /// Converts halves that hold no Inf or NaN to floats, exactly. A sign-extended half shifted left by 13 and masked
-    /// keeps its sign in bit 31 and its magnitude where a float's exponent and mantissa sit; read as a float that is
-    /// exactly h·2^-112 (subnormal halves included), so one multiply by 2^112 gives h.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void FiniteHalvesToSingles(Half* source, float* destination, int count)
-    {
-        var halves = (short*)source;
-        int i = 0;
-        if (Avx512F.IsSupported)
-            for (; i + 16 <= count; i += 16)
-            {
-                var h = Avx512F.ConvertToVector512Int32(Vector256.Load(halves + i));
-                (((h << 13) & Vector512.Create(HalfMagnitudeMask)).AsSingle() * Vector512.Create(HalfRebase)).Store(destination + i);
-            }
-        if (Avx2.IsSupported)
-            for (; i + 8 <= count; i += 8)
-            {
-                var h = Avx2.ConvertToVector256Int32(halves + i);
-                (((h << 13) & Vector256.Create(HalfMagnitudeMask)).AsSingle() * Vector256.Create(HalfRebase)).Store(destination + i);
-            }
-        for (; i < count; i++) destination[i] = (float)source[i];
     }
 }

@@ -127,6 +127,21 @@ internal static unsafe class FloatKernels
     private const float HalfUnscale = 1.925929944387236e-34f; // 2^-112
 
 
+    /// <summary>
+    /// Converts halves that hold no Inf or NaN to floats, exactly: the conversion the F16 dots apply, stored (used for
+    /// an F16 KV cache, read a block at a time).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void FiniteHalvesToSingles(ushort* halves, float* destination, int count)
+    {
+        int i = 0;
+        if (Avx512F.IsSupported)
+            for (; i + 16 <= count; i += 16) FiniteHalfToSingle(WidenSigned512(halves + i)).Store(destination + i);
+        if (Avx2.IsSupported)
+            for (; i + 8 <= count; i += 8) FiniteHalfToSingle(WidenSigned(halves + i)).Store(destination + i);
+        for (; i < count; i++) destination[i] = Fp.HalfToFloat(halves[i]);
+    }
+
     /// <summary>Whether none of the halves is Inf or NaN (all exponent bits set).</summary>
     public static bool HalvesFinite(ushort* halves, long count)
     {
