@@ -1,6 +1,4 @@
 using System.Numerics.Tensors;
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using Loom.Core.Kernels;
 using Loom.Models.Architectures;
 
@@ -21,11 +19,12 @@ public enum KvCacheType
 /// </summary>
 internal sealed unsafe class KvCache
 {
+    // The pinned arrays, kept alive here, and each layer's keys and values in them; one head's block follows another.
     private readonly Array[] _blocks;
     private readonly nint[] _keys;
     private readonly nint[] _values;
-    private readonly long _keyHeadStride;
-    private readonly long _valueHeadStride;
+    private readonly long _keyHeadBytes;
+    private readonly long _valueHeadBytes;
 
     public KvCache(ModelConfig config, int capacity, KvCacheType type)
     {
@@ -34,15 +33,16 @@ internal sealed unsafe class KvCache
         Capacity = capacity;
         KeyLength = config.KeyLength;
         ValueLength = config.ValueLength;
-        _keyHeadStride = (long)capacity * KeyLength;
-        _valueHeadStride = (long)capacity * ValueLength;
+        long keyElements = (long)capacity * KeyLength, valueElements = (long)capacity * ValueLength;
+        _keyHeadBytes = keyElements * ElementSize(type);
+        _valueHeadBytes = valueElements * ElementSize(type);
         _blocks = new Array[2 * config.LayerCount];
         _keys = new nint[config.LayerCount];
         _values = new nint[config.LayerCount];
         for (int layer = 0; layer < config.LayerCount; layer++)
         {
-            _keys[layer] = Allocate(2 * layer, _keyHeadStride * config.HeadCountKv);
-            _values[layer] = Allocate(2 * layer + 1, _valueHeadStride * config.HeadCountKv);
+            _keys[layer] = Allocate(2 * layer, keyElements * config.HeadCountKv);
+            _values[layer] = Allocate(2 * layer + 1, valueElements * config.HeadCountKv);
         }
     }
 
@@ -64,10 +64,10 @@ internal sealed unsafe class KvCache
     public static int ElementSize(KvCacheType type) => type == KvCacheType.F16 ? sizeof(ushort) : sizeof(float);
 
     /// <summary>Keys of one head: row p (KeyLength elements of <see cref="Type"/>) is position p.</summary>
-    public void* Keys(int layer, int head) => (byte*)_keys[layer] + head * _keyHeadStride * ElementSize(Type);
+    public void* Keys(int layer, int head) => (byte*)_keys[layer] + head * _keyHeadBytes;
 
     /// <summary>Values of one head: row p (ValueLength elements of <see cref="Type"/>) is position p.</summary>
-    public void* Values(int layer, int head) => (byte*)_values[layer] + head * _valueHeadStride * ElementSize(Type);
+    public void* Values(int layer, int head) => (byte*)_values[layer] + head * _valueHeadBytes;
 
     /// <summary>
     /// Writes one head's key and value at <paramref name="position"/>, rounded to the cache's type (to nearest, ties to
@@ -93,17 +93,12 @@ internal sealed unsafe class KvCache
     /// <summary>A zeroed pinned array of <paramref name="elements"/> elements of the cache's type, kept alive in slot <paramref name="slot"/>.</summary>
     private nint Allocate(int slot, long elements)
     {
-        if (elements > Array.MaxLength)
-            throw new OutOfMemoryException($"a KV cache block of {elements} elements exceeds the largest array .NET can hold; use a smaller context");
-        int length = (int)Math.Max(elements, 1);
         if (Type == KvCacheType.F16)
         {
-            var halves = GC.AllocateArray<ushort>(length, pinned: true);
-            _blocks[slot] = halves;
-            return (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(halves));
+            _blocks[slot] = PinnedBuffer.Allocate<Half>(elements, out var halves);
+            return (nint)halves;
         }
-        var floats = GC.AllocateArray<float>(length, pinned: true);
-        _blocks[slot] = floats;
-        return (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(floats));
+        _blocks[slot] = PinnedBuffer.Allocate<float>(elements, out var floats);
+        return (nint)floats;
     }
 }

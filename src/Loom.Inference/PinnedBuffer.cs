@@ -10,10 +10,21 @@ internal sealed unsafe class PinnedBuffer
 
     public PinnedBuffer(long length)
     {
+        _array = Allocate<float>(length, out var pointer);
+        Pointer = pointer;
+    }
+
+    /// <summary>
+    /// A zeroed array of <paramref name="length"/> elements (at least one) on the pinned object heap, and its address,
+    /// valid while the caller keeps the array alive.
+    /// </summary>
+    public static T[] Allocate<T>(long length, out T* pointer) where T : unmanaged
+    {
         if (length > Array.MaxLength)
-            throw new OutOfMemoryException($"a buffer of {length} floats exceeds the largest array .NET can hold; use a smaller context");
-        _array = GC.AllocateArray<float>((int)Math.Max(length, 1), pinned: true);
-        Pointer = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_array));
+            throw new OutOfMemoryException($"a buffer of {length} elements of {sizeof(T)} bytes exceeds the largest array .NET can hold; use a smaller context");
+        var array = GC.AllocateArray<T>((int)Math.Max(length, 1), pinned: true);
+        pointer = (T*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(array));
+        return array;
     }
 
     public float* Pointer { get; }
