@@ -76,6 +76,16 @@ public unsafe class KvCacheTests : IDisposable
         Assert.Equal(f32 / 2, InferenceSession.KvCacheBytes(config, 100, KvCacheType.F16));
     }
 
+    /// <summary>A context too large for one array is refused with a clear error before anything is allocated.</summary>
+    [Theory]
+    [InlineData(KvCacheType.F16)]
+    [InlineData(KvCacheType.F32)]
+    public void OversizedCacheIsRefusedClearly(KvCacheType type)
+    {
+        var error = Assert.Throws<OutOfMemoryException>(() => new KvCache(_model.Config, capacity: 1 << 30, type));
+        Assert.Contains("use a smaller context", error.Message);
+    }
+
     [Fact]
     public void SessionsReportTheirCacheType()
     {

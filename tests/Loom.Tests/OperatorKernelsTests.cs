@@ -49,38 +49,29 @@ public unsafe class OperatorKernelsTests
     [InlineData(64, 1, 1)]
     public void HalfRowsGiveTheBitsOfTheirFloats(int length, int count, int group)
     {
-        var (halfScores, halfOutput, floatScores, floatOutput) = AttendBothWays(length, count, group, withSpecials: false, finite: true);
-        AssertSameBits(floatScores, halfScores, "score");
-        AssertSameBits(floatOutput, halfOutput, "output");
-        (halfScores, halfOutput, _, _) = AttendBothWays(length, count, group, withSpecials: false, finite: false);
-        AssertSameBits(floatScores, halfScores, "score");
-        AssertSameBits(floatOutput, halfOutput, "output");
+        AssertHalfRowsGiveFloatBits(length, count, group, withSpecials: false, finite: true);
+        AssertHalfRowsGiveFloatBits(length, count, group, withSpecials: false, finite: false);
     }
 
     /// <summary>A query far beyond the halves' range: F16 keys still give the F32 bits, not Inf.</summary>
     [Fact]
-    public void LargeQueriesStillGiveTheBitsOfTheirFloats()
-    {
-        var (halfScores, halfOutput, floatScores, floatOutput) = AttendBothWays(64, 70, 4, withSpecials: false, finite: true, largeQuery: 1e5f);
-        Assert.DoesNotContain(floatScores, float.IsInfinity);
-        AssertSameBits(floatScores, halfScores, "score");
-        AssertSameBits(floatOutput, halfOutput, "output");
-    }
+    public void LargeQueriesStillGiveTheBitsOfTheirFloats() =>
+        Assert.DoesNotContain(AssertHalfRowsGiveFloatBits(64, 70, 4, withSpecials: false, finite: true, largeQuery: 1e5f), float.IsInfinity);
 
     /// <summary>Halves that overflowed to Inf or hold NaN stay Inf and NaN, as in F32 rows, through the general conversion.</summary>
     [Fact]
     public void NonFiniteHalvesStayNonFinite()
     {
-        var (halfScores, halfOutput, floatScores, floatOutput) = AttendBothWays(64, 40, 2, withSpecials: true, finite: false);
-        Assert.Contains(floatScores, float.IsNaN);
-        Assert.Contains(floatScores, float.IsInfinity);
-        AssertSameBits(floatScores, halfScores, "score");
-        AssertSameBits(floatOutput, halfOutput, "output");
+        var scores = AssertHalfRowsGiveFloatBits(64, 40, 2, withSpecials: true, finite: false);
+        Assert.Contains(scores, float.IsNaN);
+        Assert.Contains(scores, float.IsInfinity);
     }
 
-    /// <summary>Scores and weighted sums from F16 rows and from F32 rows holding the same values.</summary>
-    private static (float[], float[], float[], float[]) AttendBothWays(int length, int count, int group, bool withSpecials, bool finite,
-        float largeQuery = 0)
+    /// <summary>
+    /// Scores and weighted sums from F16 rows and from F32 rows holding the same values must agree bit for bit; returns
+    /// the scores.
+    /// </summary>
+    private static float[] AssertHalfRowsGiveFloatBits(int length, int count, int group, bool withSpecials, bool finite, float largeQuery = 0)
     {
         var rng = new Random(length * 31 + count);
         var q = new float[group * length];
@@ -119,7 +110,9 @@ public unsafe class OperatorKernelsTests
             OperatorKernels.WeightedSumGroupHalves(vh, length, count, wp, stride, group, ho, sp, finite);
             OperatorKernels.WeightedSumGroup(vf, length, count, wp, stride, group, fo);
         }
-        return (halfScores, halfOutput, floatScores, floatOutput);
+        AssertSameBits(floatScores, halfScores, "score");
+        AssertSameBits(floatOutput, halfOutput, "output");
+        return floatScores;
     }
 
     private static void AssertSameBits(float[] expected, float[] actual, string what)
