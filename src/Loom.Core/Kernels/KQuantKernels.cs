@@ -437,15 +437,30 @@ internal static unsafe class KQuantKernels
     /// <summary>The four level chunks of <see cref="LevelsQ6K(byte*, byte*, in Q6KConstants)"/> from ql bytes 0..31 (<paramref name="ql0"/>), 32..63 and their qh byte vector.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static (Vector256<byte> W1, Vector256<byte> W2, Vector256<byte> W3, Vector256<byte> W4) LevelsQ6K(
-        Vector256<byte> ql0, Vector256<byte> ql1, Vector256<byte> qh, in Q6KConstants k)
-    {
-        if (Gfni.V256.IsSupported)
-            return ((ql0 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits01To45, 0), (ql1 & k.Low4) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits23To45, 0),
-                Gfni.V256.GaloisFieldAffineTransform(ql0, k.HighNibble, 0) | (qh & k.High2),
-                Gfni.V256.GaloisFieldAffineTransform(ql1, k.HighNibble, 0) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits67To45, 0));
-        return ((ql0 & k.Low4) | (ShiftLeft(qh, 4) & k.High2), (ql1 & k.Low4) | (ShiftLeft(qh, 2) & k.High2),
-            (ShiftRight(ql0, 4) & k.Low4) | (qh & k.High2), (ShiftRight(ql1, 4) & k.Low4) | (ShiftRight(qh, 2) & k.High2));
-    }
+        Vector256<byte> ql0, Vector256<byte> ql1, Vector256<byte> qh, in Q6KConstants k) =>
+        (LevelQ6K1(ql0, qh, k), LevelQ6K2(ql1, qh, k), LevelQ6K3(ql0, qh, k), LevelQ6K4(ql1, qh, k));
+
+    /// <summary>Chunk 1 of <see cref="LevelsQ6K(Vector256{byte}, Vector256{byte}, Vector256{byte}, in Q6KConstants)"/>: low nibbles of ql bytes 0..31 with qh bits 0-1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> LevelQ6K1(Vector256<byte> ql0, Vector256<byte> qh, in Q6KConstants k) =>
+        (ql0 & k.Low4) | (Gfni.V256.IsSupported ? Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits01To45, 0) : ShiftLeft(qh, 4) & k.High2);
+
+    /// <summary>Chunk 2: low nibbles of ql bytes 32..63 with qh bits 2-3.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> LevelQ6K2(Vector256<byte> ql1, Vector256<byte> qh, in Q6KConstants k) =>
+        (ql1 & k.Low4) | (Gfni.V256.IsSupported ? Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits23To45, 0) : ShiftLeft(qh, 2) & k.High2);
+
+    /// <summary>Chunk 3: high nibbles of ql bytes 0..31 with qh bits 4-5.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> LevelQ6K3(Vector256<byte> ql0, Vector256<byte> qh, in Q6KConstants k) =>
+        (Gfni.V256.IsSupported ? Gfni.V256.GaloisFieldAffineTransform(ql0, k.HighNibble, 0) : ShiftRight(ql0, 4) & k.Low4) | (qh & k.High2);
+
+    /// <summary>Chunk 4: high nibbles of ql bytes 32..63 with qh bits 6-7.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> LevelQ6K4(Vector256<byte> ql1, Vector256<byte> qh, in Q6KConstants k) =>
+        Gfni.V256.IsSupported
+            ? Gfni.V256.GaloisFieldAffineTransform(ql1, k.HighNibble, 0) | Gfni.V256.GaloisFieldAffineTransform(qh, k.Bits67To45, 0)
+            : (ShiftRight(ql1, 4) & k.Low4) | (ShiftRight(qh, 2) & k.High2);
 
     /// <summary>Σ scale·(level·q) of 128-element half <paramref name="n"/> of a Q6_K super-block into eight lanes (written out per half).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
