@@ -13,8 +13,9 @@ namespace Loom.Training;
 /// </summary>
 internal sealed class Attention(ModelShape shape)
 {
-    // Query rows per causal block: block r only needs keys 0..(r+1)·RowBlock.
-    private const int RowBlock = 64;
+    // Query rows per causal block: block r only needs keys 0..(r+1)·RowBlock. A multiple of both tile heights (6 and
+    // 8 rows); on Zen 3, 96 ran 4–6% faster than 64 or 128 and 48 (fewer masked products, but more calls and packs).
+    private const int RowBlock = 96;
 
     [ThreadStatic] private static float[]? _scratch;
 

@@ -225,11 +225,11 @@ public static unsafe class MatMul
     }
 
     /// <summary>
-    /// target[k·targetStride + r] = source[r·sourceStride + k] for lines r &lt; lines (6 or 8, each contiguous along k)
+    /// target[k·targetStride + r] = source[r·sourceStride + k] for lines r &lt; lines (1 to 8, each contiguous along k)
     /// and k &lt; count, rounded to bfloat16 when asked, exactly as <see cref="RoundToBf16"/>: packing's transposition,
-    /// 8 × 8 in registers. With six lines (targetStride 6) each k's store carries two spare values into the next k's
-    /// place, which that k then overwrites; the last k's spill lands in the two floats after the panel, so the target
-    /// must have them to spare.
+    /// 8 × 8 in registers. Each k's store fills eight places (repeating the last line), so with a target stride of 6
+    /// it carries two spare values into the next k's place, which that k then overwrites; the last k's spill lands in
+    /// the two floats after the panel, so the target must have them to spare.
     /// </summary>
     private static void TransposeInto(float* source, long sourceStride, int lines, int count, float* target, int targetStride, bool bf16)
     {
@@ -237,9 +237,9 @@ public static unsafe class MatMul
         int last = lines - 1;
         for (; k + 8 <= count; k += 8)
         {
-            var r0 = Line(source, 0, k, sourceStride, bf16); var r1 = Line(source, 1, k, sourceStride, bf16);
-            var r2 = Line(source, 2, k, sourceStride, bf16); var r3 = Line(source, 3, k, sourceStride, bf16);
-            var r4 = Line(source, 4, k, sourceStride, bf16); var r5 = Line(source, 5, k, sourceStride, bf16);
+            var r0 = Line(source, 0, k, sourceStride, bf16); var r1 = Line(source, Math.Min(1, last), k, sourceStride, bf16);
+            var r2 = Line(source, Math.Min(2, last), k, sourceStride, bf16); var r3 = Line(source, Math.Min(3, last), k, sourceStride, bf16);
+            var r4 = Line(source, Math.Min(4, last), k, sourceStride, bf16); var r5 = Line(source, Math.Min(5, last), k, sourceStride, bf16);
             var r6 = Line(source, Math.Min(6, last), k, sourceStride, bf16); var r7 = Line(source, last, k, sourceStride, bf16);
             // pairs interleaved, then quads, then the 128-bit halves swapped into place
             var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
@@ -408,10 +408,12 @@ public static unsafe class MatMul
                                 {
                                     // Edge tile: through a full-size scratch tile; only its valid part is read and written back.
                                     for (int r = 0; r < mValid; r++)
-                                    for (int j = 0; j < nValid; j++) tile[r * width + j] = load ? target[(long)r * cRow + j] : 0f;
+                                    {
+                                        if (load) Copy(target + (long)r * cRow, tile + r * width, nValid, bf16: false);
+                                        else new Span<float>(tile + r * width, nValid).Clear();
+                                    }
                                     Kernel(aPanel, panel, kc, tile, width, load: true);
-                                    for (int r = 0; r < mValid; r++)
-                                    for (int j = 0; j < nValid; j++) target[(long)r * cRow + j] = tile[r * width + j];
+                                    for (int r = 0; r < mValid; r++) Copy(tile + r * width, target + (long)r * cRow, nValid, bf16: false);
                                 }
                             }
                         }
@@ -442,10 +444,11 @@ public static unsafe class MatMul
             for (; i0 < mc; i0 += height)
             {
                 float* panel = packed + (long)i0 * kc;
-                if (aCol == 1 && i0 + height <= mc && Avx.IsSupported)
+                if (aCol == 1 && Avx.IsSupported)
                 {
-                    // Rows contiguous along k: the panel's rows by eight k at a time.
-                    TransposeInto(a + (long)(m0 + i0) * aRow + k0, aRow, height, kc, panel, height, bf16);
+                    // Rows contiguous along k: the panel's rows by eight k at a time. A last, partial panel's spare
+                    // rows are left as they come: they only feed the edge tile's rows that are never written back.
+                    TransposeInto(a + (long)(m0 + i0) * aRow + k0, aRow, Math.Min(height, mc - i0), kc, panel, height, bf16);
                     continue;
                 }
                 for (int r = 0; r < height; r++)
