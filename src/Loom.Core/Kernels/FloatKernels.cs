@@ -154,12 +154,27 @@ internal static unsafe class FloatKernels
         return true;
     }
 
+    /// <summary>
+    /// How far ahead of the cache line in hand <see cref="DotF16ScaledAvx2"/> asks for the rows into L2. On Zen 3 the
+    /// hardware prefetcher alone left one row at a time at 57–65% of the read rate; with this request, 896- and
+    /// 2048-column rows stream 16–29% faster (one and two threads). Zen 4 showed no gain, so the 512-bit kernel has none.
+    /// </summary>
+    private const int F16PrefetchDistance = 1024;
+
     public static float DotF16ScaledAvx2(byte* row, int cols, in ActivationRow x)
     {
         var w = (ushort*)row;
         float* xs = x.X;
         Vector256<float> a0 = default, a1 = default;
         int c = 0;
+        for (; c + 32 <= cols; c += 32)
+        {
+            Sse.Prefetch1((byte*)(w + c) + F16PrefetchDistance);
+            a0 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c)), Vector256.Load(xs + c), a0);
+            a1 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c + 8)), Vector256.Load(xs + c + 8), a1);
+            a0 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c + 16)), Vector256.Load(xs + c + 16), a0);
+            a1 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c + 24)), Vector256.Load(xs + c + 24), a1);
+        }
         for (; c + 16 <= cols; c += 16)
         {
             a0 = Fma.MultiplyAdd(RawHalves(WidenSigned(w + c)), Vector256.Load(xs + c), a0);
