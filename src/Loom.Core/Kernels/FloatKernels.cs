@@ -157,7 +157,8 @@ internal static unsafe class FloatKernels
     /// <summary>
     /// How far ahead of the cache line in hand <see cref="DotF16ScaledAvx2"/> asks for the rows into L2. On Zen 3 the
     /// hardware prefetcher alone left one row at a time at 57–65% of the read rate; with this request, 896- and
-    /// 2048-column rows stream 16–29% faster (one and two threads). Zen 4 showed no gain, so the 512-bit kernel has none.
+    /// 2048-column rows stream 16–29% faster (one and two threads). On Zen 4 a fetch made the 512-bit kernel slower
+    /// (24.8 → 17.6 GB/s, one thread), so that kernel has none; nor has the four-row kernel, where it gained nothing.
     /// </summary>
     private const int F16PrefetchDistance = 1024;
 
