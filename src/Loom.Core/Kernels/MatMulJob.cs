@@ -38,6 +38,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
         public delegate*<byte*, int, ActivationRow*, float*, void> DotFour;
         /// <summary>Four tokens against a tile of rows at once (finite F16 rows on the 512-bit path), or null.</summary>
         public delegate*<byte*, long, int, int, ActivationRow*, float*, void> DotFourRows;
+        /// <summary>Many tokens against a tile of finite F16 rows on the 256-bit path, the rows widened once (or null).</summary>
+        public delegate*<byte*, long, int, int, float*, int, float*, int, byte*, void> DotGroupsRows;
         /// <summary>Wide finite F16 rows: one token against a tile's rows at a time (null: <see cref="Dot"/> row by row).</summary>
         public delegate*<byte*, long, int, int, in ActivationRow, float*, void> DotRows;
         public delegate*<byte*, long, int, sbyte*, float*, short*, int, float*, int, byte*, void> Tile;
@@ -107,6 +109,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
                 ? InterleavedKQuantKernels.PortableDot(matrix.Type) : DotKernels.Select(matrix.Type, isa);
             part.DotFour = DotKernels.SelectFour(matrix.Type, isa);
             part.DotFourRows = null;
+            part.DotGroupsRows = null;
             part.DotRows = null;
             part.Interleaved = matrix.Interleaved;
             part.ScaledInput = false;
@@ -194,6 +197,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
             _parts[i].DotFour = wide ? &FloatKernels.Dot4F16ScaledAvx512 : &FloatKernels.Dot4F16ScaledAvx2;
             if (_tokens >= 4 && _cols >= (wide ? 32 : FloatKernels.Dot4RowsMinColumnsAvx2))
                 _parts[i].DotFourRows = wide ? &FloatKernels.Dot4RowsF16ScaledAvx512 : &FloatKernels.Dot4RowsF16ScaledAvx2;
+            if (!wide && _tokens >= 4 * FloatKernels.WidenOnceMinGroups && _cols >= FloatKernels.Dot4RowsMinColumnsAvx2)
+                _parts[i].DotGroupsRows = &FloatKernels.DotGroupsRowsF16ScaledAvx2;
             if (_cols >= FloatKernels.DotRowsMinColumns)
                 _parts[i].DotRows = wide ? &FloatKernels.DotRowsF16ScaledAvx512 : &FloatKernels.DotRowsF16ScaledAvx2;
         }
@@ -277,6 +282,13 @@ internal sealed unsafe class MatMulJob : IParallelWork
         {
             int tileEnd = Math.Min(rowEnd, tileStart + RowTile);
             int t = 0;
+            if (part.DotGroupsRows != null)
+            {
+                int groups = _tokens / 4;
+                byte* widened = RowLaneKernels.ScratchBytes(FloatKernels.WidenOnceScratchBytes(tileEnd - tileStart, groups));
+                part.DotGroupsRows(weights + tileStart * rowBytes, rowBytes, tileEnd - tileStart, units, _scaledX, groups, y + tileStart, rows, widened);
+                t = 4 * groups;
+            }
             if (dotFour != null)
             {
                 for (; t + 4 <= _tokens; t += 4)
