@@ -491,24 +491,51 @@ internal static unsafe class FloatKernels
         var saved = stackalloc Vector256<float>[8 * rows];
         int chunk = stepsEnd < 2 * Dot4ChunkColumns ? stepsEnd : Dot4ChunkColumns;
         for (int start = 0; start < stepsEnd; start += chunk)
-        {
-            int end = Math.Min(stepsEnd, start + chunk);
-            int r = 0;
-            for (; r + 2 <= rows; r += 2)
-            {
-                byte* row = first + r * rowBytes;
-                HalfStepsTwoRows(row, rowBytes, start, end, 0, x, saved + 8 * r, saved + 8 * r + 8, rows * rowBytes);
-                HalfStepsTwoRows(row, rowBytes, start, end, 8, x, saved + 8 * r + 4, saved + 8 * r + 12, 0);
-            }
-            if (r < rows)
-            {
-                byte* row = first + r * rowBytes;
-                HalfStepsTwoRows(row, 0, start, end, 0, x, saved + 8 * r, null, rows * rowBytes);
-                HalfStepsTwoRows(row, 0, start, end, 8, x, saved + 8 * r + 4, null, 0);
-            }
-        }
+            RowPairPasses<HalfRows>(first, rowBytes, rows, start, Math.Min(stepsEnd, start + chunk), x, saved, rows * rowBytes);
         for (int r = 0; r < rows; r++)
             Dot4Avx2(first + r * rowBytes, cols, x, results + 4 * r, 3, stepsEnd > 0 ? saved + 8 * r : null, stepsEnd);
+    }
+
+    /// <summary>Where the row-pair passes read eight weights of a row: finite F16 halves, or floats already widened.</summary>
+    private interface IEightWeights
+    {
+        static abstract Vector256<float> Eight(byte* row, int column);
+    }
+
+    private struct HalfRows : IEightWeights
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Eight(byte* row, int column) => RawHalves(WidenSigned((ushort*)row + column));
+    }
+
+    private struct WidenedRows : IEightWeights
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Eight(byte* row, int column) => Vector256.Load((float*)row + column);
+    }
+
+    /// <summary>
+    /// Columns [start, end) of <paramref name="rows"/> rows (row r at <paramref name="first"/> + r·rowBytes) against four
+    /// tokens: the rows two at a time (an odd last row alone), the even and then the odd 8-column steps of each, into
+    /// eight accumulators per row at <paramref name="saved"/> + 8r (even 0–3, odd 4–7). The even pass of F16 rows fetches
+    /// <paramref name="prefetchDistance"/> bytes on (0: none).
+    /// </summary>
+    private static void RowPairPasses<TRows>(byte* first, long rowBytes, int rows, int start, int end, ActivationRow* x,
+        Vector256<float>* saved, long prefetchDistance) where TRows : struct, IEightWeights
+    {
+        int r = 0;
+        for (; r + 2 <= rows; r += 2)
+        {
+            byte* row = first + r * rowBytes;
+            HalfSteps<TRows>(row, rowBytes, start, end, 0, x, saved + 8 * r, saved + 8 * r + 8, prefetchDistance);
+            HalfSteps<TRows>(row, rowBytes, start, end, 8, x, saved + 8 * r + 4, saved + 8 * r + 12, 0);
+        }
+        if (r < rows)
+        {
+            byte* row = first + r * rowBytes;
+            HalfSteps<TRows>(row, 0, start, end, 0, x, saved + 8 * r, null, prefetchDistance);
+            HalfSteps<TRows>(row, 0, start, end, 8, x, saved + 8 * r + 4, null, 0);
+        }
     }
 
     /// <summary>
@@ -519,8 +546,10 @@ internal static unsafe class FloatKernels
     public const int WidenOnceMinGroups = 4;
 
     /// <summary>Scratch <see cref="DotGroupsRowsF16ScaledAvx2"/> needs for <paramref name="rows"/> rows and <paramref name="groups"/> groups.</summary>
-    public static long WidenOnceScratchBytes(int rows, int groups) =>
-        (long)groups * rows * 8 * sizeof(Vector256<float>) + (long)rows * Dot4ChunkColumns * sizeof(float);
+    public static long WidenOnceScratchBytes(int rows, int groups) => SavedBytes(rows, groups) + (long)rows * Dot4ChunkColumns * sizeof(float);
+
+    /// <summary>The accumulators <see cref="DotGroupsRowsF16ScaledAvx2"/> keeps at the start of its scratch: eight per row and group.</summary>
+    private static long SavedBytes(int rows, int groups) => (long)groups * rows * 8 * sizeof(Vector256<float>);
 
     /// <summary>
     /// <see cref="Dot4RowsF16ScaledAvx2"/> for <paramref name="groups"/> groups of four tokens at once (rows of at least
@@ -535,8 +564,7 @@ internal static unsafe class FloatKernels
     {
         int stepsEnd = cols / 16 * 16;
         var saved = (Vector256<float>*)scratch;
-        float* widened = (float*)(scratch + (long)groups * rows * 8 * sizeof(Vector256<float>));
-        long widenedRowBytes = Dot4ChunkColumns * sizeof(float);
+        float* widened = (float*)(scratch + SavedBytes(rows, groups));
         ActivationRow* four = stackalloc ActivationRow[4];
         for (int start = 0; start < stepsEnd; start += Dot4ChunkColumns)
         {
@@ -552,23 +580,11 @@ internal static unsafe class FloatKernels
                     RawHalves(WidenSigned(source + c)).Store(target + c);
                 }
             }
+            // widened row r's column c sits at widened + r·chunk + (c − start)
             for (int g = 0; g < groups; g++)
             {
                 SetFour(four, x, 4 * g, cols);
-                var groupSaved = saved + 8 * rows * g;
-                int r = 0;
-                for (; r + 2 <= rows; r += 2)
-                {
-                    var row = (byte*)(widened + (long)r * Dot4ChunkColumns - start);
-                    HalfSteps<WidenedRows>(row, widenedRowBytes, start, end, 0, four, groupSaved + 8 * r, groupSaved + 8 * r + 8, 0);
-                    HalfSteps<WidenedRows>(row, widenedRowBytes, start, end, 8, four, groupSaved + 8 * r + 4, groupSaved + 8 * r + 12, 0);
-                }
-                if (r < rows)
-                {
-                    var row = (byte*)(widened + (long)r * Dot4ChunkColumns - start);
-                    HalfSteps<WidenedRows>(row, 0, start, end, 0, four, groupSaved + 8 * r, null, 0);
-                    HalfSteps<WidenedRows>(row, 0, start, end, 8, four, groupSaved + 8 * r + 4, null, 0);
-                }
+                RowPairPasses<WidenedRows>((byte*)(widened - start), Dot4ChunkColumns * sizeof(float), rows, start, end, four, saved + 8 * rows * g, 0);
             }
         }
         float* result = stackalloc float[4];
@@ -590,32 +606,10 @@ internal static unsafe class FloatKernels
 
     /// <summary>
     /// The even (<paramref name="phase"/> 0) or odd (8) 8-column steps of <see cref="Dot4Avx2"/> over [start, end) for
-    /// one finite F16 row, or two (<paramref name="secondSaved"/> given, the second row <paramref name="rowBytes"/> on),
-    /// into four accumulators per row kept in memory. The even pass fetches the same columns
-    /// <paramref name="prefetchDistance"/> bytes on (the next tile's rows) into L2, one line per 32 columns.
+    /// one row read as <typeparamref name="TRows"/>, or two (<paramref name="secondSaved"/> given, the second row
+    /// <paramref name="rowBytes"/> on), into four accumulators per row kept in memory. The even pass of F16 rows fetches
+    /// the same columns <paramref name="prefetchDistance"/> bytes on (the next tile's rows) into L2, one line per 32 columns.
     /// </summary>
-    private static void HalfStepsTwoRows(byte* row, long rowBytes, int start, int end, int phase, ActivationRow* x,
-        Vector256<float>* firstSaved, Vector256<float>* secondSaved, long prefetchDistance) =>
-        HalfSteps<HalfRows>(row, rowBytes, start, end, phase, x, firstSaved, secondSaved, prefetchDistance);
-
-    /// <summary>Where <see cref="HalfSteps{TRows}"/> reads eight weights of a row: F16 halves, or floats already widened.</summary>
-    private interface IEightWeights
-    {
-        static abstract Vector256<float> Eight(byte* row, int column);
-    }
-
-    private struct HalfRows : IEightWeights
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Eight(byte* row, int column) => RawHalves(WidenSigned((ushort*)row + column));
-    }
-
-    private struct WidenedRows : IEightWeights
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Eight(byte* row, int column) => Vector256.Load((float*)row + column);
-    }
-
     private static void HalfSteps<TRows>(byte* row, long rowBytes, int start, int end, int phase, ActivationRow* x,
         Vector256<float>* firstSaved, Vector256<float>* secondSaved, long prefetchDistance) where TRows : struct, IEightWeights
     {
