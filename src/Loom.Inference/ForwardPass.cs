@@ -37,6 +37,12 @@ internal sealed unsafe class ForwardPass : IParallelWork
 {
     // Below this many multiply-adds per layer, attention is cheaper on one thread than handing it out.
     private const long ParallelAttentionWork = 1 << 16;
+    // A prompt's tokens are attended in parts of this many, so that a few key/value heads still give every thread work.
+    private const int AttentionPartTokens = 32;
+    // Query tokens that go through the cache together (each block of cache rows is read once for all of them), at most;
+    // fewer where their score rows would take more than ScoreBudgetFloats in all.
+    private const int MaxQueryBlock = 16;
+    private const long ScoreBudgetFloats = 4L << 20;
 
     private readonly ModelConfig _config;
     private readonly ModelWeights _weights;
@@ -47,16 +53,20 @@ internal sealed unsafe class ForwardPass : IParallelWork
 
     private readonly PinnedBuffer _residual, _normed, _query, _key, _value, _fused, _attention, _projection, _gate, _up;
     private readonly PinnedBuffer _cos, _sin;
-    // Softmax scratch, one row of MaxContext floats per thread that can attend at once; a work item claims a free row.
+    // Softmax scratch, one block of rows (MaxContext floats for each query head of a key/value head and each token of a
+    // query block) per thread that can attend at once; a work item claims a free block.
     private readonly PinnedBuffer _scores;
     private readonly int[] _scoreRowBusy;
+    private readonly int _queryBlock;
     // Beside each score block, room for a block of F16 cache rows converted to floats.
     private readonly PinnedBuffer _converted;
     private readonly int _convertedStride;
 
-    // The step being computed (read by the attention workers).
+    // The step being computed (read by the attention workers): its segments, and their tokens in attention parts.
     private ForwardSegment[] _segments = [];
     private int _segmentCount, _layer;
+    private readonly AttentionPart[] _parts;
+    private int _partCount;
 
     /// <param name="maxTokens">Tokens one step can hold (all sequences together).</param>
     /// <param name="maxContext">Largest cache capacity a segment's cache may have.</param>
@@ -88,10 +98,13 @@ internal sealed unsafe class ForwardPass : IParallelWork
         _cos = new PinnedBuffer(b * _ropePairs);
         _sin = new PinnedBuffer(b * _ropePairs);
 
-        // One score block (a row per query head of a key/value head) per thread that may attend at once; a thread
-        // finding every block taken waits for one.
+        // One score block (a row per query head of a key/value head and token of a query block) per thread that may
+        // attend at once; a thread finding every block taken waits for one.
         _scoreRowBusy = new int[Math.Max(Environment.ProcessorCount, LoomThreadPool.Shared.ThreadCount)];
-        _scores = new PinnedBuffer((long)_scoreRowBusy.Length * _headsPerKvHead * maxContext);
+        long scoreRows = (long)_scoreRowBusy.Length * _headsPerKvHead * maxContext;
+        _queryBlock = (int)Math.Clamp(ScoreBudgetFloats / scoreRows, 1, MaxQueryBlock);
+        _scores = new PinnedBuffer(scoreRows * _queryBlock);
+        _parts = new AttentionPart[maxTokens];
         _convertedStride = Math.Max(OperatorKernels.HalfBlockFloats, Math.Max(config.KeyLength, config.ValueLength));
         _converted = new PinnedBuffer((long)_scoreRowBusy.Length * _convertedStride);
     }
@@ -133,6 +146,10 @@ internal sealed unsafe class ForwardPass : IParallelWork
 
         _segments = segments;
         _segmentCount = segmentCount;
+        _partCount = 0;
+        for (int s = 0; s < segmentCount; s++)
+            for (int first = 0; first < segments[s].Count; first += AttentionPartTokens)
+                _parts[_partCount++] = new AttentionPart(s, first, Math.Min(AttentionPartTokens, segments[s].Count - first));
         for (int layer = 0; layer < _weights.Layers.Length; layer++)
             RunLayer(layer, _weights.Layers[layer], n);
         _segments = [];
@@ -200,7 +217,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
         work *= (long)c.HeadCount * (c.KeyLength + c.ValueLength);
 
         _layer = layer;
-        int items = _segmentCount * c.HeadCountKv;
+        int items = _partCount * c.HeadCountKv;
         if (work >= ParallelAttentionWork)
             LoomThreadPool.Shared.Run(this, items);
         else
@@ -230,18 +247,20 @@ internal sealed unsafe class ForwardPass : IParallelWork
         AddInPlace(x, _projection.Pointer, (long)n * c.EmbeddingLength);
     }
 
-    /// <summary>Attention work item <paramref name="item"/> = (segment, key/value head): claims a score block and attends.</summary>
+    /// <summary>Attention work item <paramref name="item"/> = (part, key/value head): claims a score block and attends.</summary>
     void IParallelWork.Execute(int item) => AttendItem(item);
 
     private void AttendItem(int item)
     {
         int kvHeads = _config.HeadCountKv;
+        // the last parts first: later tokens see more of the cache, and the lighter items then fill in behind them
+        var part = _parts[_partCount - 1 - item / kvHeads];
         int row = 0;
         while (Interlocked.CompareExchange(ref _scoreRowBusy[row], 1, 0) != 0)
             row = (row + 1) % _scoreRowBusy.Length;
         try
         {
-            Attend(_segments[item / kvHeads], item % kvHeads, row);
+            Attend(_segments[part.Segment], part.First, part.Count, item % kvHeads, row);
         }
         finally
         {
@@ -250,42 +269,47 @@ internal sealed unsafe class ForwardPass : IParallelWork
     }
 
     /// <summary>
-    /// Causal attention of one sequence's new tokens for the query heads of one key/value head, against that sequence's
-    /// cache: the heads go through the keys and the values together, so the cache is read once for all of them.
+    /// Causal attention of <paramref name="count"/> of one sequence's new tokens, from its token
+    /// <paramref name="first"/>, for the query heads of one key/value head, against that sequence's cache: the heads,
+    /// and up to a query block of tokens, go through the keys and the values together, so each block of the cache is
+    /// read once for all of them.
     /// </summary>
-    private void Attend(in ForwardSegment segment, int kvHead, int scratchRow)
+    private void Attend(in ForwardSegment segment, int first, int count, int kvHead, int scratchRow)
     {
         var c = _config;
         var cache = segment.Cache;
-        float* scores = _scores.Pointer + (long)scratchRow * _headsPerKvHead * MaxContext;
+        int group = _headsPerKvHead, firstHead = kvHead * group;
+        float* scores = _scores.Pointer + (long)scratchRow * _queryBlock * group * MaxContext;
         if (!Vector256.IsHardwareAccelerated || c.KeyLength % 8 != 0 || c.ValueLength % 8 != 0)
         {
-            AttendPortable(segment, kvHead, scores);
+            AttendPortable(segment, first, count, kvHead, scores);
             return;
         }
         float* converted = _converted.Pointer + (long)scratchRow * _convertedStride;
         bool halves = cache.Type == KvCacheType.F16, finite = !cache.HoldsNonFiniteHalves;
-        int group = _headsPerKvHead, firstHead = kvHead * group;
         void* keys = cache.Keys(_layer, kvHead);
         void* values = cache.Values(_layer, kvHead);
         int keyLength = c.KeyLength, valueLength = c.ValueLength;
 
-        for (int t = 0; t < segment.Count; t++)
+        for (int t = first; t < first + count; t += _queryBlock)
         {
+            int tokens = Math.Min(_queryBlock, first + count - t);
             long token = segment.Offset + t;
-            int visible = segment.Start + t + 1;
+            int firstVisible = segment.Start + t + 1;
             float* queries = _query.Pointer + token * c.QueryDim + firstHead * keyLength;
-            if (halves) OperatorKernels.ScoresGroupHalves(queries, group, (Half*)keys, keyLength, visible, _attentionScale, scores, MaxContext, converted, finite);
-            else OperatorKernels.ScoresGroup(queries, group, (float*)keys, keyLength, visible, _attentionScale, scores, MaxContext);
-            for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(scores + (long)g * MaxContext, visible));
+            OperatorKernels.ScoresTokens(queries, c.QueryDim, tokens, group, keys, halves, finite, keyLength, firstVisible, _attentionScale,
+                scores, MaxContext, converted);
+            for (int i = 0; i < tokens; i++)
+                for (int g = 0; g < group; g++)
+                    OperatorKernels.Softmax(new Span<float>(scores + (long)(i * group + g) * MaxContext, firstVisible + i));
             float* outputs = _attention.Pointer + token * c.HeadCount * valueLength + firstHead * valueLength;
-            if (halves) OperatorKernels.WeightedSumGroupHalves((Half*)values, valueLength, visible, scores, MaxContext, group, outputs, converted, finite);
-            else OperatorKernels.WeightedSumGroup((float*)values, valueLength, visible, scores, MaxContext, group, outputs);
+            OperatorKernels.WeightedSumTokens(values, halves, finite, valueLength, tokens, firstVisible, scores, MaxContext, group, outputs,
+                c.HeadCount * valueLength, converted);
         }
     }
 
     /// <summary>The same attention with library calls, for head sizes the kernels do not take and machines without vectors.</summary>
-    private void AttendPortable(in ForwardSegment segment, int kvHead, float* scores)
+    private void AttendPortable(in ForwardSegment segment, int first, int count, int kvHead, float* scores)
     {
         var c = _config;
         var cache = segment.Cache;
@@ -293,7 +317,7 @@ internal sealed unsafe class ForwardPass : IParallelWork
         int keyLength = c.KeyLength, valueLength = c.ValueLength;
         Span<float> row = stackalloc float[Math.Max(keyLength, valueLength)];
 
-        for (int t = 0; t < segment.Count; t++)
+        for (int t = first; t < first + count; t++)
         {
             long token = segment.Offset + t;
             int visible = segment.Start + t + 1;
@@ -424,3 +448,6 @@ internal sealed unsafe class ForwardPass : IParallelWork
     private static void Copy(float* source, float* destination, int count) =>
         new ReadOnlySpan<float>(source, count).CopyTo(new Span<float>(destination, count));
 }
+
+/// <summary>Tokens [First, First + Count) of segment Segment of a step: one attention work item per key/value head.</summary>
+internal readonly record struct AttentionPart(int Segment, int First, int Count);

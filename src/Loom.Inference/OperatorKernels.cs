@@ -208,42 +208,70 @@ internal static unsafe class OperatorKernels
     }
 
     // An F16 cache is read a block of rows at a time: each block is converted to floats once (into an L1-sized scratch)
-    // and every head of the group then runs the F32 kernels on it; converting inside the kernels would repeat the work
-    // for every head. The conversion is exact, so the bits are those of F32 rows holding the same halves. Caches known
+    // and every head of the group, for every query token of the block, then runs the F32 kernels on it; converting
+    // inside the kernels would repeat the work for every head and token. The conversion is exact, so the bits are those of F32 rows holding the same halves. Caches known
     // to hold no Inf/NaN take the short conversion of the F16 matrix kernels (FloatKernels.FiniteHalvesToSingles);
     // TensorPrimitives' general one runs about three times slower.
 
     /// <summary>Floats converted per block; the F16 kernels' scratch holds max(this, length) floats.</summary>
     public const int HalfBlockFloats = 4096;
 
-    /// <summary><see cref="ScoresGroup"/> over F16 keys, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
-    /// <param name="finite">The keys hold no Inf or NaN (<see cref="FloatKernels.FiniteHalvesToSingles"/> may convert them).</param>
+    /// <summary>
+    /// The scores of <paramref name="tokens"/> consecutive query tokens of one sequence, for the <paramref name="group"/>
+    /// query heads of one key/value head: token i (queries at <paramref name="q"/> + i·queryStride) sees the first
+    /// <paramref name="firstVisible"/> + i cached positions, and head g's scores go to row i·group + g of
+    /// <paramref name="scores"/>. The keys are read <see cref="HalfBlockFloats"/> at a time for all the tokens (F16 rows
+    /// converted once per block into <paramref name="scratch"/>), so a prompt's tokens do not each convert and fetch the
+    /// whole cache again. Every score is the one <see cref="ScoresGroup"/> gives that token alone.
+    /// </summary>
+    /// <param name="keys">Cached key rows of <paramref name="length"/> floats, or halves when <paramref name="halves"/>.</param>
+    /// <param name="finite">F16 keys hold no Inf or NaN (<see cref="FloatKernels.FiniteHalvesToSingles"/> may convert them).</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void ScoresGroupHalves(float* q, int group, Half* keys, int length, int count, float scale, float* scores, int scoresStride,
-        float* scratch, bool finite)
+    public static void ScoresTokens(float* q, long queryStride, int tokens, int group, void* keys, bool halves, bool finite, int length,
+        int firstVisible, float scale, float* scores, int scoresStride, float* scratch)
     {
-        int rows = Math.Max(1, HalfBlockFloats / length);
-        for (int from = 0; from < count; from += rows)
+        int lastVisible = firstVisible + tokens - 1, rows = BlockRows(length);
+        for (int from = 0; from < lastVisible; from += rows)
         {
-            int n = Math.Min(rows, count - from);
-            HalvesToSingles(keys + (long)from * length, scratch, n * length, finite);
-            ScoresGroup(q, group, scratch, length, n, scale, scores + from, scoresStride);
+            int n = Math.Min(rows, lastVisible - from);
+            float* block = Rows(keys, halves, finite, length, from, n, scratch);
+            // token i sees position `from` once firstVisible + i > from
+            for (int i = Math.Max(0, from + 1 - firstVisible); i < tokens; i++)
+                ScoresGroup(q + i * queryStride, group, block, length, Math.Min(n, firstVisible + i - from), scale,
+                    scores + (long)i * group * scoresStride + from, scoresStride);
         }
     }
 
-    /// <summary><see cref="WeightedSumGroup"/> over F16 values, converted <see cref="HalfBlockFloats"/> at a time into <paramref name="scratch"/>.</summary>
-    /// <param name="finite">The values hold no Inf or NaN (<see cref="FloatKernels.FiniteHalvesToSingles"/> may convert them).</param>
+    /// <summary>
+    /// <see cref="WeightedSumGroup"/> for the tokens of <see cref="ScoresTokens"/>: token i's heads weigh its first
+    /// <paramref name="firstVisible"/> + i value rows by score rows i·group + g and write to <paramref name="output"/> +
+    /// i·outputStride (heads <paramref name="length"/> apart). The values are read a block at a time for all the
+    /// tokens; each output is the chain of multiply-adds over the rows in order that the token alone gets.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void WeightedSumGroupHalves(Half* values, int length, int count, float* weights, int weightsStride, int group, float* output,
-        float* scratch, bool finite)
+    public static void WeightedSumTokens(void* values, bool halves, bool finite, int length, int tokens, int firstVisible,
+        float* weights, int weightsStride, int group, float* output, long outputStride, float* scratch)
     {
-        int rows = Math.Max(1, HalfBlockFloats / length);
-        for (int from = 0; from < count; from += rows)
+        int lastVisible = firstVisible + tokens - 1, rows = BlockRows(length);
+        for (int from = 0; from < lastVisible; from += rows)
         {
-            int n = Math.Min(rows, count - from);
-            HalvesToSingles(values + (long)from * length, scratch, n * length, finite);
-            WeightedSumGroup(scratch, length, n, weights + from, weightsStride, group, output, accumulate: from > 0);
+            int n = Math.Min(rows, lastVisible - from);
+            float* block = Rows(values, halves, finite, length, from, n, scratch);
+            for (int i = Math.Max(0, from + 1 - firstVisible); i < tokens; i++)
+                WeightedSumGroup(block, length, Math.Min(n, firstVisible + i - from), weights + (long)i * group * weightsStride + from,
+                    weightsStride, group, output + i * outputStride, accumulate: from > 0);
         }
+    }
+
+    /// <summary>Cache rows read per block: <see cref="HalfBlockFloats"/> floats (at least one row).</summary>
+    private static int BlockRows(int length) => Math.Max(1, HalfBlockFloats / length);
+
+    /// <summary>Rows [from, from + n) of a cache as floats: in place for F32 rows, converted into scratch for F16.</summary>
+    private static float* Rows(void* rows, bool halves, bool finite, int length, int from, int n, float* scratch)
+    {
+        if (!halves) return (float*)rows + (long)from * length;
+        HalvesToSingles((Half*)rows + (long)from * length, scratch, n * length, finite);
+        return scratch;
     }
 
     private static void HalvesToSingles(Half* source, float* destination, int count, bool finite)

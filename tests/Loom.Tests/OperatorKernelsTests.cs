@@ -38,6 +38,61 @@ public unsafe class OperatorKernelsTests
     }
 
     /// <summary>
+    /// A block of consecutive query tokens, each seeing one more cached position than the last, gives every token the
+    /// scores and weighted sums it gets alone (over exactly its visible rows), bit for bit, from F32 and F16 rows: a
+    /// prompt's attention does not depend on how many of its tokens go through the cache together.
+    /// </summary>
+    [Theory]
+    [InlineData(64, 16, 1, 3)] // a prompt's first block: token 0 sees one position
+    [InlineData(64, 16, 60, 3)] // crosses the 64-row block boundary inside the query block
+    [InlineData(128, 5, 130, 4)] // 32-row blocks, several of them
+    [InlineData(80, 7, 9, 7)]
+    [InlineData(64, 1, 200, 1)]
+    public void QueryBlocksGiveEachTokenItsOwnBits(int length, int tokens, int firstVisible, int group)
+    {
+        var rng = new Random(length + tokens * 7 + firstVisible);
+        int positions = firstVisible + tokens - 1, stride = positions + 2, queryStride = group * length + 8, outputStride = group * length + 16;
+        float[] q = Uniform(rng, tokens * queryStride), keys = Uniform(rng, positions * length), values = Uniform(rng, positions * length);
+        Half[] keyHalves = Array.ConvertAll(keys, f => (Half)f), valueHalves = Array.ConvertAll(values, f => (Half)f);
+        float[] keyFloats = Array.ConvertAll(keyHalves, h => (float)h), valueFloats = Array.ConvertAll(valueHalves, h => (float)h);
+        var scratch = new float[Math.Max(OperatorKernels.HalfBlockFloats, length)];
+        foreach (bool halves in new[] { false, true })
+        {
+            // scratch as a step leaves it: whatever an earlier step wrote (here NaN) beyond each token's visible positions
+            var scores = new float[tokens * group * stride];
+            Array.Fill(scores, float.NaN);
+            var output = new float[tokens * outputStride];
+            var alone = new float[group * stride];
+            var aloneOutput = new float[group * length];
+            fixed (float* qp = q, kf = keyFloats, vf = valueFloats, sp = scores, op = output, ap = alone, aop = aloneOutput, xp = scratch)
+            fixed (Half* kh = keyHalves, vh = valueHalves)
+            {
+                void* k = halves ? kh : kf, v = halves ? vh : vf;
+                OperatorKernels.ScoresTokens(qp, queryStride, tokens, group, k, halves, finite: true, length, firstVisible, 0.125f, sp, stride, xp);
+                for (int i = 0; i < tokens; i++)
+                {
+                    OperatorKernels.ScoresGroup(qp + i * queryStride, group, kf, length, firstVisible + i, 0.125f, ap, stride);
+                    for (int g = 0; g < group; g++)
+                    for (int j = 0; j < firstVisible + i; j++)
+                        Assert.True(BitConverter.SingleToInt32Bits(ap[g * stride + j]) == BitConverter.SingleToInt32Bits(sp[(i * group + g) * stride + j]),
+                            $"{(halves ? "F16" : "F32")} token {i} head {g} position {j}: block {sp[(i * group + g) * stride + j]:R}, alone {ap[g * stride + j]:R}");
+                }
+                for (int row = 0; row < tokens * group; row++) OperatorKernels.Softmax(new Span<float>(sp + row * stride, firstVisible + row / group));
+                OperatorKernels.WeightedSumTokens(v, halves, finite: true, length, tokens, firstVisible, sp, stride, group, op, outputStride, xp);
+                for (int i = 0; i < tokens; i++)
+                {
+                    // the weights each token alone would use: its softmaxed scores, copied out of the block's rows
+                    for (int g = 0; g < group; g++) new Span<float>(sp + (i * group + g) * stride, stride).CopyTo(new Span<float>(ap + g * stride, stride));
+                    OperatorKernels.WeightedSumGroup(vf, length, firstVisible + i, ap, stride, group, aop);
+                    for (int d = 0; d < group * length; d++)
+                        Assert.True(BitConverter.SingleToInt32Bits(aop[d]) == BitConverter.SingleToInt32Bits(op[i * outputStride + d]),
+                            $"{(halves ? "F16" : "F32")} token {i} output {d}: block {op[i * outputStride + d]:R}, alone {aop[d]:R}");
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// An F16 cache gives exactly what F32 rows holding the same halves give: scores and weighted sums bit for bit,
     /// over several converted blocks, with subnormal and zero halves (both signs) among the values, through the short
     /// conversion for finite caches and the general one alike.
@@ -105,9 +160,9 @@ public unsafe class OperatorKernelsTests
         fixed (float* qp = q, kf = keyFloats, vf = valueFloats, hs = halfScores, fs = floatScores, ho = halfOutput, fo = floatOutput, wp = weights, sp = scratch)
         fixed (Half* kh = keys, vh = values)
         {
-            OperatorKernels.ScoresGroupHalves(qp, group, kh, length, count, 0.125f, hs, stride, sp, finite);
+            OperatorKernels.ScoresTokens(qp, length, 1, group, kh, halves: true, finite, length, count, 0.125f, hs, stride, sp);
             OperatorKernels.ScoresGroup(qp, group, kf, length, count, 0.125f, fs, stride);
-            OperatorKernels.WeightedSumGroupHalves(vh, length, count, wp, stride, group, ho, sp, finite);
+            OperatorKernels.WeightedSumTokens(vh, halves: true, finite, length, 1, count, wp, stride, group, ho, group * length, sp);
             OperatorKernels.WeightedSumGroup(vf, length, count, wp, stride, group, fo);
         }
         AssertSameBits(floatScores, halfScores, "score");
