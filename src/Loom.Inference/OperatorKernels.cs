@@ -209,9 +209,9 @@ internal static unsafe class OperatorKernels
 
     // An F16 cache is read a block of rows at a time: each block is converted to floats once (into an L1-sized scratch)
     // and every head of the group, for every query token of the block, then runs the F32 kernels on it; converting
-    // inside the kernels would repeat the work for every head and token. The conversion is exact, so the bits are those of F32 rows holding the same halves. Caches known
-    // to hold no Inf/NaN take the short conversion of the F16 matrix kernels (FloatKernels.FiniteHalvesToSingles);
-    // TensorPrimitives' general one runs about three times slower.
+    // inside the kernels would repeat the work for every head and token. The conversion is exact, so the bits are those
+    // of F32 rows holding the same halves. Caches known to hold no Inf/NaN take the short conversion of the F16 matrix
+    // kernels (FloatKernels.FiniteHalvesToSingles); TensorPrimitives' general one runs about three times slower.
 
     /// <summary>Floats converted per block; the F16 kernels' scratch holds max(this, length) floats.</summary>
     public const int HalfBlockFloats = 4096;
