@@ -130,9 +130,9 @@ public unsafe class OperatorBenchmarks
         for (int r = 0; r < Repeats; r++)
             for (int kv = 0; kv < KvHeads; kv++)
             {
-                OperatorKernels.ScoresGroupHalves(_query + kv * group * HeadLength, group, _keyHalves + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context, _converted, finite: true);
+                OperatorKernels.ScoresTokens(_query + kv * group * HeadLength, 0, 1, group, _keyHalves + (long)kv * Context * HeadLength, halves: true, finite: true, HeadLength, Context, scale, _scores, Context, _converted);
                 for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
-                OperatorKernels.WeightedSumGroupHalves(_valueHalves + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength, _converted, finite: true);
+                OperatorKernels.WeightedSumTokens(_valueHalves + (long)kv * Context * HeadLength, halves: true, finite: true, HeadLength, 1, Context, _scores, Context, group, _output + kv * group * HeadLength, 0, _converted);
             }
     }
 
