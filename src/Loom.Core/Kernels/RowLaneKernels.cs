@@ -642,8 +642,9 @@ internal static unsafe class RowLaneKernels
     /// <summary>
     /// Every token over eight rows: blocks in full groups of eight feed the eight phase accumulators, the rest a tail
     /// sum, added in the fixed tree every row-lane kernel uses (the one-token kernels' order, for batch invariance).
-    /// When <paramref name="next"/> is given (the next group of eight interleaved rows), the first token's pass fetches
-    /// it into L2, block by block, so the next call finds its weights in cache.
+    /// When <paramref name="next"/> is given (the next group of eight interleaved rows, or a point a fixed distance
+    /// ahead in this group's own bytes), the first token's pass fetches from there into L2, block by block, as far as it
+    /// reads itself, so later reads find their weights in cache.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void RunPhases<TBlocks>(byte* source, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, int offset, byte* next)
