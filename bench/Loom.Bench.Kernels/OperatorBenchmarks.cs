@@ -105,34 +105,26 @@ public unsafe class OperatorBenchmarks
     /// <summary>
     /// One query token, every head, as a forward pass attends (<see cref="Repeats"/> times: one pass is too short to
     /// time): per key/value head, its query heads' scores against the cached keys, their softmax, and the weighted sums
-    /// of the values.
+    /// of the values, through the kernels the forward pass calls.
     /// </summary>
     [Benchmark]
-    public void DecodeAttention()
-    {
-        float scale = 1f / MathF.Sqrt(HeadLength);
-        int group = Heads / KvHeads;
-        for (int r = 0; r < Repeats; r++)
-            for (int kv = 0; kv < KvHeads; kv++)
-            {
-                OperatorKernels.ScoresGroup(_query + kv * group * HeadLength, group, _keys + (long)kv * Context * HeadLength, HeadLength, Context, scale, _scores, Context);
-                for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
-                OperatorKernels.WeightedSumGroup(_values + (long)kv * Context * HeadLength, HeadLength, Context, _scores, Context, group, _output + kv * group * HeadLength);
-            }
-    }
+    public void DecodeAttention() => Attend(_keys, _values, halves: false);
 
-    /// <summary>The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold): keys read in place, values converted a block at a time.</summary>
+    /// <summary>The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold): keys and values converted a block of rows at a time.</summary>
     [Benchmark]
-    public void DecodeAttentionF16()
+    public void DecodeAttentionF16() => Attend(_keyHalves, _valueHalves, halves: true);
+
+    private void Attend(void* keys, void* values, bool halves)
     {
         float scale = 1f / MathF.Sqrt(HeadLength);
-        int group = Heads / KvHeads;
+        int group = Heads / KvHeads, elementBytes = halves ? sizeof(ushort) : sizeof(float);
         for (int r = 0; r < Repeats; r++)
             for (int kv = 0; kv < KvHeads; kv++)
             {
-                OperatorKernels.ScoresTokens(_query + kv * group * HeadLength, 0, 1, group, _keyHalves + (long)kv * Context * HeadLength, halves: true, finite: true, HeadLength, Context, scale, _scores, Context, _converted);
+                long at = (long)kv * Context * HeadLength * elementBytes;
+                OperatorKernels.ScoresTokens(_query + kv * group * HeadLength, 0, 1, group, (byte*)keys + at, halves, finite: true, HeadLength, Context, scale, _scores, Context, _converted);
                 for (int g = 0; g < group; g++) OperatorKernels.Softmax(new Span<float>(_scores + (long)g * Context, Context));
-                OperatorKernels.WeightedSumTokens(_valueHalves + (long)kv * Context * HeadLength, halves: true, finite: true, HeadLength, 1, Context, _scores, Context, group, _output + kv * group * HeadLength, 0, _converted);
+                OperatorKernels.WeightedSumTokens((byte*)values + at, halves, finite: true, HeadLength, 1, Context, _scores, Context, group, _output + kv * group * HeadLength, 0, _converted);
             }
     }
 
