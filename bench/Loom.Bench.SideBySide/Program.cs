@@ -66,7 +66,7 @@ return 0;
 
 static void RunFile(ModelShape shape, string type, string path, Options o, Report report, ReadCeiling ceiling)
 {
-    int sessionContext = Math.Max(o.PromptTokens.DefaultIfEmpty(0).Max(), o.GenTokens) + 8;
+    int sessionContext = Math.Max(o.PromptTokens.DefaultIfEmpty(0).Max(), o.DecodeDepth + o.GenTokens) + 8;
     int batchContext = o.BatchSteps + 8;
     // Enough ids for the longest prompt; batched steps index into them cyclically.
     var tokens = PseudoRandomTokens(sessionContext, shape.Vocab);
@@ -75,7 +75,9 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
 
     var tests = new List<(string Name, Func<IEngine, int, double> Run, bool Decode)>();
     foreach (int p in o.PromptTokens) tests.Add(($"prefill {p}", (e, t) => e.Prefill(tokens, p, t), false));
-    if (o.GenTokens > 0) tests.Add(($"decode {o.GenTokens}", (e, t) => e.Decode(tokens, o.GenTokens, t), true));
+    if (o.GenTokens > 0)
+        tests.Add((o.DecodeDepth > 0 ? $"decode {o.GenTokens} @ {o.DecodeDepth}" : $"decode {o.GenTokens}",
+            (e, t) => o.GenTokens / DecodeAfter(e, tokens, o.DecodeDepth, 0, o.GenTokens, t), true));
     foreach (int n in o.Sequences) tests.Add(($"{n} seq × {o.BatchSteps}", (e, t) => e.Batched(tokens, n, o.BatchSteps, t), false));
 
     foreach (int threads in o.Threads)
@@ -103,7 +105,7 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
             {
                 if (decode)
                 {
-                    (loomRates[r], llamaRates[r], readRates[r]) = DecodeInterleaved(loom, llama, tokens, o.GenTokens, o.DecodeSegment, threads, r, ceiling);
+                    (loomRates[r], llamaRates[r], readRates[r]) = DecodeInterleaved(loom, llama, tokens, o.DecodeDepth, o.GenTokens, o.DecodeSegment, threads, r, ceiling);
                     continue;
                 }
                 // Alternate which engine goes first, so slow drifts in machine load hit both alike.
@@ -126,23 +128,33 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
 
 // Decode in alternating segments: both engines decode the same positions in turns of `segment` tokens (which goes first
 // alternates), so the memory bandwidth of the moment, which decode is held to and which moves by half within seconds on
-// a shared machine, falls on both alike. Returns each engine's tokens/s over the whole sequence and the median of the
+// a shared machine, falls on both alike. With a depth, each engine first prefills that many tokens (not timed, see
+// DecodeAfter), so the decoded tokens attend to a long context. Returns each engine's tokens/s over the decoded tokens and the median of the
 // read rates measured after each pair of segments.
-static (double Loom, double Llama, double ReadRate) DecodeInterleaved(IEngine loom, IEngine llama, int[] tokens, int count, int segment, int threads,
-    int repetition, ReadCeiling ceiling)
+static (double Loom, double Llama, double ReadRate) DecodeInterleaved(IEngine loom, IEngine llama, int[] tokens, int depth, int count, int segment,
+    int threads, int repetition, ReadCeiling ceiling)
 {
     double loomSeconds = 0, llamaSeconds = 0;
     var readings = new List<double>();
     for (int start = 0, k = repetition; start < count; start += segment, k++)
     {
         int n = Math.Min(segment, count - start);
-        void Loom() => loomSeconds += Settled(() => loom.DecodeSegment(tokens, start, n, threads));
-        void Llama() => llamaSeconds += Settled(() => llama.DecodeSegment(tokens, start, n, threads));
+        void Loom() => loomSeconds += Settled(() => DecodeAfter(loom, tokens, depth, start, n, threads));
+        void Llama() => llamaSeconds += Settled(() => DecodeAfter(llama, tokens, depth, start, n, threads));
         if (k % 2 == 0) { Loom(); Llama(); }
         else { Llama(); Loom(); }
         readings.Add(ceiling.Measure(threads));
     }
     return (count / loomSeconds, count / llamaSeconds, Statistics.Median(readings));
+}
+
+// Seconds to decode tokens [depth + start, depth + start + count) one call each. A decode from the start of a depth
+// prefills the depth first (not timed); later segments continue the same cache.
+static double DecodeAfter(IEngine engine, int[] tokens, int depth, int start, int count, int threads)
+{
+    if (depth == 0) return engine.DecodeSegment(tokens, start, count, threads);
+    if (start == 0) engine.Prefill(tokens, depth, threads);
+    return engine.DecodeSegment(tokens, depth + start, count, threads);
 }
 
 // The end-to-end test on the first shape and type: Loom's `loom generate` process against llama.cpp's continuous
@@ -211,6 +223,8 @@ internal sealed record Options
     public int[] PromptTokens { get; init; } = [128, 512];
     public int GenTokens { get; init; } = 128;
     public int DecodeSegment { get; init; } = 16;
+    /// <summary>Tokens each engine prefills (not timed) before the decode test, so that its tokens attend to a long context.</summary>
+    public int DecodeDepth { get; init; }
     public int[] Sequences { get; init; } = [8, 32];
     public int BatchSteps { get; init; } = 128;
     public int Repetitions { get; init; } = 3;
@@ -225,7 +239,7 @@ internal sealed record Options
 
     public const string Usage = """
         usage: Loom.Bench.SideBySide [--shapes smollm2-135m,qwen2.5-0.5b,llama3.2-1b] [--types F16,Q8_0,Q4_0,Q4_K_M]
-                                     [--threads 1,2] [--prompt 128,512] [--gen 128] [--decode-segment 16] [--sequences 8,32] [--batch-steps 128]
+                                     [--threads 1,2] [--prompt 128,512] [--gen 128] [--decode-segment 16] [--decode-depth 0] [--sequences 8,32] [--batch-steps 128]
                                      [--reps 3] [--dir DIR] [--out FILE.md] [--llama-avx avx2|avx512] [--loom-huge-pages on|off]
                                      [--e2e PROMPTS.txt [--e2e-parallel 8,32] [--e2e-tokens 128] [--loom path/to/loom.dll]]
           (an empty list, e.g. --sequences "", skips those tests; files are written once into DIR and reused;
@@ -248,6 +262,7 @@ internal sealed record Options
                 "--prompt" => o with { PromptTokens = Counts(key, value) },
                 "--gen" => o with { GenTokens = Count(key, value, allowZero: true) },
                 "--decode-segment" => o with { DecodeSegment = Count(key, value, allowZero: false) },
+                "--decode-depth" => o with { DecodeDepth = Count(key, value, allowZero: true) },
                 "--sequences" => o with { Sequences = Counts(key, value) },
                 "--batch-steps" => o with { BatchSteps = Count(key, value, allowZero: false) },
                 "--reps" => o with { Repetitions = Count(key, value, allowZero: false) },
@@ -308,7 +323,7 @@ internal sealed class Report : IDisposable
              $"llama.cpp CPU variant: {o.LlamaAvx?.ToString() ?? "best available"}; KV cache F16 in both engines (their default)");
         Line($"llama.cpp library loaded: {LoadedLibrary("libllama.so")}");
         if (o.EndToEndPrompts is not null) return;
-        Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens, the engines alternating every {o.DecodeSegment}; " +
+        Line($"repetitions {o.Repetitions}; decode {o.GenTokens} tokens{(o.DecodeDepth > 0 ? $" after {o.DecodeDepth} prefilled (not timed; the read-rate table counts weights only, not the cache)" : "")}, the engines alternating every {o.DecodeSegment}; " +
              $"batches of {string.Join("/", o.Sequences)} sequences × {o.BatchSteps} steps");
         Line("");
         Line("| shape | type | threads | test | Loom tok/s median (min–max) | llama.cpp tok/s median (min–max) | FA | Loom ÷ llama.cpp median (min–max) | load avg (start → end) |");
