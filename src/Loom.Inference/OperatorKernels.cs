@@ -80,49 +80,119 @@ internal static unsafe class OperatorKernels
     /// <summary>
     /// scores[g·scoresStride + j] = (q_g · k_j)·scale for j &lt; count and each of the <paramref name="group"/> query
     /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 8).
-    /// Eight positions at a time: their keys (a few KiB) stay in L1 while every head of the group goes through them.
-    /// A score's arithmetic does not depend on the group.
+    /// Two or three heads go through four positions at a time, so each key load serves every head of them (a lone head
+    /// takes eight positions at a time); the keys (a few KiB) stay in L1 while the heads go through them. Every score
+    /// is the same chain of multiply-adds over the dimensions in order and the same reduction whatever the grouping, so
+    /// a score's bits do not depend on the group.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride)
     {
-        for (int j = 0; j < count; j += 8)
-            ScoresEight(q, group, keys + (long)j * length, length, Math.Min(8, count - j), scale, scores + j, scoresStride);
+        int g = 0;
+        for (int heads; (heads = HeadsTogether(group - g)) > 1; g += heads)
+        {
+            float* query = q + g * length, row = scores + (long)g * scoresStride;
+            for (int j = 0; j < count; j += 4)
+            {
+                float* block = keys + (long)j * length;
+                int n = Math.Min(4, count - j);
+                if (heads == 3) ScoresFour(query, three: true, block, length, n, scale, row + j, scoresStride);
+                else ScoresFour(query, three: false, block, length, n, scale, row + j, scoresStride);
+            }
+        }
+        for (; g < group; g++)
+            for (int j = 0; j < count; j += 8)
+                ScoresEight(q + g * length, keys + (long)j * length, length, Math.Min(8, count - j), scale, scores + (long)g * scoresStride + j);
+    }
+
+    /// <summary>How many of <paramref name="remaining"/> heads go through the rows together: three, or two where three would leave one alone.</summary>
+    private static int HeadsTogether(int remaining) => remaining switch { < 2 => remaining, 2 or 4 => 2, _ => 3 };
+
+    /// <summary>
+    /// The scores of three heads (or two, when not <paramref name="three"/>: a constant at each call, so the third
+    /// head's work compiles away) at n ≤ 4 consecutive positions: twelve (or eight) accumulator chains over the
+    /// dimensions in order, reduced as <see cref="SumEach"/> reduces them. Positions past n repeat the last one, read
+    /// but never stored.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScoresFour(float* q, bool three, float* keys, int length, int n, float scale, float* scores, int scoresStride)
+    {
+        float* k0 = keys, k1 = keys + Math.Min(1, n - 1) * length, k2 = keys + Math.Min(2, n - 1) * length, k3 = keys + Math.Min(3, n - 1) * length;
+        float* q0 = q, q1 = q + length, q2 = three ? q + 2 * length : q1;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int d = 0; d < length; d += 8)
+        {
+            var x0 = Vector256.Load(q0 + d);
+            var x1 = Vector256.Load(q1 + d);
+            var x2 = Vector256.Load(q2 + d);
+            var k = Vector256.Load(k0 + d);
+            a0 = Vector256.MultiplyAddEstimate(x0, k, a0);
+            b0 = Vector256.MultiplyAddEstimate(x1, k, b0);
+            c0 = Vector256.MultiplyAddEstimate(x2, k, c0);
+            k = Vector256.Load(k1 + d);
+            a1 = Vector256.MultiplyAddEstimate(x0, k, a1);
+            b1 = Vector256.MultiplyAddEstimate(x1, k, b1);
+            c1 = Vector256.MultiplyAddEstimate(x2, k, c1);
+            k = Vector256.Load(k2 + d);
+            a2 = Vector256.MultiplyAddEstimate(x0, k, a2);
+            b2 = Vector256.MultiplyAddEstimate(x1, k, b2);
+            c2 = Vector256.MultiplyAddEstimate(x2, k, c2);
+            k = Vector256.Load(k3 + d);
+            a3 = Vector256.MultiplyAddEstimate(x0, k, a3);
+            b3 = Vector256.MultiplyAddEstimate(x1, k, b3);
+            c3 = Vector256.MultiplyAddEstimate(x2, k, c3);
+        }
+        StoreFour(SumEach(a0, a1, a2, a3) * scale, scores, n);
+        StoreFour(SumEach(b0, b1, b2, b3) * scale, scores + scoresStride, n);
+        if (three) StoreFour(SumEach(c0, c1, c2, c3) * scale, scores + 2L * scoresStride, n);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreFour(Vector128<float> sums, float* row, int n)
+    {
+        if (n == 4) sums.Store(row);
+        else
+            for (int p = 0; p < n; p++) row[p] = sums.GetElement(p);
     }
 
     /// <summary>
-    /// The scores of <paramref name="n"/> ≤ 8 consecutive positions: one accumulator chain per position over the
+    /// One head's scores at <paramref name="n"/> ≤ 8 consecutive positions: one accumulator chain per position over the
     /// dimensions in order (eight independent chains), the eight sums reduced together and stored as one vector.
     /// Positions past n repeat the last one, read but never stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ScoresEight(float* q, int group, float* keys, int length, int n, float scale, float* scores, int scoresStride)
+    private static void ScoresEight(float* q, float* keys, int length, int n, float scale, float* scores)
     {
         float* k0 = keys, k1 = keys + Math.Min(1, n - 1) * length, k2 = keys + Math.Min(2, n - 1) * length, k3 = keys + Math.Min(3, n - 1) * length;
         float* k4 = keys + Math.Min(4, n - 1) * length, k5 = keys + Math.Min(5, n - 1) * length, k6 = keys + Math.Min(6, n - 1) * length;
         float* k7 = keys + Math.Min(7, n - 1) * length;
-        for (int g = 0; g < group; g++)
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        for (int d = 0; d < length; d += 8)
         {
-            float* query = q + g * length;
-            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-            for (int d = 0; d < length; d += 8)
-            {
-                var x = Vector256.Load(query + d);
-                a0 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k0 + d), a0);
-                a1 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k1 + d), a1);
-                a2 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k2 + d), a2);
-                a3 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k3 + d), a3);
-                a4 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k4 + d), a4);
-                a5 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k5 + d), a5);
-                a6 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k6 + d), a6);
-                a7 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k7 + d), a7);
-            }
-            var sums = SumEach(a0, a1, a2, a3, a4, a5, a6, a7) * scale;
-            float* row = scores + (long)g * scoresStride;
-            if (n == 8) sums.Store(row);
-            else
-                for (int p = 0; p < n; p++) row[p] = sums.GetElement(p);
+            var x = Vector256.Load(q + d);
+            a0 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k0 + d), a0);
+            a1 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k1 + d), a1);
+            a2 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k2 + d), a2);
+            a3 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k3 + d), a3);
+            a4 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k4 + d), a4);
+            a5 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k5 + d), a5);
+            a6 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k6 + d), a6);
+            a7 = Vector256.MultiplyAddEstimate(x, Vector256.Load(k7 + d), a7);
         }
+        var sums = SumEach(a0, a1, a2, a3, a4, a5, a6, a7) * scale;
+        if (n == 8) sums.Store(scores);
+        else
+            for (int p = 0; p < n; p++) scores[p] = sums.GetElement(p);
+    }
+
+    /// <summary>The horizontal sums of four vectors, each reduced in the order <see cref="SumEach(Vector256{float}, Vector256{float}, Vector256{float}, Vector256{float}, Vector256{float}, Vector256{float}, Vector256{float}, Vector256{float})"/> takes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> SumEach(Vector256<float> v0, Vector256<float> v1, Vector256<float> v2, Vector256<float> v3)
+    {
+        if (!Avx.IsSupported) return Vector128.Create(Vector256.Sum(v0), Vector256.Sum(v1), Vector256.Sum(v2), Vector256.Sum(v3));
+        var sums = Avx.HorizontalAdd(Avx.HorizontalAdd(v0, v1), Avx.HorizontalAdd(v2, v3));
+        return sums.GetLower() + sums.GetUpper();
     }
 
     /// <summary>The horizontal sums of eight vectors, as one vector (element i is the sum of vi's lanes).</summary>
@@ -140,11 +210,12 @@ internal static unsafe class OperatorKernels
     }
 
     /// <summary>
-    /// output_g = Σ_j weights_g[j]·v_j over count rows of length floats (a multiple of 8), 64 columns at a time, for the
+    /// output_g = Σ_j weights_g[j]·v_j over count rows of length floats (a multiple of 8) for the
     /// <paramref name="group"/> query heads that share one key/value head (weights <paramref name="weightsStride"/>
-    /// apart, outputs <paramref name="length"/> apart). Several heads go through a block of value rows at a time, so
-    /// each row is read from memory once. Each output is the one chain of multiply-adds over the rows in order that a
-    /// single head gets (its partial sums pass through the output between blocks), so the bits do not depend on the group.
+    /// apart, outputs <paramref name="length"/> apart). The heads go through a block of value rows at a time, so each
+    /// row is read from memory once, and two or three heads take each row's vectors together (a lone head takes 64
+    /// columns at a time). Each output is the one chain of multiply-adds over the rows in order that a single head gets
+    /// (its partial sums pass through the output between blocks), so the bits do not depend on the group.
     /// </summary>
     /// <param name="accumulate">Continue the sums already in <paramref name="output"/> (rows before these) instead of starting at zero.</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -155,9 +226,91 @@ internal static unsafe class OperatorKernels
         for (int from = 0; from < count; from += block)
         {
             int to = Math.Min(count, from + block);
-            for (int g = 0; g < group; g++)
-                WeightedSumRange(values, length, from, to, weights + (long)g * weightsStride, output + (long)g * length, accumulate || from > 0);
+            bool continued = accumulate || from > 0;
+            int g = 0;
+            for (int heads; (heads = HeadsTogether(group - g)) > 1; g += heads)
+            {
+                float* headWeights = weights + (long)g * weightsStride, headOutput = output + (long)g * length;
+                if (heads == 3) WeightedSumHeads(values, length, from, to, headWeights, weightsStride, three: true, headOutput, continued);
+                else WeightedSumHeads(values, length, from, to, headWeights, weightsStride, three: false, headOutput, continued);
+            }
+            for (; g < group; g++)
+                WeightedSumRange(values, length, from, to, weights + (long)g * weightsStride, output + (long)g * length, continued);
         }
+    }
+
+    /// <summary>
+    /// <see cref="WeightedSumRange"/> for three heads (or two, when not <paramref name="three"/>: a constant at each call)
+    /// at once, 32 columns at a time: each value vector loaded serves every head. Head h's weights are
+    /// <paramref name="weightsStride"/> apart, its outputs <paramref name="length"/> apart.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void WeightedSumHeads(float* values, int length, int from, int to, float* weights, int weightsStride, bool three, float* output,
+        bool accumulate)
+    {
+        float* wa = weights, wb = weights + weightsStride, wc = three ? weights + 2L * weightsStride : wb;
+        for (int d = 0; d < length; d += 32)
+        {
+            int width = Math.Min(32, length - d);
+            float* oa = output + d, ob = oa + length, oc = three ? ob + length : ob;
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+            if (accumulate)
+            {
+                (a0, a1, a2, a3) = LoadUpTo32(oa, width);
+                (b0, b1, b2, b3) = LoadUpTo32(ob, width);
+                if (three) (c0, c1, c2, c3) = LoadUpTo32(oc, width);
+            }
+            float* v = values + (long)from * length + d;
+            for (int j = from; j < to; j++, v += length)
+            {
+                var x = Vector256.Create(wa[j]);
+                var y = Vector256.Create(wb[j]);
+                var z = Vector256.Create(wc[j]);
+                var row = Vector256.Load(v);
+                a0 = Vector256.MultiplyAddEstimate(row, x, a0);
+                b0 = Vector256.MultiplyAddEstimate(row, y, b0);
+                c0 = Vector256.MultiplyAddEstimate(row, z, c0);
+                if (width > 8)
+                {
+                    row = Vector256.Load(v + 8);
+                    a1 = Vector256.MultiplyAddEstimate(row, x, a1);
+                    b1 = Vector256.MultiplyAddEstimate(row, y, b1);
+                    c1 = Vector256.MultiplyAddEstimate(row, z, c1);
+                }
+                if (width > 16)
+                {
+                    row = Vector256.Load(v + 16);
+                    a2 = Vector256.MultiplyAddEstimate(row, x, a2);
+                    b2 = Vector256.MultiplyAddEstimate(row, y, b2);
+                    c2 = Vector256.MultiplyAddEstimate(row, z, c2);
+                }
+                if (width > 24)
+                {
+                    row = Vector256.Load(v + 24);
+                    a3 = Vector256.MultiplyAddEstimate(row, x, a3);
+                    b3 = Vector256.MultiplyAddEstimate(row, y, b3);
+                    c3 = Vector256.MultiplyAddEstimate(row, z, c3);
+                }
+            }
+            StoreUpTo32(oa, width, a0, a1, a2, a3);
+            StoreUpTo32(ob, width, b0, b1, b2, b3);
+            if (three) StoreUpTo32(oc, width, c0, c1, c2, c3);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector256<float>, Vector256<float>, Vector256<float>, Vector256<float>) LoadUpTo32(float* o, int width) =>
+        (Vector256.Load(o), width > 8 ? Vector256.Load(o + 8) : default, width > 16 ? Vector256.Load(o + 16) : default,
+            width > 24 ? Vector256.Load(o + 24) : default);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreUpTo32(float* o, int width, Vector256<float> v0, Vector256<float> v1, Vector256<float> v2, Vector256<float> v3)
+    {
+        v0.Store(o);
+        if (width > 8) v1.Store(o + 8);
+        if (width > 16) v2.Store(o + 16);
+        if (width > 24) v3.Store(o + 24);
     }
 
     /// <summary>
