@@ -110,7 +110,10 @@ public unsafe class OperatorBenchmarks
     [Benchmark]
     public void DecodeAttention() => Attend(_keys, _values, halves: false);
 
-    /// <summary>The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold): keys and values converted a block of rows at a time.</summary>
+    /// <summary>
+    /// The same from an F16 cache (what <see cref="KvCacheType.F16"/> sessions hold): with four query heads per key/value
+    /// head, one token reads the halves in place (larger groups convert a block of rows at a time).
+    /// </summary>
     [Benchmark]
     public void DecodeAttentionF16() => Attend(_keyHalves, _valueHalves, halves: true);
 

@@ -80,6 +80,10 @@ internal static unsafe class FloatKernels
     private static Vector256<float> RawHalves(Vector256<int> signExtended) =>
         ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
+    /// <summary>Eight finite halves shifted into a float's place: exactly w·2^-112 (see <see cref="F16InputScale"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> RawHalvesAvx2(ushort* p) => RawHalves(WidenSigned(p));
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<uint> TrackMagnitude(Vector256<int> signExtended, Vector256<uint> max) =>
         Avx2.Max(max, (signExtended << 17).AsUInt32());
