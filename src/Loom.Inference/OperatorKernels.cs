@@ -81,9 +81,9 @@ internal static unsafe class OperatorKernels
     /// scores[g·scoresStride + j] = (q_g · k_j)·scale for j &lt; count and each of the <paramref name="group"/> query
     /// heads that share one key/value head (queries <paramref name="length"/> floats apart, length a multiple of 8).
     /// Two or three heads go through four positions at a time, so each key load serves every head of them (a lone head
-    /// takes eight positions at a time); the keys (a few KiB) stay in L1 while the heads go through them. Every score
-    /// is the same chain of multiply-adds over the dimensions in order and the same reduction whatever the grouping, so
-    /// a score's bits do not depend on the group.
+    /// takes eight positions at a time); given a block of rows, the keys stay in L1 while the heads go through them.
+    /// Every score is the same chain of multiply-adds over the dimensions in order and the same reduction whatever the
+    /// grouping, so a score's bits do not depend on the group.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScoresGroup(float* q, int group, float* keys, int length, int count, float scale, float* scores, int scoresStride) =>

@@ -10,6 +10,8 @@ public unsafe class OperatorKernelsTests
     [InlineData(80, 129, 7)] // a partial 64-column chunk; more heads per group
     [InlineData(128, 65, 3)]
     [InlineData(64, 1, 2)]
+    [InlineData(32, 41, 5)] // three heads together, then two
+    [InlineData(64, 77, 6)] // three and three
     public void GroupedAttentionMatchesEachHeadAloneBitForBit(int length, int count, int group)
     {
         var rng = new Random(length * 1000 + count);
@@ -102,6 +104,7 @@ public unsafe class OperatorKernelsTests
     [InlineData(80, 129, 7)]
     [InlineData(128, 65, 3)]
     [InlineData(64, 1, 1)]
+    [InlineData(32, 50, 2)] // one token reads the halves in place up to four heads per key/value head
     public void HalfRowsGiveTheBitsOfTheirFloats(int length, int count, int group)
     {
         AssertHalfRowsGiveFloatBits(length, count, group, withSpecials: false, finite: true);
