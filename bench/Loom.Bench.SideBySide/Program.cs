@@ -129,8 +129,8 @@ static void RunFile(ModelShape shape, string type, string path, Options o, Repor
 // Decode in alternating segments: both engines decode the same positions in turns of `segment` tokens (which goes first
 // alternates), so the memory bandwidth of the moment, which decode is held to and which moves by half within seconds on
 // a shared machine, falls on both alike. With a depth, each engine first prefills that many tokens (not timed, see
-// DecodeAfter), so the decoded tokens attend to a long context. Returns each engine's tokens/s over the decoded tokens and the median of the
-// read rates measured after each pair of segments.
+// DecodeAfter), so the decoded tokens attend to a long context. Returns each engine's tokens/s over the decoded tokens
+// and the median of the read rates measured after each pair of segments.
 static (double Loom, double Llama, double ReadRate) DecodeInterleaved(IEngine loom, IEngine llama, int[] tokens, int depth, int count, int segment,
     int threads, int repetition, ReadCeiling ceiling)
 {
