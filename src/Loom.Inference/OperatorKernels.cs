@@ -143,30 +143,32 @@ internal static unsafe class OperatorKernels
     {
         bool three = THeads.Count == 3;
         long k0 = first, k1 = first + Math.Min(1, n - 1) * length, k2 = first + Math.Min(2, n - 1) * length, k3 = first + Math.Min(3, n - 1) * length;
-        float* q0 = q, q1 = q + length, q2 = three ? q + 2 * length : q1;
+        // the third head's work sits behind `three`, a constant per copy: left to dead-code removal, its loop-carried
+        // accumulators were kept (twelve FMAs per step for two heads)
+        float* q0 = q, q1 = q + length, q2 = q + 2 * length;
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
         for (int d = 0; d < length; d += 8)
         {
             var x0 = Vector256.Load(q0 + d);
             var x1 = Vector256.Load(q1 + d);
-            var x2 = Vector256.Load(q2 + d);
+            var x2 = three ? Vector256.Load(q2 + d) : default;
             var k = TRows.Eight(keys, k0 + d);
             a0 = Vector256.MultiplyAddEstimate(x0, k, a0);
             b0 = Vector256.MultiplyAddEstimate(x1, k, b0);
-            c0 = Vector256.MultiplyAddEstimate(x2, k, c0);
+            if (three) c0 = Vector256.MultiplyAddEstimate(x2, k, c0);
             k = TRows.Eight(keys, k1 + d);
             a1 = Vector256.MultiplyAddEstimate(x0, k, a1);
             b1 = Vector256.MultiplyAddEstimate(x1, k, b1);
-            c1 = Vector256.MultiplyAddEstimate(x2, k, c1);
+            if (three) c1 = Vector256.MultiplyAddEstimate(x2, k, c1);
             k = TRows.Eight(keys, k2 + d);
             a2 = Vector256.MultiplyAddEstimate(x0, k, a2);
             b2 = Vector256.MultiplyAddEstimate(x1, k, b2);
-            c2 = Vector256.MultiplyAddEstimate(x2, k, c2);
+            if (three) c2 = Vector256.MultiplyAddEstimate(x2, k, c2);
             k = TRows.Eight(keys, k3 + d);
             a3 = Vector256.MultiplyAddEstimate(x0, k, a3);
             b3 = Vector256.MultiplyAddEstimate(x1, k, b3);
-            c3 = Vector256.MultiplyAddEstimate(x2, k, c3);
+            if (three) c3 = Vector256.MultiplyAddEstimate(x2, k, c3);
         }
         StoreFour(SumEach(a0, a1, a2, a3) * scale, scores, n);
         StoreFour(SumEach(b0, b1, b2, b3) * scale, scores + scoresStride, n);
@@ -281,11 +283,12 @@ internal static unsafe class OperatorKernels
         bool accumulate) where TRows : struct, IRowValues where THeads : struct, IHeadCount
     {
         bool three = THeads.Count == 3;
-        float* wa = weights, wb = weights + weightsStride, wc = three ? weights + 2L * weightsStride : wb;
+        // as in ScoresFour, the third head's work sits behind the constant `three`
+        float* wa = weights, wb = weights + weightsStride, wc = weights + 2L * weightsStride;
         for (int d = 0; d < length; d += 32)
         {
             int width = Math.Min(32, length - d);
-            float* oa = output + d, ob = oa + length, oc = three ? ob + length : ob;
+            float* oa = output + d, ob = oa + length, oc = ob + length;
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
             Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
             if (accumulate)
@@ -299,31 +302,31 @@ internal static unsafe class OperatorKernels
             {
                 var x = Vector256.Create(TRows.Weight(wa[j]));
                 var y = Vector256.Create(TRows.Weight(wb[j]));
-                var z = Vector256.Create(TRows.Weight(wc[j]));
+                var z = three ? Vector256.Create(TRows.Weight(wc[j])) : default;
                 var row = TRows.Eight(values, v);
                 a0 = Vector256.MultiplyAddEstimate(row, x, a0);
                 b0 = Vector256.MultiplyAddEstimate(row, y, b0);
-                c0 = Vector256.MultiplyAddEstimate(row, z, c0);
+                if (three) c0 = Vector256.MultiplyAddEstimate(row, z, c0);
                 if (width > 8)
                 {
                     row = TRows.Eight(values, v + 8);
                     a1 = Vector256.MultiplyAddEstimate(row, x, a1);
                     b1 = Vector256.MultiplyAddEstimate(row, y, b1);
-                    c1 = Vector256.MultiplyAddEstimate(row, z, c1);
+                    if (three) c1 = Vector256.MultiplyAddEstimate(row, z, c1);
                 }
                 if (width > 16)
                 {
                     row = TRows.Eight(values, v + 16);
                     a2 = Vector256.MultiplyAddEstimate(row, x, a2);
                     b2 = Vector256.MultiplyAddEstimate(row, y, b2);
-                    c2 = Vector256.MultiplyAddEstimate(row, z, c2);
+                    if (three) c2 = Vector256.MultiplyAddEstimate(row, z, c2);
                 }
                 if (width > 24)
                 {
                     row = TRows.Eight(values, v + 24);
                     a3 = Vector256.MultiplyAddEstimate(row, x, a3);
                     b3 = Vector256.MultiplyAddEstimate(row, y, b3);
-                    c3 = Vector256.MultiplyAddEstimate(row, z, c3);
+                    if (three) c3 = Vector256.MultiplyAddEstimate(row, z, c3);
                 }
             }
             StoreUpTo32(oa, width, a0, a1, a2, a3);
