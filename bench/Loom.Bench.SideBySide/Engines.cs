@@ -14,8 +14,6 @@ internal interface IEngine : IDisposable
     string Name { get; }
     /// <summary>Prefills the first <paramref name="count"/> tokens in one call.</summary>
     double Prefill(int[] tokens, int count, int threads);
-    /// <summary>Decodes <paramref name="count"/> tokens one call each (batch 1).</summary>
-    double Decode(int[] tokens, int count, int threads) => count / DecodeSegment(tokens, 0, count, threads);
     /// <summary>
     /// Decodes tokens [start, start + count) one call each, continuing the sequence (from an empty cache when start is 0);
     /// returns the seconds taken.
