@@ -436,8 +436,20 @@ public static unsafe class MatMul
                 {
                     int kEnd = Math.Min(kk + PackRowsOfA, kc);
                     for (int i = 0; i < full; i += height)
-                    for (int k = kk; k < kEnd; k++)
-                        Copy(a + m0 + i + (long)(k0 + k) * aCol, packed + (long)i * kc + k * height, height, bf16);
+                    {
+                        float* source = a + m0 + i + (long)k0 * aCol, target = packed + (long)i * kc;
+                        int k = kk;
+                        // Six-row panels: one eight-float store a k, its two spare floats overwritten by the next k's
+                        // (a third faster to pack than four floats and two). Not at A's last rows, where eight floats
+                        // would read past A, nor for the panel's last k, whose spare floats would land in the next panel.
+                        if (height == 6 && m0 + i + 8 <= rows)
+                            for (int kLast = Math.Min(kEnd, kc - 1); k < kLast; k++)
+                            {
+                                var values = Vector256.Load(source + (long)k * aCol);
+                                (bf16 ? RoundBits(values).AsSingle() : values).Store(target + k * 6);
+                            }
+                        for (; k < kEnd; k++) Copy(source + (long)k * aCol, target + k * height, height, bf16);
+                    }
                 }
                 i0 = full;
             }
