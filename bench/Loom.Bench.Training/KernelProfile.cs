@@ -42,7 +42,8 @@ internal static class KernelProfile
             total += cpu * count;
             Console.WriteLine($"| {name} | {count} | {seconds * 1e3:F2} | {cpu * 1e3:F2} | {(flops > 0 ? (flops / cpu / 1e9).ToString("F1") : "")} | {cpu * count * 1e3:F1} |");
         }
-        foreach (var (inputs, outputs, count) in new[] { (s.Dim, s.Dim, 2 * s.Layers), (s.Dim, s.KvDim, 2 * s.Layers), (s.Dim, s.Hidden, 2 * s.Layers), (s.Hidden, s.Dim, s.Layers), (s.Dim, s.VocabSize, 1) })
+        // queries, keys and values in one product; the attention output; gate and up; down; the output head
+        foreach (var (inputs, outputs, count) in new[] { (s.Dim, s.QkvDim, s.Layers), (s.Dim, s.Dim, s.Layers), (s.Dim, s.Hidden, 2 * s.Layers), (s.Hidden, s.Dim, s.Layers), (s.Dim, s.VocabSize, 1) })
         {
             float[] x = Random((long)n * inputs), w = Random((long)outputs * inputs), y = Random((long)n * outputs);
             float[] dx = new float[(long)n * inputs], dw = new float[(long)outputs * inputs];
@@ -52,11 +53,11 @@ internal static class KernelProfile
             Report($"weight gradient {inputs}→{outputs}", count, flops, () => MatMul.BackwardWeight(y, x, dw, n, inputs, outputs, threads));
         }
         var attention = new Attention(s);
-        float[] q = Random((long)n * s.Dim), k = Random((long)n * s.KvDim), v = Random((long)n * s.KvDim), probs = new float[(long)batch * s.Heads * s.Context * s.Context];
-        float[] o = new float[(long)n * s.Dim], dq = new float[(long)n * s.Dim], dk = new float[(long)n * s.KvDim], dv = new float[(long)n * s.KvDim];
+        float[] qkv = Random((long)n * s.QkvDim), probs = new float[(long)batch * s.Heads * s.Context * s.Context];
+        float[] o = new float[(long)n * s.Dim], dQkv = new float[(long)n * s.QkvDim];
         double attentionFlops = 4.0 * n * s.Dim * (s.Context + 1) / 2;
-        Report("attention forward", s.Layers, attentionFlops, () => attention.Forward(q, k, v, probs, o, batch, s.Context, default, threads));
-        Report("attention backward", s.Layers, 2 * attentionFlops, () => attention.Backward(o, q, k, v, probs, dq, dk, dv, batch, s.Context, default, threads));
+        Report("attention forward", s.Layers, attentionFlops, () => attention.Forward(qkv, probs, o, batch, s.Context, default, threads));
+        Report("attention backward", s.Layers, 2 * attentionFlops, () => attention.Backward(o, qkv, probs, dQkv, batch, s.Context, default, threads));
         float[] logits = Random((long)n * s.VocabSize), logitsCopy = new float[logits.Length];
         int[] targets = new int[n];
         Report("cross-entropy + gradient", 1, 0, () =>
@@ -72,7 +73,7 @@ internal static class KernelProfile
         Report("RMSNorm forward", 2 * s.Layers + 1, 0, () => Layers.RmsNormForward(normIn, gain, normOut, inverse, n, s.NormEpsilon));
         Report("RMSNorm backward", 2 * s.Layers + 1, 0, () => Layers.RmsNormBackward(normIn, normIn, gain, inverse, normOut, dGain, scratch, n));
         float[] cos = new float[s.Context * s.HeadDim / 2], sin = new float[cos.Length];
-        Report("RoPE (q and k)", 4 * s.Layers, 0, () => Layers.Rope(q, cos, sin, n, s.Context, s.Heads, s.HeadDim, inverse: false));
+        Report("RoPE (q and k)", 4 * s.Layers, 0, () => Layers.Rope(qkv, s.QkvDim, cos, sin, n, s.Context, s.Heads, s.HeadDim, inverse: false));
         var layout = new ParameterLayout(s);
         var optimizer = new AdamW(layout);
         float[] parameters = Random(layout.Count), gradients = Random(layout.Count);

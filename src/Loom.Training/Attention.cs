@@ -20,38 +20,42 @@ internal sealed class Attention(ModelShape shape)
     [ThreadStatic] private static float[]? _scratch;
 
     private readonly int _groupSize = shape.Heads / shape.KvHeads;
+    // Where a token's keys and values start in its row of queries, keys and values.
+    private int KeysAt => shape.Dim;
+    private int ValuesAt => shape.Dim + shape.KvDim;
     private readonly float _scale = 1f / MathF.Sqrt(shape.HeadDim);
 
     /// <summary>
-    /// q: [B·T, Heads·hd], k/v: [B·T, KvHeads·hd] (already rotated); writes the softmax probabilities (before dropout)
-    /// to probs [B, Heads, T, T] and the head outputs to output [B·T, Heads·hd].
+    /// qkv: [B·T, QkvDim], each row a token's queries (Heads·hd), keys and values (KvHeads·hd each), the queries and
+    /// keys already rotated; writes the softmax probabilities (before dropout) to probs [B, Heads, T, T] and the head
+    /// outputs to output [B·T, Heads·hd].
     /// </summary>
-    public void Forward(float[] q, float[] k, float[] v, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads,
+    public void Forward(float[] qkv, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads,
         TrainingPrecision precision = TrainingPrecision.Fp32)
     {
         WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
         {
             int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
-            int hd = shape.HeadDim, dim = shape.Dim, kvDim = shape.KvDim, T = seqLen;
-            var keys = k.AsSpan(b * T * kvDim + kvHead * hd);
-            var values = v.AsSpan(b * T * kvDim + kvHead * hd);
+            int hd = shape.HeadDim, dim = shape.Dim, row = shape.QkvDim, T = seqLen;
+            var keys = qkv.AsSpan(b * T * row + KeysAt + kvHead * hd);
+            var values = qkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
             var dropped = mask.Active ? Scratch(T * T, 0) : null;
             for (int head = kvHead * _groupSize; head < (kvHead + 1) * _groupSize; head++)
             {
                 int probBase = (b * shape.Heads + head) * T * T;
                 var p = probs.AsSpan(probBase, T * T);
-                var query = q.AsSpan(b * T * dim + head * hd);
+                var query = qkv.AsSpan(b * T * row + head * hd);
                 // Scores: query rows of a block against the keys up to the block's end.
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(query[(r0 * dim)..], dim, 1, keys, 1, kvDim, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
+                    MatMul.Multiply(query[(r0 * row)..], row, 1, keys, 1, row, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
                 }
                 for (int t = 0; t < T; t++)
                 {
-                    var row = p.Slice(t * T, T);
-                    Softmax(row[..(t + 1)], _scale);
-                    row[(t + 1)..].Clear();
+                    var scores = p.Slice(t * T, T);
+                    Softmax(scores[..(t + 1)], _scale);
+                    scores[(t + 1)..].Clear();
                 }
                 var weights = p;
                 if (dropped is not null)
@@ -63,24 +67,24 @@ internal sealed class Attention(ModelShape shape)
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(weights[(r0 * T)..], T, 1, values, kvDim, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
+                    MatMul.Multiply(weights[(r0 * T)..], T, 1, values, row, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
                 }
             }
         });
     }
 
-    /// <summary>From dOutput, writes dq and dk/dv (overwriting them), for pre-rotation-backward q/k.</summary>
-    public void Backward(float[] dOutput, float[] q, float[] k, float[] v, float[] probs, float[] dq, float[] dk, float[] dv,
-        int batch, int seqLen, DropoutMask mask, int threads, TrainingPrecision precision = TrainingPrecision.Fp32)
+    /// <summary>From dOutput, writes dQkv (laid out as qkv, overwriting it), for pre-rotation-backward queries and keys.</summary>
+    public void Backward(float[] dOutput, float[] qkv, float[] probs, float[] dQkv, int batch, int seqLen, DropoutMask mask, int threads,
+        TrainingPrecision precision = TrainingPrecision.Fp32)
     {
         WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
         {
             int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
-            int hd = shape.HeadDim, dim = shape.Dim, kvDim = shape.KvDim, T = seqLen;
-            var keys = k.AsSpan(b * T * kvDim + kvHead * hd);
-            var values = v.AsSpan(b * T * kvDim + kvHead * hd);
-            var dKeys = dk.AsSpan(b * T * kvDim + kvHead * hd);
-            var dValues = dv.AsSpan(b * T * kvDim + kvHead * hd);
+            int hd = shape.HeadDim, dim = shape.Dim, row = shape.QkvDim, T = seqLen;
+            var keys = qkv.AsSpan(b * T * row + KeysAt + kvHead * hd);
+            var values = qkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
+            var dKeys = dQkv.AsSpan(b * T * row + KeysAt + kvHead * hd);
+            var dValues = dQkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
             var scratch = Scratch(T * T, mask.Active ? T * T : 0);
             var dScores = scratch.AsSpan(0, T * T);
             for (int head = kvHead * _groupSize; head < (kvHead + 1) * _groupSize; head++)
@@ -88,7 +92,7 @@ internal sealed class Attention(ModelShape shape)
                 bool first = head == kvHead * _groupSize;
                 int probBase = (b * shape.Heads + head) * T * T;
                 var p = probs.AsSpan(probBase, T * T);
-                var query = q.AsSpan(b * T * dim + head * hd);
+                var query = qkv.AsSpan(b * T * row + head * hd);
                 var d = dOutput.AsSpan(b * T * dim + head * hd);
                 var weights = p;
                 if (mask.Active)
@@ -97,17 +101,17 @@ internal sealed class Attention(ModelShape shape)
                     for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
                 }
                 // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
-                CausalTransposedProduct(weights, d, dim, dValues, kvDim, T, accumulate: !first, precision);
+                CausalTransposedProduct(weights, d, dim, dValues, row, T, accumulate: !first, precision);
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(d[(r0 * dim)..], dim, 1, values, 1, kvDim, dScores[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
+                    MatMul.Multiply(d[(r0 * dim)..], dim, 1, values, 1, row, dScores[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
                 }
                 // Through the softmax: ds_j = p_j (dp_j − Σ p·dp) · scale, zero above the diagonal.
                 for (int t = 0; t < T; t++)
                 {
-                    var row = dScores.Slice(t * T, T);
-                    var visible = row[..(t + 1)];
+                    var scores = dScores.Slice(t * T, T);
+                    var visible = scores[..(t + 1)];
                     if (mask.Active)
                         for (int j = 0; j <= t; j++) visible[j] *= mask.Factor(probBase + (long)t * T + j);
                     var pt = p.Slice(t * T, t + 1);
@@ -115,15 +119,15 @@ internal sealed class Attention(ModelShape shape)
                     TensorPrimitives.Subtract(visible, mean, visible);
                     TensorPrimitives.Multiply(visible, pt, visible);
                     TensorPrimitives.Multiply(visible, _scale, visible);
-                    row[(t + 1)..].Clear();
+                    scores[(t + 1)..].Clear();
                 }
-                var dQuery = dq.AsSpan(b * T * dim + head * hd);
+                var dQuery = dQkv.AsSpan(b * T * row + head * hd);
                 for (int r0 = 0; r0 < T; r0 += RowBlock)
                 {
                     int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, kvDim, 1, dQuery[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
+                    MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, row, 1, dQuery[(r0 * row)..], row, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
                 }
-                CausalTransposedProduct(dScores, query, dim, dKeys, kvDim, T, accumulate: !first, precision);
+                CausalTransposedProduct(dScores, query, row, dKeys, row, T, accumulate: !first, precision);
             }
         });
     }

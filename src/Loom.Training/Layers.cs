@@ -67,11 +67,11 @@ internal static class Layers
     }
 
     /// <summary>
-    /// Rotates adjacent pairs (2i, 2i+1) of every head in place — llama GGUF's "normal" RoPE layout. With
-    /// <paramref name="inverse"/> it rotates by the opposite angle, which is the backward pass (a rotation's
-    /// transpose is its inverse).
+    /// Rotates adjacent pairs (2i, 2i+1) of every head in place — llama GGUF's "normal" RoPE layout; row r's heads
+    /// start at <paramref name="data"/>[r·rowStride]. With <paramref name="inverse"/> it rotates by the opposite angle,
+    /// which is the backward pass (a rotation's transpose is its inverse).
     /// </summary>
-    public static void Rope(Span<float> data, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, int rows, int seqLen, int heads, int headDim, bool inverse)
+    public static void Rope(Span<float> data, int rowStride, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, int rows, int seqLen, int heads, int headDim, bool inverse)
     {
         int pairs = headDim / 2;
         float direction = inverse ? -1f : 1f;
@@ -95,7 +95,7 @@ internal static class Layers
                 }
             for (int h = 0; h < heads; h++)
             {
-                var v = data.Slice((r * heads + h) * headDim, headDim);
+                var v = data.Slice(r * rowStride + h * headDim, headDim);
                 if (vector)
                 {
                     for (int j = 0; j < headDim; j += 8)

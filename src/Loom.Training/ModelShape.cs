@@ -17,6 +17,8 @@ public sealed record ModelShape
 
     public int HeadDim => Dim / Heads;
     public int KvDim => KvHeads * HeadDim;
+    /// <summary>Width of a token's queries, keys and values side by side (one product computes all three).</summary>
+    public int QkvDim => Dim + 2 * KvDim;
 
     /// <summary>Throws a clear exception for shapes the model cannot have.</summary>
     public void Validate()

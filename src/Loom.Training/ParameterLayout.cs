@@ -9,7 +9,16 @@ public readonly record struct TensorSlot(string Name, int Offset, int Rows, int 
 
 /// <summary>One layer's tensors, named as llama GGUF names them.</summary>
 public sealed record LayerSlots(TensorSlot AttentionNorm, TensorSlot Query, TensorSlot Key, TensorSlot Value, TensorSlot Output,
-    TensorSlot FeedForwardNorm, TensorSlot Gate, TensorSlot Up, TensorSlot Down);
+    TensorSlot FeedForwardNorm, TensorSlot Gate, TensorSlot Up, TensorSlot Down)
+{
+    /// <summary>The query, key and value weights as one [Dim + 2·KvDim, Dim] matrix: <see cref="ParameterLayout"/> keeps them adjacent.</summary>
+    public Span<float> QueryKeyValue(float[] flat)
+    {
+        if (Key.Offset != Query.Offset + Query.Length || Value.Offset != Key.Offset + Key.Length)
+            throw new InvalidOperationException("the query, key and value slots are not adjacent");
+        return flat.AsSpan(Query.Offset, Query.Length + Key.Length + Value.Length);
+    }
+}
 
 /// <summary>
 /// All parameters of the model in one flat float array: the optimizer, clipping and checkpoints then work on a single

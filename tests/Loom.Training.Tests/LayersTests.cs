@@ -17,25 +17,26 @@ public sealed class LayersTests
     [InlineData(6, false)]
     public void RopeRotatesEveryPairAsThePairFormula(int headDim, bool inverse)
     {
+        // rows farther apart than their heads, as the decoder's queries sit in rows of queries, keys and values
         const int rows = 10, seqLen = 5, heads = 3;
-        int pairs = headDim / 2;
+        int pairs = headDim / 2, rowStride = heads * headDim + 4;
         var cos = new float[seqLen * pairs];
         var sin = new float[seqLen * pairs];
         Layers.RopeTables(seqLen, headDim, 10000f, cos, sin);
-        var data = Random(rows * heads * headDim, 11, 3f);
+        var data = Random(rows * rowStride, 11, 3f);
         var expected = (float[])data.Clone();
         float direction = inverse ? -1f : 1f;
         for (int r = 0; r < rows; r++)
         for (int h = 0; h < heads; h++)
         for (int i = 0; i < pairs; i++)
         {
-            int at = (r * heads + h) * headDim + 2 * i, angle = r % seqLen * pairs + i;
+            int at = r * rowStride + h * headDim + 2 * i, angle = r % seqLen * pairs + i;
             float x0 = expected[at], x1 = expected[at + 1], sn = direction * sin[angle];
             expected[at] = x0 * cos[angle] - x1 * sn;
             expected[at + 1] = x0 * sn + x1 * cos[angle];
         }
 
-        Layers.Rope(data, cos, sin, rows, seqLen, heads, headDim, inverse);
+        Layers.Rope(data, rowStride, cos, sin, rows, seqLen, heads, headDim, inverse);
 
         Assert.Equal(expected, data);
     }
