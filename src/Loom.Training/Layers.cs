@@ -80,9 +80,9 @@ internal static class Layers
         bool vector = Vector256.IsHardwareAccelerated && headDim % 8 == 0;
         Span<float> pairCos = stackalloc float[vector ? headDim : 0], pairSin = stackalloc float[vector ? headDim : 0];
         var swap = Vector256.Create(1, 0, 3, 2, 5, 4, 7, 6);
-        for (int r = 0; r < rows; r++)
+        // position by position, so each position's pair tables serve its row in every sequence of the batch
+        for (int t = 0; t < Math.Min(seqLen, rows); t++)
         {
-            int t = r % seqLen;
             var c = cos.Slice(t * pairs, pairs);
             var s = sin.Slice(t * pairs, pairs);
             if (vector)
@@ -93,6 +93,7 @@ internal static class Layers
                     pairSin[2 * i] = -sn;
                     pairSin[2 * i + 1] = sn;
                 }
+            for (int r = t; r < rows; r += seqLen)
             for (int h = 0; h < heads; h++)
             {
                 var v = data.Slice(r * rowStride + h * headDim, headDim);

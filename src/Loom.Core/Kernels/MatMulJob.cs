@@ -140,7 +140,7 @@ internal sealed unsafe class MatMulJob : IParallelWork
             // nothing after it, each thread waited for the other at the end of most products (Zen 3, Llama-3.2-1B
             // Q8_0, two threads: 3.9% of all samples spinning or yielding, 2.0% with the small chunks). More tokens:
             // about four chunks per thread balance uneven progress. Whole row tiles keep the token loop efficient.
-            int chunksPerThread = 4;
+            const int chunksPerThread = 4;
             part.Shares = part.ShareRows = 0;
             int rest = matrix.Rows;
             int shareRows = matrix.Rows * 9 / 10 / threads / RowTile * RowTile;
