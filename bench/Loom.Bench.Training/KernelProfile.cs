@@ -69,18 +69,18 @@ internal static class KernelProfile
         float[] gate = Random((long)n * s.Hidden), up = Random((long)n * s.Hidden), hidden = new float[gate.Length], dGate = new float[gate.Length], dUp = new float[gate.Length];
         Report("SwiGLU forward", s.Layers, 0, () => Layers.SwiGluForward(gate, up, hidden, gate.Length, threads));
         Report("SwiGLU backward", s.Layers, 0, () => Layers.SwiGluBackward(hidden, gate, up, dGate, dUp, gate.Length, threads));
-        float[] normIn = Random((long)n * s.Dim), normOut = new float[normIn.Length], gain = Random(s.Dim), inverse = new float[n], dGain = new float[s.Dim], scratch = new float[s.Dim];
-        Report("RMSNorm forward", 2 * s.Layers + 1, 0, () => Layers.RmsNormForward(normIn, gain, normOut, inverse, n, s.NormEpsilon));
-        Report("RMSNorm backward", 2 * s.Layers + 1, 0, () => Layers.RmsNormBackward(normIn, normIn, gain, inverse, normOut, dGain, scratch, n));
+        float[] normIn = Random((long)n * s.Dim), normOut = new float[normIn.Length], gain = Random(s.Dim), inverse = new float[n], dGain = new float[s.Dim];
+        Report("RMSNorm forward", 2 * s.Layers + 1, 0, () => Layers.RmsNormForward(normIn, gain, normOut, inverse, n, s.NormEpsilon, threads));
+        Report("RMSNorm backward", 2 * s.Layers + 1, 0, () => Layers.RmsNormBackward(normIn, normIn, gain, inverse, normOut, dGain, n, threads));
         float[] cos = new float[s.Context * s.HeadDim / 2], sin = new float[cos.Length];
-        Report("RoPE (q and k)", 4 * s.Layers, 0, () => Layers.Rope(qkv, s.QkvDim, cos, sin, n, s.Context, s.Heads, s.HeadDim, inverse: false));
+        Report("RoPE (q and k)", 4 * s.Layers, 0, () => Layers.Rope(qkv, s.QkvDim, cos, sin, n, s.Context, s.Heads, s.HeadDim, inverse: false, threads));
         var layout = new ParameterLayout(s);
         var optimizer = new AdamW(layout);
         float[] parameters = Random(layout.Count), gradients = Random(layout.Count);
         Report("clip + AdamW", 1, 0, () =>
         {
-            GradientClipping.ClipByGlobalNorm(gradients, 1f);
-            optimizer.Update(parameters, gradients, 1e-4f);
+            GradientClipping.ClipByGlobalNorm(gradients, 1f, threads);
+            optimizer.Update(parameters, gradients, 1e-4f, threads);
         });
         Console.WriteLine($"sum of the above: {total * 1e3:F0} ms of CPU per step");
     }

@@ -64,8 +64,8 @@ double LoomStep()
     model.ZeroGradients();
     double loss = model.Forward(tokens, targets, batch, seqLen);
     model.Backward();
-    GradientClipping.ClipByGlobalNorm(model.Gradients, 1f);
-    optimizer.Update(model.Parameters, model.Gradients, 1e-3f);
+    GradientClipping.ClipByGlobalNorm(model.Gradients, 1f, model.Threads);
+    optimizer.Update(model.Parameters, model.Gradients, 1e-3f, model.Threads);
     return loss;
 }
 double TorchStep() => reference.Step(torchTokens, torchTargets, batch, seqLen, 1e-3f);

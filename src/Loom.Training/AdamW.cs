@@ -10,7 +10,11 @@ namespace Loom.Training;
 /// </summary>
 public sealed class AdamW
 {
+    // Elements per piece of work (a multiple of the vector width): four arrays of it fit in L2.
+    private const int PieceLength = 1 << 15;
+
     private readonly ParameterLayout _layout;
+    private readonly (TensorSlot Slot, int Start, int Length)[] _pieces;
 
     public AdamW(ParameterLayout layout, float beta1 = 0.9f, float beta2 = 0.95f, float epsilon = 1e-8f, float weightDecay = 0.1f)
     {
@@ -19,6 +23,7 @@ public sealed class AdamW
         if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), epsilon, "must be positive");
         if (!(weightDecay >= 0)) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "must not be negative");
         _layout = layout;
+        _pieces = Pieces(layout);
         Beta1 = beta1;
         Beta2 = beta2;
         Epsilon = epsilon;
@@ -36,22 +41,31 @@ public sealed class AdamW
     public float[] FirstMoment { get; }
     public float[] SecondMoment { get; }
 
-    public void Update(float[] parameters, float[] gradients, float learningRate)
+    /// <summary>One step. Every element is updated on its own, so the threads split the slots into pieces freely.</summary>
+    public void Update(float[] parameters, float[] gradients, float learningRate, int threads = 1)
     {
+        if (parameters.Length < _layout.Count || gradients.Length < _layout.Count)
+            throw new ArgumentException($"parameters and gradients must hold {_layout.Count} values, got {parameters.Length} and {gradients.Length}");
         Step++;
         float correction1 = 1f - MathF.Pow(Beta1, Step);
         float correction2Root = MathF.Sqrt(1f - MathF.Pow(Beta2, Step));
         float stepSize = learningRate / correction1;
-        foreach (var slot in _layout.Slots)
+        WorkerPool.Get(threads).For(_pieces.Length, index =>
         {
-            var p = slot.Of(parameters);
-            var g = slot.Of(gradients);
-            var m = slot.Of(FirstMoment);
-            var v = slot.Of(SecondMoment);
+            var (slot, start, length) = _pieces[index];
+            var p = slot.Of(parameters).Slice(start, length);
+            var g = slot.Of(gradients).Slice(start, length);
+            var m = slot.Of(FirstMoment).Slice(start, length);
+            var v = slot.Of(SecondMoment).Slice(start, length);
             float decay = slot.Decays ? 1f - learningRate * WeightDecay : 1f;
             UpdateSlot(p, g, m, v, decay, stepSize, correction2Root);
-        }
+        });
     }
+
+    /// <summary>The slots cut into pieces of at most <see cref="PieceLength"/> elements, for the threads to share.</summary>
+    private static (TensorSlot Slot, int Start, int Length)[] Pieces(ParameterLayout layout) =>
+        layout.Slots.SelectMany(slot => Enumerable.Range(0, (slot.Length + PieceLength - 1) / PieceLength)
+            .Select(piece => (slot, piece * PieceLength, Math.Min(PieceLength, slot.Length - piece * PieceLength)))).ToArray();
 
     /// <summary>
     /// One slot's update, in vectors and then a scalar tail that performs the very same operations in the same order,
@@ -112,13 +126,22 @@ public static class GradientClipping
 {
     /// <summary>
     /// Scales gradients so their global L2 norm is at most <paramref name="maxNorm"/> (as torch's clip_grad_norm_:
-    /// factor maxNorm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping.
+    /// factor maxNorm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping. The norm is one
+    /// library call (its summation order is the library's); the scaling is split between threads.
     /// </summary>
-    public static float ClipByGlobalNorm(float[] gradients, float maxNorm)
+    public static float ClipByGlobalNorm(float[] gradients, float maxNorm, int threads = 1)
     {
         float norm = TensorPrimitives.Norm(gradients);
         float factor = maxNorm / (norm + 1e-6f);
-        if (factor < 1f) TensorPrimitives.Multiply(gradients, factor, gradients);
+        if (factor < 1f)
+        {
+            const int piece = 1 << 16;
+            WorkerPool.Get(threads).For((gradients.Length + piece - 1) / piece, index =>
+            {
+                var part = gradients.AsSpan(index * piece, Math.Min(piece, gradients.Length - index * piece));
+                TensorPrimitives.Multiply(part, factor, part);
+            });
+        }
         return norm;
     }
 }

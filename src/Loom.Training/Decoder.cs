@@ -34,7 +34,7 @@ public sealed class Decoder
     public ParameterLayout Layout { get; }
     public float[] Parameters { get; }
     public float[] Gradients { get; }
-    /// <summary>Threads used by the matrix products and attention (results do not depend on it).</summary>
+    /// <summary>Threads used by the matrix products, attention and the per-token layers (results do not depend on it).</summary>
     public int Threads { get; set; } = 2;
     /// <summary>
     /// Arithmetic of the matrix products (linear layers, attention, output head): fp32, or bf16 inputs with fp32
@@ -118,13 +118,13 @@ public sealed class Decoder
             var input = w.Residual[l];
             // Product-only activations are produced in fp32 (into a backward buffer, idle now, when kept as bf16).
             var norm1 = a.Norm1.Producer(w.DNorm);
-            Layers.RmsNormForward(input, slots.AttentionNorm.Of(p), norm1, a.InverseRms1, n, s.NormEpsilon);
+            Layers.RmsNormForward(input, slots.AttentionNorm.Of(p), norm1, a.InverseRms1, n, s.NormEpsilon, Threads);
             a.Norm1.Keep(norm1, n * s.Dim);
             // Queries, keys and values in one product (their weights are adjacent): one packing of norm1 instead of
             // three, and a wider product; each value is the same chain of multiply-adds as in three products.
             MatMul.Forward(norm1, slots.QueryKeyValue(p), a.Qkv, n, s.Dim, s.QkvDim, Threads, precision);
-            Layers.Rope(a.Qkv, s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: false);
-            Layers.Rope(a.Qkv.AsSpan(s.Dim), s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: false);
+            Layers.Rope(a.Qkv, s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: false, Threads);
+            Layers.Rope(a.Qkv.AsSpan(s.Dim), s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: false, Threads);
             var attentionOut = a.AttentionOut.Producer(w.DAttention);
             _attention.Forward(a.Qkv, a.Probs, attentionOut, batch, seqLen, Mask(l, 0, AttentionDropout), Threads, precision);
             a.AttentionOut.Keep(attentionOut, n * s.Dim);
@@ -135,7 +135,7 @@ public sealed class Decoder
             AddTo(input, projection, a.Middle);
 
             var norm2 = a.Norm2.Producer(w.DNorm);
-            Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), norm2, a.InverseRms2, n, s.NormEpsilon);
+            Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), norm2, a.InverseRms2, n, s.NormEpsilon, Threads);
             a.Norm2.Keep(norm2, n * s.Dim);
             MatMul.Forward(norm2, slots.Gate.Of(p), a.Gate, n, s.Dim, s.Hidden, Threads, precision);
             MatMul.Forward(norm2, slots.Up.Of(p), a.Up, n, s.Dim, s.Hidden, Threads, precision);
@@ -148,7 +148,7 @@ public sealed class Decoder
         }
 
         var finalNorm = w.FinalNorm.Producer(w.DNorm);
-        Layers.RmsNormForward(w.Residual[s.Layers], Layout.OutputNorm.Of(p), finalNorm, w.FinalInverseRms, n, s.NormEpsilon);
+        Layers.RmsNormForward(w.Residual[s.Layers], Layout.OutputNorm.Of(p), finalNorm, w.FinalInverseRms, n, s.NormEpsilon, Threads);
         w.FinalNorm.Keep(finalNorm, n * s.Dim);
         MatMul.Forward(finalNorm, embedding, w.Logits, n, s.Dim, s.VocabSize, Threads, precision);
         if (!_hasTargets) return double.NaN;
@@ -180,7 +180,7 @@ public sealed class Decoder
         MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads, precision);
         var dResidual = w.DResidual.AsSpan(0, n * s.Dim);
         dResidual.Clear();
-        Layers.RmsNormBackward(w.DNorm, w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalInverseRms, dResidual, Layout.OutputNorm.Of(g), w.Scratch, n);
+        Layers.RmsNormBackward(w.DNorm, w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalInverseRms, dResidual, Layout.OutputNorm.Of(g), n, Threads);
 
         for (int l = s.Layers - 1; l >= 0; l--)
         {
@@ -198,7 +198,7 @@ public sealed class Decoder
             a.Norm2.BackwardWeight(w.DUp, slots.Up.Of(g), n, s.Dim, s.Hidden, Threads, precision);
             MatMul.BackwardInput(w.DGate, slots.Gate.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: false, Threads, precision);
             MatMul.BackwardInput(w.DUp, slots.Up.Of(p), w.DNorm, n, s.Dim, s.Hidden, accumulate: true, Threads, precision);
-            Layers.RmsNormBackward(w.DNorm, a.Middle, slots.FeedForwardNorm.Of(p), a.InverseRms2, dResidual, slots.FeedForwardNorm.Of(g), w.Scratch, n);
+            Layers.RmsNormBackward(w.DNorm, a.Middle, slots.FeedForwardNorm.Of(p), a.InverseRms2, dResidual, slots.FeedForwardNorm.Of(g), n, Threads);
 
             // Attention block: middle = residual[l] + dropout(wo(attention(rope(q), rope(k), v))).
             dResidual.CopyTo(dProjection);
@@ -206,11 +206,11 @@ public sealed class Decoder
             a.AttentionOut.BackwardWeight(dProjection, slots.Output.Of(g), n, s.Dim, s.Dim, Threads, precision);
             MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads, precision);
             _attention.Backward(w.DAttention, a.Qkv, a.Probs, w.DQkv, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads, precision);
-            Layers.Rope(w.DQkv, s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: true);
-            Layers.Rope(w.DQkv.AsSpan(s.Dim), s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: true);
+            Layers.Rope(w.DQkv, s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.Heads, s.HeadDim, inverse: true, Threads);
+            Layers.Rope(w.DQkv.AsSpan(s.Dim), s.QkvDim, _ropeCos, _ropeSin, n, seqLen, s.KvHeads, s.HeadDim, inverse: true, Threads);
             a.Norm1.BackwardWeight(w.DQkv, slots.QueryKeyValue(g), n, s.Dim, s.QkvDim, Threads, precision);
             MatMul.BackwardInput(w.DQkv, slots.QueryKeyValue(p), w.DNorm, n, s.Dim, s.QkvDim, accumulate: false, Threads, precision);
-            Layers.RmsNormBackward(w.DNorm, w.Residual[l], slots.AttentionNorm.Of(p), a.InverseRms1, dResidual, slots.AttentionNorm.Of(g), w.Scratch, n);
+            Layers.RmsNormBackward(w.DNorm, w.Residual[l], slots.AttentionNorm.Of(p), a.InverseRms1, dResidual, slots.AttentionNorm.Of(g), n, Threads);
         }
 
         var dEmbedding = Layout.TokenEmbedding.Of(g);
@@ -270,7 +270,6 @@ public sealed class Decoder
             DHidden = Array<float>(n * s.Hidden);
             DGate = Array<float>(n * s.Hidden);
             DUp = Array<float>(n * s.Hidden);
-            Scratch = Array<float>(s.Dim);
         }
 
         public int Batch { get; }
@@ -285,7 +284,6 @@ public sealed class Decoder
         public ProductInput FinalNorm;
         public float[] FinalInverseRms, Logits, Projection;
         public float[] DResidual, DProjection, DNorm, DAttention, DQkv, DHidden, DGate, DUp;
-        public float[] Scratch;
 
         public T[] Array<T>(long length) where T : unmanaged
         {

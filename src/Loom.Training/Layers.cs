@@ -10,41 +10,97 @@ namespace Loom.Training;
 /// </summary>
 internal static class Layers
 {
-    /// <summary>y = x / rms(x) · w per row; saves 1/rms for the backward pass.</summary>
-    public static void RmsNormForward(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, Span<float> y, Span<float> inverseRms, int rows, float epsilon)
+    /// <summary>y = x / rms(x) · w per row; saves 1/rms for the backward pass. Rows are split between threads.</summary>
+    public static unsafe void RmsNormForward(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, Span<float> y, Span<float> inverseRms, int rows, float epsilon,
+        int threads)
     {
         int dim = weight.Length;
-        for (int r = 0; r < rows; r++)
+        Need(x.Length, (long)rows * dim, nameof(x));
+        Need(y.Length, (long)rows * dim, nameof(y));
+        Need(inverseRms.Length, rows, nameof(inverseRms));
+        fixed (float* px = x, pw = weight, py = y, pr = inverseRms)
         {
-            var xr = x.Slice(r * dim, dim);
-            var yr = y.Slice(r * dim, dim);
-            float scale = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xr) / dim + epsilon);
-            inverseRms[r] = scale;
-            TensorPrimitives.Multiply(xr, scale, yr);
-            TensorPrimitives.Multiply(yr, weight, yr);
+            float* xs = px, ws = pw, ys = py, rs = pr;
+            ForParts(rows, threads, (first, end) =>
+            {
+                var w = new ReadOnlySpan<float>(ws, dim);
+                for (int r = first; r < end; r++)
+                {
+                    var xr = new ReadOnlySpan<float>(xs + (long)r * dim, dim);
+                    var yr = new Span<float>(ys + (long)r * dim, dim);
+                    float scale = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xr) / dim + epsilon);
+                    rs[r] = scale;
+                    TensorPrimitives.Multiply(xr, scale, yr);
+                    TensorPrimitives.Multiply(yr, w, yr);
+                }
+            });
         }
     }
 
-    /// <summary>dx += s·(dy⊙w) − x·s³·⟨dy⊙w, x⟩/dim and dw += Σ_rows dy⊙x·s, with s = 1/rms(x).</summary>
-    public static void RmsNormBackward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> inverseRms,
-        Span<float> dx, Span<float> dWeight, Span<float> scratch, int rows)
+    /// <summary>
+    /// dx += s·(dy⊙w) − x·s³·⟨dy⊙w, x⟩/dim and dw += Σ_rows dy⊙x·s, with s = 1/rms(x). The threads split dx by rows
+    /// and dw by columns, so each element of dw still sums the rows in order: the bits do not depend on the thread count.
+    /// </summary>
+    public static unsafe void RmsNormBackward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> inverseRms,
+        Span<float> dx, Span<float> dWeight, int rows, int threads)
     {
         int dim = weight.Length;
-        var weighted = scratch[..dim];
-        for (int r = 0; r < rows; r++)
+        Need(dy.Length, (long)rows * dim, nameof(dy));
+        Need(x.Length, (long)rows * dim, nameof(x));
+        Need(dx.Length, (long)rows * dim, nameof(dx));
+        Need(inverseRms.Length, rows, nameof(inverseRms));
+        Need(dWeight.Length, dim, nameof(dWeight));
+        fixed (float* pdy = dy, px = x, pw = weight, pr = inverseRms, pdx = dx, pdw = dWeight)
         {
-            var dyr = dy.Slice(r * dim, dim);
-            var xr = x.Slice(r * dim, dim);
-            var dxr = dx.Slice(r * dim, dim);
-            float s = inverseRms[r];
-            // dw first, through the scratch, which then holds dy⊙w.
-            TensorPrimitives.Multiply(dyr, xr, weighted);
-            TensorPrimitives.MultiplyAdd(weighted, s, dWeight, dWeight);
-            TensorPrimitives.Multiply(dyr, weight, weighted);
-            float projection = TensorPrimitives.Dot(weighted, xr) * s * s * s / dim;
-            TensorPrimitives.MultiplyAdd(weighted, s, dxr, dxr);
-            TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
+            float* dys = pdy, xs = px, ws = pw, rs = pr, dxs = pdx, dws = pdw;
+            ForParts(rows, threads, (first, end) =>
+            {
+                var w = new ReadOnlySpan<float>(ws, dim);
+                var weighted = Scratch(dim);
+                for (int r = first; r < end; r++)
+                {
+                    var dyr = new ReadOnlySpan<float>(dys + (long)r * dim, dim);
+                    var xr = new ReadOnlySpan<float>(xs + (long)r * dim, dim);
+                    var dxr = new Span<float>(dxs + (long)r * dim, dim);
+                    float s = rs[r];
+                    TensorPrimitives.Multiply(dyr, w, weighted);
+                    float projection = TensorPrimitives.Dot(weighted, xr) * s * s * s / dim;
+                    TensorPrimitives.MultiplyAdd(weighted, s, dxr, dxr);
+                    TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
+                }
+            });
+            // Columns in whole vectors, so that each piece is done as the full row would be.
+            ForParts((dim + 7) / 8, threads, (first, end) =>
+            {
+                int c0 = first * 8, width = Math.Min(dim, end * 8) - c0;
+                if (width <= 0) return;
+                var products = Scratch(width);
+                var dw = new Span<float>(dws + c0, width);
+                for (int r = 0; r < rows; r++)
+                {
+                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(dys + (long)r * dim + c0, width), new ReadOnlySpan<float>(xs + (long)r * dim + c0, width), products);
+                    TensorPrimitives.MultiplyAdd(products, rs[r], dw, dw);
+                }
+            });
         }
+    }
+
+    /// <summary>body(first, end) over [0, count) in contiguous parts, a few per thread so that a thread held up takes fewer.</summary>
+    private static void ForParts(int count, int threads, Action<int, int> body)
+    {
+        var pool = WorkerPool.Get(threads);
+        int parts = pool.Threads == 1 ? 1 : Math.Min(count, 4 * pool.Threads);
+        if (parts <= 1)
+        {
+            body(0, count);
+            return;
+        }
+        pool.For(parts, p => body((int)((long)count * p / parts), (int)((long)count * (p + 1) / parts)));
+    }
+
+    private static void Need(int length, long needed, string name)
+    {
+        if (length < needed) throw new ArgumentException($"{name} holds {length} floats, {needed} needed", name);
     }
 
     /// <summary>
@@ -69,50 +125,62 @@ internal static class Layers
     /// <summary>
     /// Rotates adjacent pairs (2i, 2i+1) of every head in place — llama GGUF's "normal" RoPE layout; row r's heads
     /// start at <paramref name="data"/>[r·rowStride]. With <paramref name="inverse"/> it rotates by the opposite angle,
-    /// which is the backward pass (a rotation's transpose is its inverse).
+    /// which is the backward pass (a rotation's transpose is its inverse). Positions are split between threads.
     /// </summary>
-    public static void Rope(Span<float> data, int rowStride, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, int rows, int seqLen, int heads, int headDim, bool inverse)
+    public static unsafe void Rope(Span<float> data, int rowStride, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, int rows, int seqLen, int heads, int headDim,
+        bool inverse, int threads)
     {
-        int pairs = headDim / 2;
+        int pairs = headDim / 2, length = data.Length, tableLength = Math.Min(cos.Length, sin.Length);
+        int positions = Math.Min(seqLen, rows);
+        Need(length, rows == 0 ? 0 : (long)(rows - 1) * rowStride + (long)heads * headDim, nameof(data));
+        Need(tableLength, (long)positions * pairs, nameof(cos));
         float direction = inverse ? -1f : 1f;
         // Vectors of four pairs: x·(c, c) + (x1, x0)·(−s, s) is the scalar loop's x0·c − x1·s and x0·s + x1·c, the
         // same bits (a + (−b) is a − b, and a sum does not depend on its order of terms).
         bool vector = Vector256.IsHardwareAccelerated && headDim % 8 == 0;
-        Span<float> pairCos = stackalloc float[vector ? headDim : 0], pairSin = stackalloc float[vector ? headDim : 0];
-        var swap = Vector256.Create(1, 0, 3, 2, 5, 4, 7, 6);
-        // position by position, so each position's pair tables serve its row in every sequence of the batch
-        for (int t = 0; t < Math.Min(seqLen, rows); t++)
+        fixed (float* pd = data, pc = cos, ps = sin)
         {
-            var c = cos.Slice(t * pairs, pairs);
-            var s = sin.Slice(t * pairs, pairs);
-            if (vector)
-                for (int i = 0; i < pairs; i++)
-                {
-                    float sn = direction * s[i];
-                    pairCos[2 * i] = pairCos[2 * i + 1] = c[i];
-                    pairSin[2 * i] = -sn;
-                    pairSin[2 * i + 1] = sn;
-                }
-            for (int r = t; r < rows; r += seqLen)
-            for (int h = 0; h < heads; h++)
+            float* ds = pd, cs = pc, ss = ps;
+            ForParts(positions, threads, (first, end) =>
             {
-                var v = data.Slice(r * rowStride + h * headDim, headDim);
-                if (vector)
+                var all = new Span<float>(ds, length);
+                Span<float> pairCos = stackalloc float[vector ? headDim : 0], pairSin = stackalloc float[vector ? headDim : 0];
+                var swap = Vector256.Create(1, 0, 3, 2, 5, 4, 7, 6);
+                // position by position, so each position's pair tables serve its row in every sequence of the batch
+                for (int t = first; t < end; t++)
                 {
-                    for (int j = 0; j < headDim; j += 8)
+                    var c = new ReadOnlySpan<float>(cs + (long)t * pairs, pairs);
+                    var s = new ReadOnlySpan<float>(ss + (long)t * pairs, pairs);
+                    if (vector)
+                        for (int i = 0; i < pairs; i++)
+                        {
+                            float sn = direction * s[i];
+                            pairCos[2 * i] = pairCos[2 * i + 1] = c[i];
+                            pairSin[2 * i] = -sn;
+                            pairSin[2 * i + 1] = sn;
+                        }
+                    for (int r = t; r < rows; r += seqLen)
+                    for (int h = 0; h < heads; h++)
                     {
-                        var x = Vector256.Create<float>(v[j..]);
-                        (x * Vector256.Create<float>(pairCos[j..]) + Vector256.Shuffle(x, swap) * Vector256.Create<float>(pairSin[j..])).CopyTo(v[j..]);
+                        var v = all.Slice(r * rowStride + h * headDim, headDim);
+                        if (vector)
+                        {
+                            for (int j = 0; j < headDim; j += 8)
+                            {
+                                var x = Vector256.Create<float>(v[j..]);
+                                (x * Vector256.Create<float>(pairCos[j..]) + Vector256.Shuffle(x, swap) * Vector256.Create<float>(pairSin[j..])).CopyTo(v[j..]);
+                            }
+                            continue;
+                        }
+                        for (int i = 0; i < pairs; i++)
+                        {
+                            float x0 = v[2 * i], x1 = v[2 * i + 1], sn = direction * s[i];
+                            v[2 * i] = x0 * c[i] - x1 * sn;
+                            v[2 * i + 1] = x0 * sn + x1 * c[i];
+                        }
                     }
-                    continue;
                 }
-                for (int i = 0; i < pairs; i++)
-                {
-                    float x0 = v[2 * i], x1 = v[2 * i + 1], sn = direction * s[i];
-                    v[2 * i] = x0 * c[i] - x1 * sn;
-                    v[2 * i + 1] = x0 * sn + x1 * c[i];
-                }
-            }
+            });
         }
     }
 

@@ -125,10 +125,10 @@ public sealed class Trainer
             Model.Backward(1f / micro);
         }
         float norm = _options.GradientClip > 0
-            ? GradientClipping.ClipByGlobalNorm(Model.Gradients, _options.GradientClip)
+            ? GradientClipping.ClipByGlobalNorm(Model.Gradients, _options.GradientClip, Model.Threads)
             : System.Numerics.Tensors.TensorPrimitives.Norm(Model.Gradients);
         float rate = _schedule.At(Step);
-        Optimizer.Update(Model.Parameters, Model.Gradients, rate);
+        Optimizer.Update(Model.Parameters, Model.Gradients, rate, Model.Threads);
         Step++;
         if (!double.IsFinite(loss)) throw new InvalidOperationException($"training diverged at step {Step}: loss {loss}; lower the learning rate");
         return new StepResult(Step, loss, rate, norm, batch * context * micro, clock.Elapsed.TotalSeconds);

@@ -13,10 +13,12 @@ public sealed class LayersTests
     }
 
     [Theory]
-    [InlineData(16, false)]
-    [InlineData(16, true)]
-    [InlineData(6, false)]
-    public void RopeRotatesEveryPairAsThePairFormula(int headDim, bool inverse)
+    [InlineData(16, false, 1)]
+    [InlineData(16, true, 1)]
+    [InlineData(6, false, 1)]
+    [InlineData(16, true, 2)]
+    [InlineData(6, false, 3)]
+    public void RopeRotatesEveryPairAsThePairFormula(int headDim, bool inverse, int threads)
     {
         // rows farther apart than their heads, as the decoder's queries sit in rows of queries, keys and values
         const int rows = 10, seqLen = 5, heads = 3;
@@ -37,7 +39,7 @@ public sealed class LayersTests
             expected[at + 1] = x0 * sn + x1 * cos[angle];
         }
 
-        Layers.Rope(data, rowStride, cos, sin, rows, seqLen, heads, headDim, inverse);
+        Layers.Rope(data, rowStride, cos, sin, rows, seqLen, heads, headDim, inverse, threads);
 
         Assert.Equal(expected, data);
     }
@@ -86,5 +88,90 @@ public sealed class LayersTests
         Assert.Equal(expectedH, h);
         Assert.Equal(expectedDUp, dUp);
         Assert.Equal(expectedDGate, dGate);
+    }
+
+    [Theory]
+    [InlineData(96, 1)]
+    [InlineData(100, 2)]
+    [InlineData(100, 3)]
+    [InlineData(20, 5)]
+    public void RmsNormGivesTheBitsOfWholeRowsAtAnyThreadCount(int dim, int threads)
+    {
+        // dims not a multiple of the vector width: the weight gradient's column parts end inside a vector
+        const int rows = 37;
+        float[] x = Random(rows * dim, 21, 2f), weight = Random(dim, 22, 1f), dy = Random(rows * dim, 23, 1f);
+        float[] dxStart = Random(rows * dim, 24, 1f), dWeightStart = Random(dim, 25, 1f);
+
+        // The rows one by one, whole, with the library calls: the formulation the split must reproduce.
+        float[] expectedY = new float[rows * dim], expectedInverse = new float[rows];
+        float[] expectedDx = (float[])dxStart.Clone(), expectedDWeight = (float[])dWeightStart.Clone(), weighted = new float[dim];
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.AsSpan(r * dim, dim);
+            var dyr = dy.AsSpan(r * dim, dim);
+            var yr = expectedY.AsSpan(r * dim, dim);
+            var dxr = expectedDx.AsSpan(r * dim, dim);
+            float s = expectedInverse[r] = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xr) / dim + 1e-5f);
+            TensorPrimitives.Multiply(xr, s, yr);
+            TensorPrimitives.Multiply(yr, weight, yr);
+            TensorPrimitives.Multiply(dyr, xr, weighted);
+            TensorPrimitives.MultiplyAdd(weighted, s, expectedDWeight, expectedDWeight);
+            TensorPrimitives.Multiply(dyr, weight, weighted);
+            float projection = TensorPrimitives.Dot(weighted, xr) * s * s * s / dim;
+            TensorPrimitives.MultiplyAdd(weighted, s, dxr, dxr);
+            TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
+        }
+
+        float[] y = new float[rows * dim], inverse = new float[rows], dx = (float[])dxStart.Clone(), dWeight = (float[])dWeightStart.Clone();
+        Layers.RmsNormForward(x, weight, y, inverse, rows, 1e-5f, threads);
+        Layers.RmsNormBackward(dy, x, weight, inverse, dx, dWeight, rows, threads);
+
+        Assert.Equal(expectedY, y);
+        Assert.Equal(expectedInverse, inverse);
+        Assert.Equal(expectedDx, dx);
+        Assert.Equal(expectedDWeight, dWeight);
+    }
+
+    [Fact]
+    public void AdamWAndClippingGiveTheBitsOfTheElementFormulaAtAnyThreadCount()
+    {
+        // slots longer than one piece of work and shorter, with a tail shorter than a vector
+        var shape = new ModelShape { VocabSize = 515, Dim = 96, Layers = 1, Heads = 4, KvHeads = 2, Hidden = 172, Context = 8 };
+        var layout = new ParameterLayout(shape);
+        const float beta1 = 0.9f, beta2 = 0.95f, epsilon = 1e-8f, weightDecay = 0.1f, rate = 1e-2f, maxNorm = 0.5f;
+
+        // Element by element: torch's clip_grad_norm_ factor and AdamW's update, as the optimizer documents them.
+        float[] parameters0 = Random(layout.Count, 31, 0.1f), gradients0 = Random(layout.Count, 32, 1f);
+        float[] p = (float[])parameters0.Clone(), g = (float[])gradients0.Clone(), m = new float[layout.Count], v = new float[layout.Count];
+        for (int step = 1; step <= 3; step++)
+        {
+            float factor = maxNorm / (TensorPrimitives.Norm(g) + 1e-6f);
+            if (factor < 1f) TensorPrimitives.Multiply(g, factor, g);
+            float correction1 = 1f - MathF.Pow(beta1, step), root = MathF.Sqrt(1f - MathF.Pow(beta2, step)), stepSize = rate / correction1;
+            foreach (var slot in layout.Slots)
+            {
+                float decay = slot.Decays ? 1f - rate * weightDecay : 1f;
+                for (int i = slot.Offset; i < slot.Offset + slot.Length; i++)
+                {
+                    m[i] += (g[i] - m[i]) * (1f - beta1);
+                    v[i] = v[i] * beta2 + (1f - beta2) * g[i] * g[i];
+                    p[i] = p[i] * decay - stepSize * m[i] / (MathF.Sqrt(v[i]) / root + epsilon);
+                }
+            }
+        }
+        float[] expected = [.. p, .. g, .. m, .. v];
+
+        foreach (int threads in new[] { 1, 2, 3 })
+        {
+            float[] parameters = (float[])parameters0.Clone(), gradients = (float[])gradients0.Clone();
+            var optimizer = new AdamW(layout, beta1, beta2, epsilon, weightDecay);
+            for (int step = 0; step < 3; step++)
+            {
+                GradientClipping.ClipByGlobalNorm(gradients, maxNorm, threads);
+                optimizer.Update(parameters, gradients, rate, threads);
+            }
+            float[] state = [.. parameters, .. gradients, .. optimizer.FirstMoment, .. optimizer.SecondMoment];
+            Assert.Equal(expected, state);
+        }
     }
 }
