@@ -33,44 +33,43 @@ internal sealed class Attention(ModelShape shape)
     public void Forward(float[] qkv, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads,
         TrainingPrecision precision = TrainingPrecision.Fp32)
     {
-        WorkerPool.Get(threads).For(batch * shape.KvHeads, task =>
+        // One task per (sequence, query head): the heads are independent here, and three times as many tasks as
+        // (sequence, key/value head) pairs leave less of the last one to a single thread.
+        WorkerPool.Get(threads).For(batch * shape.Heads, task => ForwardHead(qkv, probs, output, task / shape.Heads, task % shape.Heads, seqLen, mask, precision));
+    }
+
+    private void ForwardHead(float[] qkv, float[] probs, float[] output, int b, int head, int seqLen, DropoutMask mask, TrainingPrecision precision)
+    {
+        int hd = shape.HeadDim, dim = shape.Dim, row = shape.QkvDim, T = seqLen, kvHead = head / _groupSize;
+        var keys = qkv.AsSpan(b * T * row + KeysAt + kvHead * hd);
+        var values = qkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
+        int probBase = (b * shape.Heads + head) * T * T;
+        var p = probs.AsSpan(probBase, T * T);
+        var query = qkv.AsSpan(b * T * row + head * hd);
+        // Scores: query rows of a block against the keys up to the block's end.
+        for (int r0 = 0; r0 < T; r0 += RowBlock)
         {
-            int b = task / shape.KvHeads, kvHead = task % shape.KvHeads;
-            int hd = shape.HeadDim, dim = shape.Dim, row = shape.QkvDim, T = seqLen;
-            var keys = qkv.AsSpan(b * T * row + KeysAt + kvHead * hd);
-            var values = qkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
-            var dropped = mask.Active ? Scratch(T * T, 0) : null;
-            for (int head = kvHead * _groupSize; head < (kvHead + 1) * _groupSize; head++)
-            {
-                int probBase = (b * shape.Heads + head) * T * T;
-                var p = probs.AsSpan(probBase, T * T);
-                var query = qkv.AsSpan(b * T * row + head * hd);
-                // Scores: query rows of a block against the keys up to the block's end.
-                for (int r0 = 0; r0 < T; r0 += RowBlock)
-                {
-                    int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(query[(r0 * row)..], row, 1, keys, 1, row, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
-                }
-                for (int t = 0; t < T; t++)
-                {
-                    var scores = p.Slice(t * T, T);
-                    Softmax(scores[..(t + 1)], _scale);
-                    scores[(t + 1)..].Clear();
-                }
-                var weights = p;
-                if (dropped is not null)
-                {
-                    weights = dropped.AsSpan(0, T * T);
-                    for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
-                }
-                var o = output.AsSpan(b * T * dim + head * hd);
-                for (int r0 = 0; r0 < T; r0 += RowBlock)
-                {
-                    int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(weights[(r0 * T)..], T, 1, values, row, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
-                }
-            }
-        });
+            int r1 = Math.Min(T, r0 + RowBlock);
+            MatMul.Multiply(query[(r0 * row)..], row, 1, keys, 1, row, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
+        }
+        for (int t = 0; t < T; t++)
+        {
+            var scores = p.Slice(t * T, T);
+            Softmax(scores[..(t + 1)], _scale);
+            scores[(t + 1)..].Clear();
+        }
+        var weights = p;
+        if (mask.Active)
+        {
+            weights = Scratch(T * T, 0).AsSpan(0, T * T);
+            for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
+        }
+        var o = output.AsSpan(b * T * dim + head * hd);
+        for (int r0 = 0; r0 < T; r0 += RowBlock)
+        {
+            int r1 = Math.Min(T, r0 + RowBlock);
+            MatMul.Multiply(weights[(r0 * T)..], T, 1, values, row, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
+        }
     }
 
     /// <summary>From dOutput, writes dQkv (laid out as qkv, overwriting it), for pre-rotation-backward queries and keys.</summary>

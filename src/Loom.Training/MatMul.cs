@@ -143,11 +143,16 @@ public static unsafe class MatMul
             float[] packedB = Grow(ref _packedB, (long)depth * job.PaddedCols);
             fixed (float* pb2 = packedB)
             {
-                // Row parts aligned to the tile height, a few per thread so that a delayed thread can be made up for, but
-                // each at least a row block tall: every part streams all of packed B. The split never changes the result.
+                // Row parts: one row block each where there are at least two per thread (each row block streams all of
+                // packed B however the rows are split, so finer parts cost only a hand-off, and a thread that was held
+                // up or runs slower takes fewer of them: with three parts per thread, the other thread waited on the
+                // last one at the end of most products); else a few tile-aligned parts per thread, each at least a row
+                // block tall. The split never changes the result.
                 int tiles = (rows + job.TileRows - 1) / job.TileRows;
                 long work = (long)rows * cols * depth;
-                int parts = threads <= 1 || work < 1 << 16 ? 1 : Math.Clamp(rows / RowBlock, Math.Min(tiles, threads), 3 * threads);
+                int blocks = (rows + RowBlock - 1) / RowBlock;
+                bool byBlock = blocks >= 2 * threads;
+                int parts = threads <= 1 || work < 1 << 16 ? 1 : byBlock ? blocks : Math.Clamp(rows / RowBlock, Math.Min(tiles, threads), 3 * threads);
                 if (parts == 1)
                 {
                     job.PackB(pb2, 0, job.Panels);
@@ -160,8 +165,10 @@ public static unsafe class MatMul
                     var pool = WorkerPool.Get(threads);
                     int panels = job.Panels, packParts = Math.Min(panels, pool.Threads);
                     pool.For(packParts, p => job.PackB(shared, (int)((long)panels * p / packParts), (int)((long)panels * (p + 1) / packParts)));
-                    pool.For(parts, p =>
-                        job.Run(shared, (int)((long)tiles * p / parts) * job.TileRows, Math.Min(rows, (int)((long)tiles * (p + 1) / parts) * job.TileRows)));
+                    if (byBlock) pool.For(parts, p => job.Run(shared, p * RowBlock, Math.Min(rows, (p + 1) * RowBlock)));
+                    else
+                        pool.For(parts, p =>
+                            job.Run(shared, (int)((long)tiles * p / parts) * job.TileRows, Math.Min(rows, (int)((long)tiles * (p + 1) / parts) * job.TileRows)));
                 }
             }
         }

@@ -66,20 +66,24 @@ public sealed class MatMulTests
     {
         var isa = Enum.Parse<TrainingIsa>(path);
         // 555 deep crosses a depth block on every path (256 or 512) and leaves a last block of 43, which no packing
-        // step divides; 61 × 45 leaves edge tiles in both directions for every tile size.
-        const int rows = 61, cols = 45, depth = 555;
-        float[] a = Random(rows * depth * 2, 6), b = Random(depth * cols * 2, 7), start = Random(rows * 50, 8);
-        foreach (var (aRow, aCol) in new[] { (depth, 1), (1, rows), (2 * depth, 2) })
-        foreach (var (bRow, bCol) in new[] { (cols, 1), (1, depth) })
-        foreach (bool accumulate in new[] { false, true })
+        // step divides; 61 × 45 leaves edge tiles in both directions for every tile size. 400 rows are five row
+        // blocks, the last one short: two threads take them one block at a time, three in tile-aligned parts.
+        const int cols = 45, depth = 555;
+        foreach (int rows in new[] { 61, 400 })
         {
-            var expected = (float[])start.Clone();
-            MatMul.Multiply(TrainingIsa.Portable, a, aRow, aCol, b, bRow, bCol, expected, 50, rows, cols, depth, accumulate, 1);
-            foreach (int threads in new[] { 1, 2, 3 })
+            float[] a = Random(rows * depth * 2, 6), b = Random(depth * cols * 2, 7), start = Random(rows * 50, 8);
+            foreach (var (aRow, aCol) in new[] { (depth, 1), (1, rows), (2 * depth, 2) })
+            foreach (var (bRow, bCol) in new[] { (cols, 1), (1, depth) })
+            foreach (bool accumulate in new[] { false, true })
             {
-                var actual = (float[])start.Clone();
-                MatMul.Multiply(isa, a, aRow, aCol, b, bRow, bCol, actual, 50, rows, cols, depth, accumulate, threads);
-                Assert.Equal(expected, actual);
+                var expected = (float[])start.Clone();
+                MatMul.Multiply(TrainingIsa.Portable, a, aRow, aCol, b, bRow, bCol, expected, 50, rows, cols, depth, accumulate, 1);
+                foreach (int threads in new[] { 1, 2, 3 })
+                {
+                    var actual = (float[])start.Clone();
+                    MatMul.Multiply(isa, a, aRow, aCol, b, bRow, bCol, actual, 50, rows, cols, depth, accumulate, threads);
+                    Assert.Equal(expected, actual);
+                }
             }
         }
     }
