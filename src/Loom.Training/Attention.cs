@@ -61,8 +61,13 @@ internal sealed class Attention(ModelShape shape)
         var weights = p;
         if (mask.Active)
         {
+            // Only the visible part of each row is masked: above the diagonal the probabilities are zero either way.
             weights = Scratch(T * T, 0).AsSpan(0, T * T);
-            for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
+            for (int t = 0; t < T; t++)
+            {
+                mask.Apply(p.Slice(t * T, t + 1), weights.Slice(t * T, t + 1), probBase + (long)t * T);
+                weights.Slice(t * T + t + 1, T - t - 1).Clear();
+            }
         }
         var o = output.AsSpan(b * T * dim + head * hd);
         for (int r0 = 0; r0 < T; r0 += RowBlock)
@@ -84,7 +89,7 @@ internal sealed class Attention(ModelShape shape)
             var values = qkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
             var dKeys = dQkv.AsSpan(b * T * row + KeysAt + kvHead * hd);
             var dValues = dQkv.AsSpan(b * T * row + ValuesAt + kvHead * hd);
-            var scratch = Scratch(T * T, mask.Active ? T * T : 0);
+            var scratch = Scratch(T * T, mask.Active ? 2 * T * T : 0);
             var dScores = scratch.AsSpan(0, T * T);
             for (int head = kvHead * _groupSize; head < (kvHead + 1) * _groupSize; head++)
             {
@@ -94,10 +99,19 @@ internal sealed class Attention(ModelShape shape)
                 var query = qkv.AsSpan(b * T * row + head * hd);
                 var d = dOutput.AsSpan(b * T * dim + head * hd);
                 var weights = p;
+                var factors = mask.Active ? scratch.AsSpan(2 * T * T, T * T) : default;
                 if (mask.Active)
                 {
+                    // The mask's factors once, for the probabilities here and their gradients below; zero above the
+                    // diagonal, where the probabilities are.
                     weights = scratch.AsSpan(T * T, T * T);
-                    for (int i = 0; i < T * T; i++) weights[i] = p[i] * mask.Factor(probBase + i);
+                    for (int t = 0; t < T; t++)
+                    {
+                        var rowFactors = factors.Slice(t * T, t + 1);
+                        mask.Fill(rowFactors, probBase + (long)t * T);
+                        TensorPrimitives.Multiply(p.Slice(t * T, t + 1), rowFactors, weights.Slice(t * T, t + 1));
+                        weights.Slice(t * T + t + 1, T - t - 1).Clear();
+                    }
                 }
                 // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
                 CausalTransposedProduct(weights, d, dim, dValues, row, T, accumulate: !first, precision);
@@ -111,8 +125,7 @@ internal sealed class Attention(ModelShape shape)
                 {
                     var scores = dScores.Slice(t * T, T);
                     var visible = scores[..(t + 1)];
-                    if (mask.Active)
-                        for (int j = 0; j <= t; j++) visible[j] *= mask.Factor(probBase + (long)t * T + j);
+                    if (mask.Active) TensorPrimitives.Multiply(visible, factors.Slice(t * T, t + 1), visible);
                     var pt = p.Slice(t * T, t + 1);
                     float mean = TensorPrimitives.Dot(pt, visible);
                     TensorPrimitives.Subtract(visible, mean, visible);

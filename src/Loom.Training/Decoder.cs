@@ -131,7 +131,7 @@ public sealed class Decoder
 
             var projection = w.Projection.AsSpan(0, n * s.Dim);
             MatMul.Forward(attentionOut, slots.Output.Of(p), projection, n, s.Dim, s.Dim, Threads, precision);
-            Mask(l, 1, ResidualDropout).Apply(projection);
+            Layers.Dropout(Mask(l, 1, ResidualDropout), w.Projection, w.Projection, n * s.Dim, Threads);
             AddTo(input, projection, a.Middle);
 
             var norm2 = a.Norm2.Producer(w.DNorm);
@@ -143,7 +143,7 @@ public sealed class Decoder
             Layers.SwiGluForward(a.Gate, a.Up, hidden, n * s.Hidden, Threads);
             a.Hidden.Keep(hidden, n * s.Hidden);
             MatMul.Forward(hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads, precision);
-            Mask(l, 2, ResidualDropout).Apply(projection);
+            Layers.Dropout(Mask(l, 2, ResidualDropout), w.Projection, w.Projection, n * s.Dim, Threads);
             AddTo(a.Middle, projection, w.Residual[l + 1]);
         }
 
@@ -189,8 +189,7 @@ public sealed class Decoder
             var dProjection = w.DProjection.AsSpan(0, n * s.Dim);
 
             // Feed-forward block: residual[l+1] = middle + dropout(down(swiglu(norm2(middle)))).
-            dResidual.CopyTo(dProjection);
-            Mask(l, 2, ResidualDropout).Apply(dProjection);
+            Layers.Dropout(Mask(l, 2, ResidualDropout), w.DResidual, w.DProjection, n * s.Dim, Threads);
             a.Hidden.BackwardWeight(dProjection, slots.Down.Of(g), n, s.Hidden, s.Dim, Threads, precision);
             MatMul.BackwardInput(dProjection, slots.Down.Of(p), w.DHidden, n, s.Hidden, s.Dim, accumulate: false, Threads, precision);
             Layers.SwiGluBackward(w.DHidden, a.Gate, a.Up, w.DGate, w.DUp, n * s.Hidden, Threads);
@@ -201,8 +200,7 @@ public sealed class Decoder
             Layers.RmsNormBackward(w.DNorm, a.Middle, slots.FeedForwardNorm.Of(p), a.InverseRms2, dResidual, slots.FeedForwardNorm.Of(g), n, Threads);
 
             // Attention block: middle = residual[l] + dropout(wo(attention(rope(q), rope(k), v))).
-            dResidual.CopyTo(dProjection);
-            Mask(l, 1, ResidualDropout).Apply(dProjection);
+            Layers.Dropout(Mask(l, 1, ResidualDropout), w.DResidual, w.DProjection, n * s.Dim, Threads);
             a.AttentionOut.BackwardWeight(dProjection, slots.Output.Of(g), n, s.Dim, s.Dim, Threads, precision);
             MatMul.BackwardInput(dProjection, slots.Output.Of(p), w.DAttention, n, s.Dim, s.Dim, accumulate: false, Threads, precision);
             _attention.Backward(w.DAttention, a.Qkv, a.Probs, w.DQkv, _batch, seqLen, Mask(l, 0, AttentionDropout), Threads, precision);

@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
 namespace Loom.Training;
 
 /// <summary>
@@ -6,6 +9,9 @@ namespace Loom.Training;
 /// </summary>
 internal readonly struct DropoutMask(ulong key, float rate)
 {
+    private const ulong Golden = 0x9E3779B97F4A7C15UL;
+    // Lane i of a vector hashes index first + i: i·Golden apart (wrapping, as the scalar product does).
+    private static readonly Vector256<ulong> LaneSteps = Vector256.Create(0UL, Golden, unchecked(2 * Golden), unchecked(3 * Golden));
     private readonly uint _threshold = (uint)Math.Min(rate * (1 << 24), 1 << 24);
     private readonly float _keepScale = rate > 0 ? 1f / (1f - rate) : 1f;
 
@@ -13,12 +19,59 @@ internal readonly struct DropoutMask(ulong key, float rate)
 
     /// <summary>0 for a dropped element, 1/(1 − rate) for a kept one.</summary>
     public float Factor(long index) =>
-        (uint)(DeterministicRandom.Mix(key + (ulong)index * 0x9E3779B97F4A7C15UL) >> 40) >= _threshold ? _keepScale : 0f;
+        (uint)(DeterministicRandom.Mix(key + (ulong)index * Golden) >> 40) >= _threshold ? _keepScale : 0f;
 
-    public void Apply(Span<float> values)
+    /// <summary>values[i] ×= Factor(first + i).</summary>
+    public void Apply(Span<float> values, long first = 0)
     {
         if (!Active) return;
-        for (int i = 0; i < values.Length; i++) values[i] *= Factor(i);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= values.Length; i += 8)
+                (Vector256.Create<float>(values[i..]) * Factors(first + i)).CopyTo(values[i..]);
+        for (; i < values.Length; i++) values[i] *= Factor(first + i);
+    }
+
+    /// <summary>target[i] = source[i] · Factor(first + i).</summary>
+    public void Apply(ReadOnlySpan<float> source, Span<float> target, long first)
+    {
+        int i = 0, count = source.Length;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= count; i += 8)
+                (Vector256.Create<float>(source[i..]) * Factors(first + i)).CopyTo(target[i..]);
+        for (; i < count; i++) target[i] = source[i] * Factor(first + i);
+    }
+
+    /// <summary>factors[i] = Factor(first + i).</summary>
+    public void Fill(Span<float> factors, long first)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= factors.Length; i += 8)
+                Factors(first + i).CopyTo(factors[i..]);
+        for (; i < factors.Length; i++) factors[i] = Factor(first + i);
+    }
+
+    /// <summary>
+    /// Factor(first + 0..7) in one vector: the same 64-bit integer hash in four lanes at a time, so the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Vector256<float> Factors(long first)
+    {
+        var low = Vector256.Create(key + (ulong)first * Golden) + LaneSteps;
+        var high = low + Vector256.Create(unchecked(4 * Golden));
+        var threshold = Vector256.Create((ulong)_threshold);
+        var kept = Vector256.Narrow(Vector256.GreaterThanOrEqual(Mix(low) >> 40, threshold), Vector256.GreaterThanOrEqual(Mix(high) >> 40, threshold));
+        return Vector256.ConditionalSelect(kept.AsSingle(), Vector256.Create(_keepScale), Vector256<float>.Zero);
+    }
+
+    /// <summary><see cref="DeterministicRandom.Mix"/> in four lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<ulong> Mix(Vector256<ulong> z)
+    {
+        z = (z ^ (z >> 30)) * Vector256.Create(0xBF58476D1CE4E5B9UL);
+        z = (z ^ (z >> 27)) * Vector256.Create(0x94D049BB133111EBUL);
+        return z ^ (z >> 31);
     }
 
     /// <summary>A mask for one site (layer × place) of one forward pass.</summary>

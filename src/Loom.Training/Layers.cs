@@ -85,6 +85,20 @@ internal static class Layers
         }
     }
 
+    /// <summary>target = source ⊙ the mask's factors (a copy when the mask is off; source may be target), split between threads.</summary>
+    public static void Dropout(DropoutMask mask, float[] source, float[] target, int count, int threads)
+    {
+        Need(source.Length, count, nameof(source));
+        Need(target.Length, count, nameof(target));
+        if (!mask.Active && source == target) return;
+        ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
+        {
+            int start = first * Chunk, length = Math.Min(count, end * Chunk) - start;
+            if (mask.Active) mask.Apply(source.AsSpan(start, length), target.AsSpan(start, length), start);
+            else source.AsSpan(start, length).CopyTo(target.AsSpan(start, length));
+        });
+    }
+
     /// <summary>body(first, end) over [0, count) in contiguous parts, a few per thread so that a thread held up takes fewer.</summary>
     private static void ForParts(int count, int threads, Action<int, int> body)
     {

@@ -56,6 +56,33 @@ public sealed class DeterminismTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void VectorDropoutGivesTheScalarHashsFactors(int threads)
+    {
+        // offsets and lengths that leave parts shorter than a vector; indexes past 2^32 as late elements of big batches
+        var mask = DropoutMask.For(99, 3, 2, 0.3f);
+        var random = new DeterministicRandom(4);
+        var source = Enumerable.Range(0, 3 * 4096 + 13).Select(_ => (float)random.NextGaussian()).ToArray();
+        foreach (long first in new[] { 0L, 5L, (1L << 32) + 3 })
+        {
+            var factors = new float[29];
+            mask.Fill(factors, first);
+            var applied = (float[])source.Clone();
+            mask.Apply(applied.AsSpan(0, 1001), first);
+            for (int i = 0; i < factors.Length; i++) Assert.Equal(mask.Factor(first + i), factors[i]);
+            for (int i = 0; i < applied.Length; i++) Assert.Equal(i < 1001 ? source[i] * mask.Factor(first + i) : source[i], applied[i]);
+        }
+
+        var target = new float[source.Length];
+        Layers.Dropout(mask, source, target, source.Length, threads);
+        for (int i = 0; i < source.Length; i++) Assert.Equal(source[i] * mask.Factor(i), target[i]);
+        var copy = new float[source.Length];
+        Layers.Dropout(default, source, copy, source.Length, threads);
+        Assert.Equal(source, copy);
+    }
+
+    [Theory]
     [InlineData(TrainingPrecision.Fp32)]
     [InlineData(TrainingPrecision.Bf16)]
     public void GradientsAreBitIdenticalForAnyThreadCount(TrainingPrecision precision)
