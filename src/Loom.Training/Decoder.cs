@@ -69,7 +69,7 @@ public sealed class Decoder
         }
     }
 
-    public void ZeroGradients() => Array.Clear(Gradients);
+    public void ZeroGradients() => Layers.Clear(Gradients, Gradients.Length, Threads);
 
     /// <summary>
     /// Bytes of the buffers a pass of <paramref name="batch"/> × <paramref name="seqLen"/> tokens holds at the current
@@ -108,8 +108,7 @@ public sealed class Decoder
 
         var p = Parameters;
         var embedding = Layout.TokenEmbedding.Of(p);
-        for (int t = 0; t < n; t++)
-            embedding.Slice(tokens[t] * s.Dim, s.Dim).CopyTo(w.Residual[0].AsSpan(t * s.Dim, s.Dim));
+        Layers.Gather(p, Layout.TokenEmbedding, w.Tokens, w.Residual[0], n, Threads);
 
         for (int l = 0; l < s.Layers; l++)
         {
@@ -132,7 +131,7 @@ public sealed class Decoder
             var projection = w.Projection.AsSpan(0, n * s.Dim);
             MatMul.Forward(attentionOut, slots.Output.Of(p), projection, n, s.Dim, s.Dim, Threads, precision);
             Layers.Dropout(Mask(l, 1, ResidualDropout), w.Projection, w.Projection, n * s.Dim, Threads);
-            AddTo(input, projection, a.Middle);
+            Layers.Add(input, w.Projection, a.Middle, n * s.Dim, Threads);
 
             var norm2 = a.Norm2.Producer(w.DNorm);
             Layers.RmsNormForward(a.Middle, slots.FeedForwardNorm.Of(p), norm2, a.InverseRms2, n, s.NormEpsilon, Threads);
@@ -144,7 +143,7 @@ public sealed class Decoder
             a.Hidden.Keep(hidden, n * s.Hidden);
             MatMul.Forward(hidden, slots.Down.Of(p), projection, n, s.Hidden, s.Dim, Threads, precision);
             Layers.Dropout(Mask(l, 2, ResidualDropout), w.Projection, w.Projection, n * s.Dim, Threads);
-            AddTo(a.Middle, projection, w.Residual[l + 1]);
+            Layers.Add(a.Middle, w.Projection, w.Residual[l + 1], n * s.Dim, Threads);
         }
 
         var finalNorm = w.FinalNorm.Producer(w.DNorm);
@@ -179,7 +178,7 @@ public sealed class Decoder
         w.FinalNorm.BackwardWeight(dLogits, Layout.TokenEmbedding.Of(g), n, s.Dim, s.VocabSize, Threads, precision);
         MatMul.BackwardInput(dLogits, Layout.TokenEmbedding.Of(p), w.DNorm, n, s.Dim, s.VocabSize, accumulate: false, Threads, precision);
         var dResidual = w.DResidual.AsSpan(0, n * s.Dim);
-        dResidual.Clear();
+        Layers.Clear(w.DResidual, n * s.Dim, Threads);
         Layers.RmsNormBackward(w.DNorm, w.Residual[s.Layers], Layout.OutputNorm.Of(p), w.FinalInverseRms, dResidual, Layout.OutputNorm.Of(g), n, Threads);
 
         for (int l = s.Layers - 1; l >= 0; l--)
@@ -211,20 +210,11 @@ public sealed class Decoder
             Layers.RmsNormBackward(w.DNorm, w.Residual[l], slots.AttentionNorm.Of(p), a.InverseRms1, dResidual, slots.AttentionNorm.Of(g), n, Threads);
         }
 
-        var dEmbedding = Layout.TokenEmbedding.Of(g);
-        for (int t = 0; t < n; t++)
-        {
-            var row = dEmbedding.Slice(w.Tokens[t] * s.Dim, s.Dim);
-            System.Numerics.Tensors.TensorPrimitives.Add(row, dResidual.Slice(t * s.Dim, s.Dim), row);
-        }
+        Layers.ScatterAdd(w.DResidual, w.Tokens, n, g, Layout.TokenEmbedding, Threads);
     }
 
     private DropoutMask Mask(int layer, int site, float rate) =>
         _dropoutOn ? DropoutMask.For(_dropoutKey, layer, site, rate) : default;
-
-    /// <summary>sum = x + y over y's length (the rows of this batch).</summary>
-    private static void AddTo(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> sum) =>
-        System.Numerics.Tensors.TensorPrimitives.Add(x[..y.Length], y, sum);
 
     private Workspace EnsureWorkspace(int batch, int seqLen)
     {

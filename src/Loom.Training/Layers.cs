@@ -99,6 +99,65 @@ internal static class Layers
         });
     }
 
+    /// <summary>sum = x + y over count elements, split between threads (sum may be x or y).</summary>
+    public static void Add(float[] x, float[] y, float[] sum, int count, int threads)
+    {
+        Need(Math.Min(x.Length, Math.Min(y.Length, sum.Length)), count, nameof(sum));
+        ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
+        {
+            int start = first * Chunk, length = Math.Min(count, end * Chunk) - start;
+            TensorPrimitives.Add(x.AsSpan(start, length), y.AsSpan(start, length), sum.AsSpan(start, length));
+        });
+    }
+
+    /// <summary>values[0..count) = 0, split between threads.</summary>
+    public static void Clear(float[] values, int count, int threads)
+    {
+        Need(values.Length, count, nameof(values));
+        ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
+            values.AsSpan(first * Chunk, Math.Min(count, end * Chunk) - first * Chunk).Clear());
+    }
+
+    /// <summary>Row r of rows = row ids[r] of the table (an embedding lookup), split between threads.</summary>
+    public static void Gather(float[] table, TensorSlot slot, int[] ids, float[] rows, int count, int threads)
+    {
+        int dim = slot.Cols;
+        Need(rows.Length, (long)count * dim, nameof(rows));
+        CheckIds(ids, count, slot.Rows);
+        ForParts(count, threads, (first, end) =>
+        {
+            var source = slot.Of(table);
+            for (int r = first; r < end; r++) source.Slice(ids[r] * dim, dim).CopyTo(rows.AsSpan(r * dim, dim));
+        });
+    }
+
+    /// <summary>
+    /// Row ids[r] of the table += row r of rows, for r in order (an embedding's gradient). The threads split the
+    /// columns, so each element still adds its rows in order, whatever the thread count.
+    /// </summary>
+    public static void ScatterAdd(float[] rows, int[] ids, int count, float[] table, TensorSlot slot, int threads)
+    {
+        int dim = slot.Cols;
+        Need(rows.Length, (long)count * dim, nameof(rows));
+        CheckIds(ids, count, slot.Rows);
+        ForParts((dim + 7) / 8, threads, (first, end) =>
+        {
+            var target = slot.Of(table);
+            int c0 = first * 8, width = Math.Min(dim, end * 8) - c0;
+            for (int r = 0; r < count; r++)
+            {
+                var row = target.Slice(ids[r] * dim + c0, width);
+                TensorPrimitives.Add(row, rows.AsSpan(r * dim + c0, width), row);
+            }
+        });
+    }
+
+    private static void CheckIds(int[] ids, int count, int tableRows)
+    {
+        for (int r = 0; r < count; r++)
+            if ((uint)ids[r] >= (uint)tableRows) throw new ArgumentOutOfRangeException(nameof(ids), ids[r], $"row outside the table of {tableRows}");
+    }
+
     /// <summary>body(first, end) over [0, count) in contiguous parts, a few per thread so that a thread held up takes fewer.</summary>
     private static void ForParts(int count, int threads, Action<int, int> body)
     {

@@ -174,4 +174,31 @@ public sealed class LayersTests
             Assert.Equal(expected, state);
         }
     }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void EmbeddingLookupAndGradientGiveTheBitsOfTheRowLoops(int threads)
+    {
+        // repeated ids: their gradient rows add up in token order; a dim that ends inside a vector
+        const int vocab = 7, dim = 20, count = 50;
+        var slot = new TensorSlot("token_embd.weight", 3, vocab, dim, true);
+        var table = Random(3 + vocab * dim, 41, 1f);
+        var random = new DeterministicRandom(42);
+        var ids = Enumerable.Range(0, count).Select(_ => random.NextInt(vocab)).ToArray();
+        var rows = new float[count * dim];
+        Layers.Gather(table, slot, ids, rows, count, threads);
+        for (int r = 0; r < count; r++) Assert.Equal(table.AsSpan(3 + ids[r] * dim, dim).ToArray(), rows.AsSpan(r * dim, dim).ToArray());
+
+        var gradient = Random(count * dim, 43, 1f);
+        var expected = (float[])table.Clone();
+        for (int r = 0; r < count; r++)
+        for (int c = 0; c < dim; c++) expected[3 + ids[r] * dim + c] += gradient[r * dim + c];
+        Layers.ScatterAdd(gradient, ids, count, table, slot, threads);
+        Assert.Equal(expected, table);
+
+        ids[7] = vocab;
+        Assert.Throws<ArgumentOutOfRangeException>(() => Layers.Gather(table, slot, ids, rows, count, threads));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Layers.ScatterAdd(gradient, ids, count, table, slot, threads));
+    }
 }
