@@ -6,10 +6,10 @@ namespace Loom.Training;
 
 /// <summary>
 /// Causal grouped-query attention over a batch of sequences, forward and backward, as matrix products per head
-/// (scores Q·Kᵀ, output P·V; backward dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q). Work is split by
-/// (sequence, key/value head): each task owns the query heads sharing that key/value head, so gradients of a shared
-/// key/value head are summed by one thread in a fixed order. Products over query rows are done in row blocks that
-/// stop at the causal diagonal's edge, so little of the masked upper triangle is computed.
+/// (scores Q·Kᵀ, output P·V; backward dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q). The forward's tasks are
+/// (sequence, query head); the backward's are (sequence, key/value head), each owning the query heads that share it,
+/// so gradients of a shared key/value head are summed by one thread in a fixed order. Products over query rows are
+/// done in row blocks that stop at the causal diagonal's edge, so little of the masked upper triangle is computed.
 /// </summary>
 internal sealed class Attention(ModelShape shape)
 {
@@ -102,8 +102,8 @@ internal sealed class Attention(ModelShape shape)
                 var factors = mask.Active ? scratch.AsSpan(2 * T * T, T * T) : default;
                 if (mask.Active)
                 {
-                    // The mask's factors once, for the probabilities here and their gradients below; zero above the
-                    // diagonal, where the probabilities are.
+                    // The mask's factors once, for the probabilities here and for their gradients below; the weights
+                    // are zero above the diagonal, as the probabilities are.
                     weights = scratch.AsSpan(T * T, T * T);
                     for (int t = 0; t < T; t++)
                     {

@@ -73,7 +73,6 @@ internal static class Layers
             ForParts((dim + 7) / 8, threads, (first, end) =>
             {
                 int c0 = first * 8, width = Math.Min(dim, end * 8) - c0;
-                if (width <= 0) return;
                 var products = Scratch(width);
                 var dw = new Span<float>(dws + c0, width);
                 for (int r = 0; r < rows; r++)
@@ -102,7 +101,9 @@ internal static class Layers
     /// <summary>sum = x + y over count elements, split between threads (sum may be x or y).</summary>
     public static void Add(float[] x, float[] y, float[] sum, int count, int threads)
     {
-        Need(Math.Min(x.Length, Math.Min(y.Length, sum.Length)), count, nameof(sum));
+        Need(x.Length, count, nameof(x));
+        Need(y.Length, count, nameof(y));
+        Need(sum.Length, count, nameof(sum));
         ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
         {
             int start = first * Chunk, length = Math.Min(count, end * Chunk) - start;
