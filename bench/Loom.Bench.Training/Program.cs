@@ -8,11 +8,14 @@ using TorchSharp;
 // Training throughput, Loom against PyTorch (TorchSharp, libtorch CPU), in one process: the same ~11M-parameter
 // Llama-style decoder, batch, context and thread count; repetitions alternate Loom and PyTorch so that the load of a
 // shared machine falls on both alike. Each timed step is forward + backward + gradient clipping + AdamW.
-//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--bf16] [--profile]
+//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--bf16] [--dropout 0.1] [--profile]
 // --bf16 adds Loom with bf16 products as a third contestant.
+// --dropout trains both sides with that rate on the attention probabilities and on both residual branches (PyTorch:
+// scaled_dot_product_attention's dropout_p and functional dropout), as a real training run with dropout would.
 // --profile times each kernel of a Loom step alone instead (with DOTNET_TieredCompilation=0, so every kernel is timed optimized).
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 int reps = Option("--reps", 5), steps = Option("--steps", 3), threads = Option("--threads", 2);
+float dropout = RateOption("--dropout");
 const int batch = 8;
 var shape = new ModelShape { VocabSize = 4096, Dim = 384, Layers = 6, Heads = 6, KvHeads = 2, Hidden = 1024, Context = 256 };
 int seqLen = shape.Context, tokensPerStep = batch * seqLen;
@@ -23,11 +26,11 @@ if (args.Contains("--profile"))
     return;
 }
 
-var model = new Decoder(shape) { Threads = threads };
+var model = new Decoder(shape) { Threads = threads, AttentionDropout = dropout, ResidualDropout = dropout };
 model.Initialize(1);
 var optimizer = new AdamW(model.Layout, weightDecay: 0.1f);
 torch.set_num_threads(threads);
-using var reference = new TorchDecoder(model, weightDecay: 0.1f, clip: 1f);
+using var reference = new TorchDecoder(model, weightDecay: 0.1f, clip: 1f, dropout);
 
 long parameters = model.Parameters.Length;
 // 6 FLOPs per parameter per token (forward 2, backward 4) plus causal attention: QKᵀ and P·V cost 2·dim·(t+1) each
@@ -44,7 +47,7 @@ string ActivationMiB(TrainingPrecision precision)
 Console.WriteLine($"Loom activation memory per step (kept activations, logits, backward buffers): {ActivationMiB(TrainingPrecision.Bf16)}, " +
                   $"{ActivationMiB(TrainingPrecision.Fp32)}");
 Console.WriteLine($"threads {threads}; {reps} repetitions × {steps} steps per side; {flopsPerToken / 1e6:F1} MFLOP per token; " +
-                  $"FMA peak measured with {FmaPeak.Isa} vectors");
+                  $"FMA peak measured with {FmaPeak.Isa} vectors; dropout {dropout}");
 
 var data = new DeterministicRandom(7);
 int[] tokens = new int[tokensPerStep], targets = new int[tokensPerStep];
@@ -59,10 +62,12 @@ void NextBatch()
         torchTargets[i] = targets[i];
     }
 }
+ulong dropoutKey = 0;
 double LoomStep()
 {
     model.ZeroGradients();
-    double loss = model.Forward(tokens, targets, batch, seqLen);
+    // a fresh mask every step, as the trainer draws one per micro-batch (0 means no dropout)
+    double loss = model.Forward(tokens, targets, batch, seqLen, dropout > 0 ? ++dropoutKey : 0);
     model.Backward();
     GradientClipping.ClipByGlobalNorm(model.Gradients, 1f, model.Threads);
     optimizer.Update(model.Parameters, model.Gradients, 1e-3f, model.Threads);
@@ -70,7 +75,8 @@ double LoomStep()
 }
 double TorchStep() => reference.Step(torchTokens, torchTargets, batch, seqLen, 1e-3f);
 
-// Warm-up: JIT, buffers, libtorch's allocator; also shows that both start from the same loss.
+// Warm-up: JIT, buffers, libtorch's allocator; also shows that both start from the same loss (without dropout: the
+// two sides draw different masks).
 NextBatch();
 Console.WriteLine($"first-step loss: Loom {LoomStep():F4}, PyTorch {TorchStep():F4}");
 
@@ -130,6 +136,15 @@ foreach (var (name, _) in contestants)
                       $"{Statistics.Median(ratios):F2} ({string.Join(", ", ratios.Select(x => x.ToString("F2")))}) |");
 }
 Console.WriteLine($"FMA peak max {peak / 1e9:F0} GFLOP/s, median {typicalPeak / 1e9:F0}, min {peaks.Min() / 1e9:F0}; load average {LoadAverage()}");
+
+float RateOption(string name)
+{
+    int i = Array.IndexOf(args, name);
+    if (i < 0) return 0;
+    if (i + 1 >= args.Length || !float.TryParse(args[i + 1], NumberStyles.Float, CultureInfo.InvariantCulture, out float value) || value is < 0 or >= 1)
+        throw new ArgumentException($"{name} needs a rate in [0, 1)");
+    return value;
+}
 
 int Option(string name, int fallback)
 {

@@ -18,12 +18,13 @@ internal sealed class TorchDecoder : IDisposable
     private readonly List<Parameter> _all = [];
     private readonly Tensor _cos, _sin;
     private readonly TorchAdamW _optimizer;
-    private readonly float _clip;
+    private readonly float _clip, _dropout;
 
-    public TorchDecoder(Decoder model, float weightDecay, float clip)
+    public TorchDecoder(Decoder model, float weightDecay, float clip, float dropout)
     {
         _shape = model.Shape;
         _clip = clip;
+        _dropout = dropout;
         foreach (var slot in model.Layout.Slots)
         {
             long[] dims = slot.Rows == 1 ? [slot.Cols] : [slot.Rows, slot.Cols];
@@ -89,15 +90,17 @@ internal sealed class TorchDecoder : IDisposable
                 k = k.repeat_interleave(group, 1);
                 v = v.repeat_interleave(group, 1);
             }
-            var attention = nn.functional.scaled_dot_product_attention(q, k, v, null, 0.0, true).transpose(1, 2).reshape(batch, seqLen, s.Dim);
-            x = x + nn.functional.linear(attention, P(b + "attn_output.weight"));
+            var attention = nn.functional.scaled_dot_product_attention(q, k, v, null, _dropout, true).transpose(1, 2).reshape(batch, seqLen, s.Dim);
+            x = x + Dropout(nn.functional.linear(attention, P(b + "attn_output.weight")));
             var h2 = RmsNorm(x, P(b + "ffn_norm.weight"));
             var gated = nn.functional.silu(nn.functional.linear(h2, P(b + "ffn_gate.weight"))) * nn.functional.linear(h2, P(b + "ffn_up.weight"));
-            x = x + nn.functional.linear(gated, P(b + "ffn_down.weight"));
+            x = x + Dropout(nn.functional.linear(gated, P(b + "ffn_down.weight")));
         }
         var logits = nn.functional.linear(RmsNorm(x, P("output_norm.weight")), P("token_embd.weight")).view(batch * seqLen, s.VocabSize);
         return nn.functional.cross_entropy(logits, tensor(targets));
     }
+
+    private Tensor Dropout(Tensor x) => _dropout > 0 ? nn.functional.dropout(x, _dropout, training: true) : x;
 
     private Tensor RmsNorm(Tensor x, Tensor weight) => x * (x.pow(2).mean([-1], keepdim: true) + _shape.NormEpsilon).rsqrt() * weight;
 
