@@ -157,7 +157,9 @@ internal static class TrainCommand
             double seconds = clock.Elapsed.TotalSeconds;
             double perSecond = tokens / Math.Max(seconds, 1e-9);
             double eta = (options.Steps - step.Step) * seconds / Math.Max(1, step.Step - firstStep);
-            log.WriteLine($"step {step.Step}/{options.Steps}  loss {step.Loss:F4}  val {lastValidation:F4}  lr {step.LearningRate:E2}  " +
+            // before the first validation there is no validation loss to show (not NaN)
+            string validation = double.IsNaN(lastValidation) ? "–" : lastValidation.ToString("F4");
+            log.WriteLine($"step {step.Step}/{options.Steps}  loss {step.Loss:F4}  val {validation}  lr {step.LearningRate:E2}  " +
                           $"{perSecond:N0} tok/s  ETA {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}");
         }, evaluation =>
         {
