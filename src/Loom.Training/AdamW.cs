@@ -134,14 +134,11 @@ public static class GradientClipping
         float norm = TensorPrimitives.Norm(gradients);
         float factor = maxNorm / (norm + 1e-6f);
         if (factor < 1f)
-        {
-            const int piece = 1 << 16;
-            WorkerPool.Get(threads).For((gradients.Length + piece - 1) / piece, index =>
+            Layers.ForChunks(gradients.Length, threads, (start, length) =>
             {
-                var part = gradients.AsSpan(index * piece, Math.Min(piece, gradients.Length - index * piece));
+                var part = gradients.AsSpan(start, length);
                 TensorPrimitives.Multiply(part, factor, part);
             });
-        }
         return norm;
     }
 }

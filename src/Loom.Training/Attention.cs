@@ -61,13 +61,9 @@ internal sealed class Attention(ModelShape shape)
         var weights = p;
         if (mask.Active)
         {
-            // Only the visible part of each row is masked: above the diagonal the probabilities are zero either way.
-            weights = Scratch(T * T, 0).AsSpan(0, T * T);
-            for (int t = 0; t < T; t++)
-            {
-                mask.Apply(p.Slice(t * T, t + 1), weights.Slice(t * T, t + 1), probBase + (long)t * T);
-                weights.Slice(t * T + t + 1, T - t - 1).Clear();
-            }
+            var scratch = Scratch(T * T, T * T);
+            weights = scratch.AsSpan(0, T * T);
+            MaskRows(mask, p, weights, scratch.AsSpan(T * T, T * T), probBase, T);
         }
         var o = output.AsSpan(b * T * dim + head * hd);
         for (int r0 = 0; r0 < T; r0 += RowBlock)
@@ -102,16 +98,9 @@ internal sealed class Attention(ModelShape shape)
                 var factors = mask.Active ? scratch.AsSpan(2 * T * T, T * T) : default;
                 if (mask.Active)
                 {
-                    // The mask's factors once, for the probabilities here and for their gradients below; the weights
-                    // are zero above the diagonal, as the probabilities are.
+                    // The factors serve the probabilities here and their gradients below.
                     weights = scratch.AsSpan(T * T, T * T);
-                    for (int t = 0; t < T; t++)
-                    {
-                        var rowFactors = factors.Slice(t * T, t + 1);
-                        mask.Fill(rowFactors, probBase + (long)t * T);
-                        TensorPrimitives.Multiply(p.Slice(t * T, t + 1), rowFactors, weights.Slice(t * T, t + 1));
-                        weights.Slice(t * T + t + 1, T - t - 1).Clear();
-                    }
+                    MaskRows(mask, p, weights, factors, probBase, T);
                 }
                 // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
                 CausalTransposedProduct(weights, d, dim, dValues, row, T, accumulate: !first, precision);
@@ -142,6 +131,21 @@ internal sealed class Attention(ModelShape shape)
                 CausalTransposedProduct(dScores, query, row, dKeys, row, T, accumulate: !first, precision);
             }
         });
+    }
+
+    /// <summary>
+    /// weights = p ⊙ the mask's factors (kept in factors) over each row's visible part 0..t; zero beyond it, as the
+    /// probabilities are, so the mask is not computed where it could not matter.
+    /// </summary>
+    private static void MaskRows(DropoutMask mask, ReadOnlySpan<float> p, Span<float> weights, Span<float> factors, int probBase, int T)
+    {
+        for (int t = 0; t < T; t++)
+        {
+            var rowFactors = factors.Slice(t * T, t + 1);
+            mask.Fill(rowFactors, probBase + (long)t * T);
+            TensorPrimitives.Multiply(p.Slice(t * T, t + 1), rowFactors, weights.Slice(t * T, t + 1));
+            weights.Slice(t * T + t + 1, T - t - 1).Clear();
+        }
     }
 
     /// <summary>

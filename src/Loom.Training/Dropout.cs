@@ -21,18 +21,7 @@ internal readonly struct DropoutMask(ulong key, float rate)
     public float Factor(long index) =>
         (uint)(DeterministicRandom.Mix(key + (ulong)index * Golden) >> 40) >= _threshold ? _keepScale : 0f;
 
-    /// <summary>values[i] ×= Factor(first + i).</summary>
-    public void Apply(Span<float> values, long first = 0)
-    {
-        if (!Active) return;
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i + 8 <= values.Length; i += 8)
-                (Vector256.Create<float>(values[i..]) * Factors(first + i)).CopyTo(values[i..]);
-        for (; i < values.Length; i++) values[i] *= Factor(first + i);
-    }
-
-    /// <summary>target[i] = source[i] · Factor(first + i).</summary>
+    /// <summary>target[i] = source[i] · Factor(first + i); source may be target.</summary>
     public void Apply(ReadOnlySpan<float> source, Span<float> target, long first)
     {
         int i = 0, count = source.Length;

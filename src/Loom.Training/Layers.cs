@@ -69,10 +69,8 @@ internal static class Layers
                     TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
                 }
             });
-            // Columns in whole vectors, so that each piece is done as the full row would be.
-            ForParts((dim + 7) / 8, threads, (first, end) =>
+            ForColumns(dim, threads, (c0, width) =>
             {
-                int c0 = first * 8, width = Math.Min(dim, end * 8) - c0;
                 var products = Scratch(width);
                 var dw = new Span<float>(dws + c0, width);
                 for (int r = 0; r < rows; r++)
@@ -90,9 +88,8 @@ internal static class Layers
         Need(source.Length, count, nameof(source));
         Need(target.Length, count, nameof(target));
         if (!mask.Active && source == target) return;
-        ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
+        ForChunks(count, threads, (start, length) =>
         {
-            int start = first * Chunk, length = Math.Min(count, end * Chunk) - start;
             if (mask.Active) mask.Apply(source.AsSpan(start, length), target.AsSpan(start, length), start);
             else source.AsSpan(start, length).CopyTo(target.AsSpan(start, length));
         });
@@ -104,19 +101,15 @@ internal static class Layers
         Need(x.Length, count, nameof(x));
         Need(y.Length, count, nameof(y));
         Need(sum.Length, count, nameof(sum));
-        ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
-        {
-            int start = first * Chunk, length = Math.Min(count, end * Chunk) - start;
-            TensorPrimitives.Add(x.AsSpan(start, length), y.AsSpan(start, length), sum.AsSpan(start, length));
-        });
+        ForChunks(count, threads, (start, length) =>
+            TensorPrimitives.Add(x.AsSpan(start, length), y.AsSpan(start, length), sum.AsSpan(start, length)));
     }
 
     /// <summary>values[0..count) = 0, split between threads.</summary>
     public static void Clear(float[] values, int count, int threads)
     {
         Need(values.Length, count, nameof(values));
-        ForParts((count + Chunk - 1) / Chunk, threads, (first, end) =>
-            values.AsSpan(first * Chunk, Math.Min(count, end * Chunk) - first * Chunk).Clear());
+        ForChunks(count, threads, (start, length) => values.AsSpan(start, length).Clear());
     }
 
     /// <summary>Row r of rows = row ids[r] of the table (an embedding lookup), split between threads.</summary>
@@ -141,10 +134,9 @@ internal static class Layers
         int dim = slot.Cols;
         Need(rows.Length, (long)count * dim, nameof(rows));
         CheckIds(ids, count, slot.Rows);
-        ForParts((dim + 7) / 8, threads, (first, end) =>
+        ForColumns(dim, threads, (c0, width) =>
         {
             var target = slot.Of(table);
-            int c0 = first * 8, width = Math.Min(dim, end * 8) - c0;
             for (int r = 0; r < count; r++)
             {
                 var row = target.Slice(ids[r] * dim + c0, width);
@@ -158,6 +150,17 @@ internal static class Layers
         for (int r = 0; r < count; r++)
             if ((uint)ids[r] >= (uint)tableRows) throw new ArgumentOutOfRangeException(nameof(ids), ids[r], $"row outside the table of {tableRows}");
     }
+
+    /// <summary>body(start, length) for each <see cref="Chunk"/>-element piece of [0, count), one work item each.</summary>
+    internal static void ForChunks(int count, int threads, Action<int, int> body) =>
+        WorkerPool.Get(threads).For((count + Chunk - 1) / Chunk, chunk => body(chunk * Chunk, Math.Min(Chunk, count - chunk * Chunk)));
+
+    /// <summary>
+    /// body(firstColumn, width) over [0, columns) in column ranges of whole eight-float vectors, one range per part: each
+    /// piece is done as the full row would be, and every column's rows stay in order within one thread.
+    /// </summary>
+    private static void ForColumns(int columns, int threads, Action<int, int> body) =>
+        ForParts((columns + 7) / 8, threads, (first, end) => body(first * 8, Math.Min(columns, end * 8) - first * 8));
 
     /// <summary>body(first, end) over [0, count) in contiguous parts, a few per thread so that a thread held up takes fewer.</summary>
     private static void ForParts(int count, int threads, Action<int, int> body)
@@ -274,9 +277,8 @@ internal static class Layers
     /// <summary>h = silu(g)·u.</summary>
     public static void SwiGluForward(float[] gate, float[] up, float[] h, int count, int threads)
     {
-        WorkerPool.Get(threads).For((count + Chunk - 1) / Chunk, chunk =>
+        ForChunks(count, threads, (start, length) =>
         {
-            int start = chunk * Chunk, length = Math.Min(Chunk, count - start);
             if (Vector256.IsHardwareAccelerated)
             {
                 SwiGluForwardFused(gate.AsSpan(start, length), up.AsSpan(start, length), h.AsSpan(start, length));
@@ -352,9 +354,8 @@ internal static class Layers
     /// <summary>dg = dh·u·σ(g)(1 + g − silu(g)), du = dh·silu(g).</summary>
     public static void SwiGluBackward(float[] dh, float[] gate, float[] up, float[] dGate, float[] dUp, int count, int threads)
     {
-        WorkerPool.Get(threads).For((count + Chunk - 1) / Chunk, chunk =>
+        ForChunks(count, threads, (start, length) =>
         {
-            int start = chunk * Chunk, length = Math.Min(Chunk, count - start);
             if (Vector256.IsHardwareAccelerated)
             {
                 SwiGluBackwardFused(dh.AsSpan(start, length), gate.AsSpan(start, length), up.AsSpan(start, length),

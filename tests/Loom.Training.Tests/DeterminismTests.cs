@@ -69,7 +69,7 @@ public sealed class DeterminismTests(ITestOutputHelper output)
             var factors = new float[29];
             mask.Fill(factors, first);
             var applied = (float[])source.Clone();
-            mask.Apply(applied.AsSpan(0, 1001), first);
+            mask.Apply(applied.AsSpan(0, 1001), applied.AsSpan(0, 1001), first);
             for (int i = 0; i < factors.Length; i++) Assert.Equal(mask.Factor(first + i), factors[i]);
             for (int i = 0; i < applied.Length; i++) Assert.Equal(i < 1001 ? source[i] * mask.Factor(first + i) : source[i], applied[i]);
         }
