@@ -43,6 +43,11 @@ public static unsafe class MatMul
     /// <summary>The path the products take: the widest this CPU runs, or LOOM_KERNEL_ISA (portable, avx2, avx512) when supported.</summary>
     internal static TrainingIsa Isa { get; } = ChooseIsa();
 
+    /// <summary>
+    /// Whether this CPU runs the path in hardware; only such a path is chosen. Any path can still be asked for: the
+    /// kernels use .NET's portable vector types, which run in software where the CPU lacks them (slowly, with the same
+    /// bits), so tests check the AVX-512 path's tiles and packing on CPUs without AVX-512 too.
+    /// </summary>
     internal static bool IsSupported(TrainingIsa isa) => isa switch
     {
         TrainingIsa.Portable => true,
@@ -121,7 +126,6 @@ public static unsafe class MatMul
     {
         if (rows < 0 || cols < 0 || depth < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"dimensions {rows}×{cols}×{depth} must not be negative");
         if (rows == 0 || cols == 0) return;
-        if (!IsSupported(isa)) throw new PlatformNotSupportedException($"this CPU does not run the {isa} path");
         Check(a.Length, Last(rows, aRow, depth, aCol), nameof(a));
         if (bHalf is null) Check(b.Length, Last(depth, bRow, cols, bCol), nameof(b));
         Check(c.Length, Last(rows, cRow, cols, 1), nameof(c));
