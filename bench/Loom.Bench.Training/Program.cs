@@ -8,16 +8,22 @@ using TorchSharp;
 // Training throughput, Loom against PyTorch (TorchSharp, libtorch CPU), in one process: the same ~11M-parameter
 // Llama-style decoder, batch, context and thread count; repetitions alternate Loom and PyTorch so that the load of a
 // shared machine falls on both alike. Each timed step is forward + backward + gradient clipping + AdamW.
-//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--bf16] [--dropout 0.1] [--profile]
+//   dotnet run -c Release --project bench/Loom.Bench.Training -- [--reps 5] [--steps 3] [--threads 2] [--bf16] [--dropout 0.1]
+//       [--default-model-shape] [--profile]
 // --bf16 adds Loom with bf16 products as a third contestant.
 // --dropout trains both sides with that rate on the attention probabilities and on both residual branches (PyTorch:
 // scaled_dot_product_attention's dropout_p and functional dropout), as a real training run with dropout would.
+// --default-model-shape trains the shape and batch that scripts/default-model/train.sh trains the default model with
+// (dim 256, 8 / 4 heads, SwiGLU 704, batch 16) instead of the issue's ~10M-parameter model.
 // --profile times each kernel of a Loom step alone instead (with DOTNET_TieredCompilation=0, so every kernel is timed optimized).
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 int reps = Option("--reps", 5), steps = Option("--steps", 3), threads = Option("--threads", 2);
 float dropout = RateOption("--dropout");
-const int batch = 8;
-var shape = new ModelShape { VocabSize = 4096, Dim = 384, Layers = 6, Heads = 6, KvHeads = 2, Hidden = 1024, Context = 256 };
+bool defaultModelShape = args.Contains("--default-model-shape");
+int batch = defaultModelShape ? 16 : 8;
+var shape = defaultModelShape
+    ? new ModelShape { VocabSize = 4096, Dim = 256, Layers = 6, Heads = 8, KvHeads = 4, Hidden = 704, Context = 256 }
+    : new ModelShape { VocabSize = 4096, Dim = 384, Layers = 6, Heads = 6, KvHeads = 2, Hidden = 1024, Context = 256 };
 int seqLen = shape.Context, tokensPerStep = batch * seqLen;
 
 if (args.Contains("--profile"))

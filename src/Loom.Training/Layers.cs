@@ -38,8 +38,8 @@ internal static class Layers
     }
 
     /// <summary>
-    /// dx += s·(dy⊙w) − x·s³·⟨dy⊙w, x⟩/dim and dw += Σ_rows dy⊙x·s, with s = 1/rms(x). The threads split dx by rows
-    /// and dw by columns, so each element of dw still sums the rows in order: the bits do not depend on the thread count.
+    /// dx += s·(dy⊙w) − x·s³·⟨dy⊙w, x⟩/dim and dw += Σ_rows dy⊙x·s, with s = 1/rms(x). The threads split dx by rows while
+    /// one of them sums dw over all rows in order: the bits do not depend on the thread count.
     /// </summary>
     public static unsafe void RmsNormBackward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> inverseRms,
         Span<float> dx, Span<float> dWeight, int rows, int threads)
@@ -53,32 +53,52 @@ internal static class Layers
         fixed (float* pdy = dy, px = x, pw = weight, pr = inverseRms, pdx = dx, pdw = dWeight)
         {
             float* dys = pdy, xs = px, ws = pw, rs = pr, dxs = pdx, dws = pdw;
-            ForParts(rows, threads, (first, end) =>
+            var pool = WorkerPool.Get(threads);
+            int parts = pool.Threads == 1 ? 1 : Math.Min(rows, 4 * pool.Threads);
+            // Item 0 is dw, items 1.. split dx by rows: they read the same dy and x and write different buffers, so they
+            // run side by side. (dw split by columns instead had both threads read every row's lines at once, and that
+            // pass ran two to five times slower on two threads than on one.)
+            pool.For(parts + 1, item =>
             {
-                var w = new ReadOnlySpan<float>(ws, dim);
-                var weighted = Scratch(dim);
-                for (int r = first; r < end; r++)
-                {
-                    var dyr = new ReadOnlySpan<float>(dys + (long)r * dim, dim);
-                    var xr = new ReadOnlySpan<float>(xs + (long)r * dim, dim);
-                    var dxr = new Span<float>(dxs + (long)r * dim, dim);
-                    float s = rs[r];
-                    TensorPrimitives.Multiply(dyr, w, weighted);
-                    float projection = TensorPrimitives.Dot(weighted, xr) * s * s * s / dim;
-                    TensorPrimitives.MultiplyAdd(weighted, s, dxr, dxr);
-                    TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
-                }
+                if (item == 0) RmsNormGainGradient(dys, xs, rs, dws, rows, dim);
+                else RmsNormInputGradient(dys, xs, ws, rs, dxs, (int)((long)rows * (item - 1) / parts), (int)((long)rows * item / parts), dim);
             });
-            ForColumns(dim, threads, (c0, width) =>
-            {
-                var products = Scratch(width);
-                var dw = new Span<float>(dws + c0, width);
-                for (int r = 0; r < rows; r++)
-                {
-                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(dys + (long)r * dim + c0, width), new ReadOnlySpan<float>(xs + (long)r * dim + c0, width), products);
-                    TensorPrimitives.MultiplyAdd(products, rs[r], dw, dw);
-                }
-            });
+        }
+    }
+
+    private static unsafe void RmsNormInputGradient(float* dys, float* xs, float* ws, float* rs, float* dxs, int first, int end, int dim)
+    {
+        var w = new ReadOnlySpan<float>(ws, dim);
+        var weighted = Scratch(dim);
+        for (int r = first; r < end; r++)
+        {
+            var dyr = new ReadOnlySpan<float>(dys + (long)r * dim, dim);
+            var xr = new ReadOnlySpan<float>(xs + (long)r * dim, dim);
+            var dxr = new Span<float>(dxs + (long)r * dim, dim);
+            float s = rs[r];
+            TensorPrimitives.Multiply(dyr, w, weighted);
+            float projection = TensorPrimitives.Dot(weighted, xr) * s * s * s / dim;
+            TensorPrimitives.MultiplyAdd(weighted, s, dxr, dxr);
+            TensorPrimitives.MultiplyAdd(xr, -projection, dxr, dxr);
+        }
+    }
+
+    /// <summary>
+    /// dw[c] += (dy[r, c]·x[r, c])·s[r] for rows in order: the library's Multiply then MultiplyAdd (both unfused, element
+    /// by element), written out, without two library calls per row.
+    /// </summary>
+    private static unsafe void RmsNormGainGradient(float* dys, float* xs, float* rs, float* dw, int rows, int dim)
+    {
+        int vectorEnd = Vector256.IsHardwareAccelerated ? dim / 8 * 8 : 0;
+        for (int r = 0; r < rows; r++)
+        {
+            float* dyr = dys + (long)r * dim, xr = xs + (long)r * dim;
+            float s = rs[r];
+            var vs = Vector256.Create(s);
+            int c = 0;
+            for (; c < vectorEnd; c += 8)
+                (Vector256.Load(dyr + c) * Vector256.Load(xr + c) * vs + Vector256.Load(dw + c)).Store(dw + c);
+            for (; c < dim; c++) dw[c] = dyr[c] * xr[c] * s + dw[c];
         }
     }
 
@@ -229,6 +249,7 @@ internal static class Layers
                     var c = new ReadOnlySpan<float>(cs + (long)t * pairs, pairs);
                     var s = new ReadOnlySpan<float>(ss + (long)t * pairs, pairs);
                     if (vector)
+                    {
                         for (int i = 0; i < pairs; i++)
                         {
                             float sn = direction * s[i];
@@ -236,19 +257,28 @@ internal static class Layers
                             pairSin[2 * i] = -sn;
                             pairSin[2 * i + 1] = sn;
                         }
+                        // Eight floats of every head of this position's rows per step, so each step's table vectors are
+                        // loaded once (per head and vector, the span slices cost more than the arithmetic at 32 floats a head).
+                        for (int j = 0; j < headDim; j += 8)
+                        {
+                            var cosines = Vector256.Create<float>(pairCos[j..]);
+                            var sines = Vector256.Create<float>(pairSin[j..]);
+                            for (int r = t; r < rows; r += seqLen)
+                            {
+                                float* row = ds + (long)r * rowStride + j;
+                                for (int h = 0; h < heads; h++)
+                                {
+                                    var x = Vector256.Load(row + h * headDim);
+                                    (x * cosines + Vector256.Shuffle(x, swap) * sines).Store(row + h * headDim);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     for (int r = t; r < rows; r += seqLen)
                     for (int h = 0; h < heads; h++)
                     {
                         var v = all.Slice(r * rowStride + h * headDim, headDim);
-                        if (vector)
-                        {
-                            for (int j = 0; j < headDim; j += 8)
-                            {
-                                var x = Vector256.Create<float>(v[j..]);
-                                (x * Vector256.Create<float>(pairCos[j..]) + Vector256.Shuffle(x, swap) * Vector256.Create<float>(pairSin[j..])).CopyTo(v[j..]);
-                            }
-                            continue;
-                        }
                         for (int i = 0; i < pairs; i++)
                         {
                             float x0 = v[2 * i], x1 = v[2 * i + 1], sn = direction * s[i];

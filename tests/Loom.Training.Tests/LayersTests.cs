@@ -97,7 +97,7 @@ public sealed class LayersTests
     [InlineData(20, 5)]
     public void RmsNormGivesTheBitsOfWholeRowsAtAnyThreadCount(int dim, int threads)
     {
-        // dims not a multiple of the vector width: the weight gradient's column parts end inside a vector
+        // dims not a multiple of the vector width: the gain gradient's rows end inside a vector
         const int rows = 37;
         float[] x = Random(rows * dim, 21, 2f), weight = Random(dim, 22, 1f), dy = Random(rows * dim, 23, 1f);
         float[] dxStart = Random(rows * dim, 24, 1f), dWeightStart = Random(dim, 25, 1f);
@@ -177,6 +177,7 @@ public sealed class LayersTests
 
     [Theory]
     [InlineData(1)]
+    [InlineData(2)]
     [InlineData(3)]
     public void EmbeddingLookupAndGradientGiveTheBitsOfTheRowLoops(int threads)
     {
