@@ -9,7 +9,7 @@ namespace Loom.Training;
 /// </summary>
 internal readonly struct DropoutMask(ulong key, float rate)
 {
-    private const ulong Golden = 0x9E3779B97F4A7C15UL;
+    private const ulong Golden = DeterministicRandom.Golden;
     // Lane i of a vector hashes index first + i: i·Golden apart (wrapping, as the scalar product does).
     private static readonly Vector256<ulong> LaneSteps = Vector256.Create(0UL, Golden, unchecked(2 * Golden), unchecked(3 * Golden));
     private readonly uint _threshold = (uint)Math.Min(rate * (1 << 24), 1 << 24);
@@ -50,17 +50,8 @@ internal readonly struct DropoutMask(ulong key, float rate)
         var low = Vector256.Create(key + (ulong)first * Golden) + LaneSteps;
         var high = low + Vector256.Create(unchecked(4 * Golden));
         var threshold = Vector256.Create((ulong)_threshold);
-        var kept = Vector256.Narrow(Vector256.GreaterThanOrEqual(Mix(low) >> 40, threshold), Vector256.GreaterThanOrEqual(Mix(high) >> 40, threshold));
+        var kept = Vector256.Narrow(Vector256.GreaterThanOrEqual(DeterministicRandom.Mix(low) >> 40, threshold), Vector256.GreaterThanOrEqual(DeterministicRandom.Mix(high) >> 40, threshold));
         return Vector256.ConditionalSelect(kept.AsSingle(), Vector256.Create(_keepScale), Vector256<float>.Zero);
-    }
-
-    /// <summary><see cref="DeterministicRandom.Mix"/> in four lanes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<ulong> Mix(Vector256<ulong> z)
-    {
-        z = (z ^ (z >> 30)) * Vector256.Create(0xBF58476D1CE4E5B9UL);
-        z = (z ^ (z >> 27)) * Vector256.Create(0x94D049BB133111EBUL);
-        return z ^ (z >> 31);
     }
 
     /// <summary>A mask for one site (layer × place) of one forward pass.</summary>

@@ -54,14 +54,14 @@ internal static class Layers
         {
             float* dys = pdy, xs = px, ws = pw, rs = pr, dxs = pdx, dws = pdw;
             var pool = WorkerPool.Get(threads);
-            int parts = pool.Threads == 1 ? 1 : Math.Min(rows, 4 * pool.Threads);
+            int parts = PartCount(pool, rows);
             // Item 0 is dw, items 1.. split dx by rows: they read the same dy and x and write different buffers, so they
             // run side by side. (dw split by columns instead had both threads read every row's lines at once, and that
             // pass ran two to five times slower on two threads than on one.)
             pool.For(parts + 1, item =>
             {
                 if (item == 0) RmsNormGainGradient(dys, xs, rs, dws, rows, dim);
-                else RmsNormInputGradient(dys, xs, ws, rs, dxs, (int)((long)rows * (item - 1) / parts), (int)((long)rows * item / parts), dim);
+                else RmsNormInputGradient(dys, xs, ws, rs, dxs, PartStart(rows, item - 1, parts), PartStart(rows, item, parts), dim);
             });
         }
     }
@@ -186,14 +186,20 @@ internal static class Layers
     private static void ForParts(int count, int threads, Action<int, int> body)
     {
         var pool = WorkerPool.Get(threads);
-        int parts = pool.Threads == 1 ? 1 : Math.Min(count, 4 * pool.Threads);
+        int parts = PartCount(pool, count);
         if (parts <= 1)
         {
             body(0, count);
             return;
         }
-        pool.For(parts, p => body((int)((long)count * p / parts), (int)((long)count * (p + 1) / parts)));
+        pool.For(parts, p => body(PartStart(count, p, parts), PartStart(count, p + 1, parts)));
     }
+
+    /// <summary>How many contiguous parts <see cref="ForParts"/> cuts count items into for this pool.</summary>
+    private static int PartCount(WorkerPool pool, int count) => pool.Threads == 1 ? 1 : Math.Min(count, 4 * pool.Threads);
+
+    /// <summary>Where part p of parts (p = parts: the end) starts in [0, count).</summary>
+    private static int PartStart(int count, int p, int parts) => (int)((long)count * p / parts);
 
     private static void Need(int length, long needed, string name)
     {
