@@ -36,6 +36,8 @@ public static unsafe class MatMul
     private const int RowBlock = 96;
     // Rows of an operand read together while packing, so that each panel takes its part of a few runs in L1.
     private const int PackRowsOfB = 4, PackRowsOfA = 8;
+    // Floats in a 64-byte cache line.
+    private const int FloatsPerLine = 16;
 
     [ThreadStatic] private static float[]? _packedB;
     [ThreadStatic] private static float[]? _packedA;
@@ -405,15 +407,25 @@ public static unsafe class MatMul
                         bool load = accumulate || k0 > 0;
                         PackA(pa, m0, mc, k0, kc);
                         float* block = packedB + (long)k0 * padded;
+                        int tiles = (mc + height - 1) / height;
+                        long panelLines = (long)kc * width / FloatsPerLine;
                         for (int n0 = 0; n0 < cols; n0 += width)
                         {
                             float* panel = block + (long)n0 * kc;
+                            float* nextPanel = n0 + width < cols ? panel + (long)kc * width : null;
                             int nValid = Math.Min(width, cols - n0);
-                            for (int i = 0; i < mc; i += height)
+                            for (int i = 0, t = 0; i < mc; i += height, t++)
                             {
                                 int mValid = Math.Min(height, mc - i);
                                 float* target = c + (long)(m0 + i) * cRow + n0;
                                 float* aPanel = pa + (long)i * kc;
+                                // While this tile runs, fetch what the next ones will miss on: the next tile's rows of C into
+                                // L1 (its stores, or its loads when accumulating, waited on them) and a share of the next
+                                // panel of B into L2 (B as a whole outgrows L2). Zen 3, the benchmark model's fifteen
+                                // products with and without alternating in one process: 6–9% less time at one and at two
+                                // threads. The AVX-512 path takes the same fetches, not measured there.
+                                if (i + 2 * height <= mc && nValid == width) FetchTile(target + (long)height * cRow, cRow, height, width);
+                                if (nextPanel != null) FetchIntoL2(nextPanel, panelLines * t / tiles, panelLines * (t + 1) / tiles);
                                 if (mValid == height && nValid == width) Kernel(aPanel, panel, kc, target, cRow, load);
                                 else
                                 {
@@ -431,6 +443,26 @@ public static unsafe class MatMul
                     }
                 }
             }
+        }
+
+        /// <summary>Every cache line of a tile's rows into L1 (rows need not be aligned to lines). A prefetch never faults.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void FetchTile(float* tile, int stride, int rows, int width)
+        {
+            if (!Sse.IsSupported) return;
+            for (int r = 0; r < rows; r++, tile += stride)
+            {
+                for (int f = 0; f < width; f += FloatsPerLine) Sse.Prefetch0(tile + f);
+                Sse.Prefetch0(tile + width - 1);
+            }
+        }
+
+        /// <summary>Cache lines [first, end) from <paramref name="start"/> into L2.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void FetchIntoL2(float* start, long first, long end)
+        {
+            if (!Sse.IsSupported) return;
+            for (long line = first; line < end; line++) Sse.Prefetch1(start + line * FloatsPerLine);
         }
 
         /// <summary>A(m0..m0+mc, k0..k0+kc) as panels of tile height, k-major inside a panel, zero beyond the last row.</summary>
