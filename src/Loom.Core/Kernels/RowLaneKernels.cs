@@ -662,21 +662,34 @@ internal static unsafe class RowLaneKernels
             int b = 0;
             for (; b + 8 <= blocks; b += 8)
             {
-                if (fetch != null) FetchIntoL2(fetch + (long)b * share, 8 * share);
-                a0 = TBlocks.Accumulate(source, b, xq, dx, xs, offset, a0);
-                a1 = TBlocks.Accumulate(source, b + 1, xq, dx, xs, offset, a1);
-                a2 = TBlocks.Accumulate(source, b + 2, xq, dx, xs, offset, a2);
-                a3 = TBlocks.Accumulate(source, b + 3, xq, dx, xs, offset, a3);
-                a4 = TBlocks.Accumulate(source, b + 4, xq, dx, xs, offset, a4);
-                a5 = TBlocks.Accumulate(source, b + 5, xq, dx, xs, offset, a5);
-                a6 = TBlocks.Accumulate(source, b + 6, xq, dx, xs, offset, a6);
-                a7 = TBlocks.Accumulate(source, b + 7, xq, dx, xs, offset, a7);
+                a0 = TBlocks.Accumulate(source, b, xq, dx, xs, offset, a0); FetchShare(fetch, b, share);
+                a1 = TBlocks.Accumulate(source, b + 1, xq, dx, xs, offset, a1); FetchShare(fetch, b + 1, share);
+                a2 = TBlocks.Accumulate(source, b + 2, xq, dx, xs, offset, a2); FetchShare(fetch, b + 2, share);
+                a3 = TBlocks.Accumulate(source, b + 3, xq, dx, xs, offset, a3); FetchShare(fetch, b + 3, share);
+                a4 = TBlocks.Accumulate(source, b + 4, xq, dx, xs, offset, a4); FetchShare(fetch, b + 4, share);
+                a5 = TBlocks.Accumulate(source, b + 5, xq, dx, xs, offset, a5); FetchShare(fetch, b + 5, share);
+                a6 = TBlocks.Accumulate(source, b + 6, xq, dx, xs, offset, a6); FetchShare(fetch, b + 6, share);
+                a7 = TBlocks.Accumulate(source, b + 7, xq, dx, xs, offset, a7); FetchShare(fetch, b + 7, share);
             }
             if (fetch != null) FetchIntoL2(fetch + (long)b * share, (long)(blocks - b) * share);
             var tail = Vector256<float>.Zero;
             for (; b < blocks; b++) tail = TBlocks.Accumulate(source, b, xq, dx, xs, offset, tail);
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
         }
+    }
+
+    /// <summary>
+    /// Block b's share of the bytes at <paramref name="fetch"/> into L2, when there is a fetch. One block's worth between
+    /// the blocks' arithmetic rather than eight blocks' worth at once: Llama-3.2-1B Q8_0 decode on Zen 3, both ways
+    /// alternating in one process, +7–21% at two threads (five runs) and +21% at one; SmolLM2-135M +14%, Qwen2.5-0.5B +7%.
+    /// Q4_0 (which fetches the next group) and the K-quants (fetching a super-block at a time, tried) gained nothing from it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void FetchShare(byte* fetch, int b, int share)
+    {
+        if (fetch == null) return;
+        byte* block = fetch + (long)b * share;
+        for (int line = 0; line < share; line += 64) Sse.Prefetch1(block + line);
     }
 
     /// <summary>Blocks transposed into tile scratch: levels as eight 32-byte groups, then eight float scales.</summary>
