@@ -682,7 +682,8 @@ internal static unsafe class RowLaneKernels
     /// Block b's share of the bytes at <paramref name="fetch"/> into L2, when there is a fetch. One block's worth between
     /// the blocks' arithmetic rather than eight blocks' worth at once: Llama-3.2-1B Q8_0 decode on Zen 3, both ways
     /// alternating in one process, +7–21% at two threads (five runs) and +21% at one; SmolLM2-135M +14%, Qwen2.5-0.5B +7%.
-    /// Q4_0 (which fetches the next group) and the K-quants (fetching a super-block at a time, tried) gained nothing from it.
+    /// Q4_0's fetch of the next group neither gained nor lost by it; the K-quant kernels' fetch of a super-block at a time,
+    /// split the same way, gained 1–2% (inside the noise) and stays as it is.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void FetchShare(byte* fetch, int b, int share)
