@@ -428,7 +428,7 @@ internal static unsafe class RowLaneKernels
         ref Vector512<float> acc0, ref Vector512<float> acc1)
     {
         var g = scratch + b * WideTileBytesPerBlock;
-        if (fetch != null) FetchIntoL2(fetch + (long)b * share, share);
+        FetchShare(fetch, b, share);
         var x0 = (int*)(first.Qs + 32 * b);
         var x1 = (int*)(second.Qs + 32 * b);
         var ones = Vector512.Create((short)1);
@@ -550,7 +550,7 @@ internal static unsafe class RowLaneKernels
         var g = scratch + (long)b * WideTileQ8BytesPerBlock;
         // this block's share of the next tile (an in-process A/B found spreading it over all token pairs no better)
         const int share = WideTileRows * Q8BlockBytes;
-        if (fetch != null) FetchIntoL2(fetch + (long)b * share, share);
+        FetchShare(fetch, b, share);
         Avx512BW.ConvertToVector512Int16(Vector256.Load(x0 + 32 * b)).Store(levels);
         Avx512BW.ConvertToVector512Int16(Vector256.Load(x1 + 32 * b)).Store(levels + 32);
         var p0 = (int*)levels;
@@ -671,9 +671,12 @@ internal static unsafe class RowLaneKernels
                 a6 = TBlocks.Accumulate(source, b + 6, xq, dx, xs, offset, a6); FetchShare(fetch, b + 6, share);
                 a7 = TBlocks.Accumulate(source, b + 7, xq, dx, xs, offset, a7); FetchShare(fetch, b + 7, share);
             }
-            if (fetch != null) FetchIntoL2(fetch + (long)b * share, (long)(blocks - b) * share);
             var tail = Vector256<float>.Zero;
-            for (; b < blocks; b++) tail = TBlocks.Accumulate(source, b, xq, dx, xs, offset, tail);
+            for (; b < blocks; b++)
+            {
+                tail = TBlocks.Accumulate(source, b, xq, dx, xs, offset, tail);
+                FetchShare(fetch, b, share);
+            }
             ((((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))) + tail).Store(y + (long)t * yStride);
         }
     }
@@ -688,9 +691,7 @@ internal static unsafe class RowLaneKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void FetchShare(byte* fetch, int b, int share)
     {
-        if (fetch == null) return;
-        byte* block = fetch + (long)b * share;
-        for (int line = 0; line < share; line += 64) Sse.Prefetch1(block + line);
+        if (fetch != null) FetchIntoL2(fetch + (long)b * share, share);
     }
 
     /// <summary>Blocks transposed into tile scratch: levels as eight 32-byte groups, then eight float scales.</summary>
