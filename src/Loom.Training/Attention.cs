@@ -8,15 +8,12 @@ namespace Loom.Training;
 /// Causal grouped-query attention over a batch of sequences, forward and backward, as matrix products per head
 /// (scores Q·Kᵀ, output P·V; backward dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q). The forward's tasks are
 /// (sequence, query head); the backward's are (sequence, key/value head), each owning the query heads that share it,
-/// so gradients of a shared key/value head are summed by one thread in a fixed order. Products over query rows are
-/// done in row blocks that stop at the causal diagonal's edge, so little of the masked upper triangle is computed.
+/// so gradients of a shared key/value head are summed by one thread in a fixed order. Each product is one call that
+/// skips the masked triangle register tile by register tile (<see cref="Triangle"/>): the probabilities and their
+/// gradients are zero above the diagonal, and only a band of that zero is ever read (<see cref="ClearBand"/>).
 /// </summary>
 internal sealed class Attention(ModelShape shape)
 {
-    // Query rows per causal block: block r only needs keys 0..(r+1)·RowBlock. A multiple of both tile heights (6 and
-    // 8 rows); on Zen 3, 96 ran 4–6% faster than 64 or 128 and 48 (fewer masked products, but more calls and packs).
-    private const int RowBlock = 96;
-
     [ThreadStatic] private static float[]? _scratch;
 
     private readonly int _groupSize = shape.Heads / shape.KvHeads;
@@ -46,17 +43,13 @@ internal sealed class Attention(ModelShape shape)
         int probBase = (b * shape.Heads + head) * T * T;
         var p = probs.AsSpan(probBase, T * T);
         var query = qkv.AsSpan(b * T * row + head * hd);
-        // Scores: query rows of a block against the keys up to the block's end.
-        for (int r0 = 0; r0 < T; r0 += RowBlock)
-        {
-            int r1 = Math.Min(T, r0 + RowBlock);
-            MatMul.Multiply(query[(r0 * row)..], row, 1, keys, 1, row, p[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
-        }
+        // Scores: each query against the keys up to its own position (the softmax reads no further).
+        MatMul.Multiply(query, row, 1, keys, 1, row, p, T, T, T, hd, accumulate: false, threads: 1, precision, Triangle.LowerC);
         for (int t = 0; t < T; t++)
         {
             var scores = p.Slice(t * T, T);
             Softmax(scores[..(t + 1)], _scale);
-            scores[(t + 1)..].Clear();
+            ClearBand(scores, t);
         }
         var weights = p;
         if (mask.Active)
@@ -66,11 +59,7 @@ internal sealed class Attention(ModelShape shape)
             MaskRows(mask, p, weights, scratch.AsSpan(T * T, T * T), probBase, T);
         }
         var o = output.AsSpan(b * T * dim + head * hd);
-        for (int r0 = 0; r0 < T; r0 += RowBlock)
-        {
-            int r1 = Math.Min(T, r0 + RowBlock);
-            MatMul.Multiply(weights[(r0 * T)..], T, 1, values, row, 1, o[(r0 * dim)..], dim, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
-        }
+        MatMul.Multiply(weights, T, 1, values, row, 1, o, dim, T, hd, T, accumulate: false, threads: 1, precision, Triangle.LowerA);
     }
 
     /// <summary>From dOutput, writes dQkv (laid out as qkv, overwriting it), for pre-rotation-backward queries and keys.</summary>
@@ -104,11 +93,7 @@ internal sealed class Attention(ModelShape shape)
                 }
                 // Through out = Σ_j dropout(p_j)·v_j: dV (+)= dropout(P)ᵀ·dO and dP = (dO·Vᵀ) ⊙ mask.
                 CausalTransposedProduct(weights, d, dim, dValues, row, T, accumulate: !first, precision);
-                for (int r0 = 0; r0 < T; r0 += RowBlock)
-                {
-                    int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(d[(r0 * dim)..], dim, 1, values, 1, row, dScores[(r0 * T)..], T, r1 - r0, r1, hd, accumulate: false, threads: 1, precision);
-                }
+                MatMul.Multiply(d, dim, 1, values, 1, row, dScores, T, T, T, hd, accumulate: false, threads: 1, precision, Triangle.LowerC);
                 // Through the softmax: ds_j = p_j (dp_j − Σ p·dp) · scale, zero above the diagonal.
                 for (int t = 0; t < T; t++)
                 {
@@ -120,22 +105,18 @@ internal sealed class Attention(ModelShape shape)
                     TensorPrimitives.Subtract(visible, mean, visible);
                     TensorPrimitives.Multiply(visible, pt, visible);
                     TensorPrimitives.Multiply(visible, _scale, visible);
-                    scores[(t + 1)..].Clear();
+                    ClearBand(scores, t);
                 }
                 var dQuery = dQkv.AsSpan(b * T * row + head * hd);
-                for (int r0 = 0; r0 < T; r0 += RowBlock)
-                {
-                    int r1 = Math.Min(T, r0 + RowBlock);
-                    MatMul.Multiply(dScores[(r0 * T)..], T, 1, keys, row, 1, dQuery[(r0 * row)..], row, r1 - r0, hd, r1, accumulate: false, threads: 1, precision);
-                }
+                MatMul.Multiply(dScores, T, 1, keys, row, 1, dQuery, row, T, hd, T, accumulate: false, threads: 1, precision, Triangle.LowerA);
                 CausalTransposedProduct(dScores, query, row, dKeys, row, T, accumulate: !first, precision);
             }
         });
     }
 
     /// <summary>
-    /// weights = p ⊙ the mask's factors (kept in factors) over each row's visible part 0..t; zero beyond it, as the
-    /// probabilities are, so the mask is not computed where it could not matter.
+    /// weights = p ⊙ the mask's factors (kept in factors) over each row's visible part 0..t; zero in the band beyond it,
+    /// as the probabilities are, so the mask is not computed where it could not matter.
     /// </summary>
     private static void MaskRows(DropoutMask mask, ReadOnlySpan<float> p, Span<float> weights, Span<float> factors, int probBase, int T)
     {
@@ -144,24 +125,23 @@ internal sealed class Attention(ModelShape shape)
             var rowFactors = factors.Slice(t * T, t + 1);
             mask.Fill(rowFactors, probBase + (long)t * T);
             TensorPrimitives.Multiply(p.Slice(t * T, t + 1), rowFactors, weights.Slice(t * T, t + 1));
-            weights.Slice(t * T + t + 1, T - t - 1).Clear();
+            ClearBand(weights.Slice(t * T, T), t);
         }
     }
 
     /// <summary>
-    /// c (+)= Lᵀ·x for a T × T matrix l that is zero above its diagonal (row t holds columns 0..t): row j of the result
-    /// only sums rows t ≥ j, so each block of result rows starts its sums at the block's first row. The terms skipped
-    /// are exact zeros at the start of each element's chain, so the results are the full product's (a zero's sign aside).
+    /// c (+)= Lᵀ·x for a T × T matrix l that is zero above its diagonal (row t holds columns 0..t, then the zero band):
+    /// row j of the result only sums rows t ≥ j.
     /// </summary>
-    private void CausalTransposedProduct(Span<float> l, Span<float> x, int xRow, Span<float> c, int cRow, int T, bool accumulate, TrainingPrecision precision)
-    {
-        int hd = shape.HeadDim;
-        for (int j0 = 0; j0 < T; j0 += RowBlock)
-        {
-            int j1 = Math.Min(T, j0 + RowBlock);
-            MatMul.Multiply(l[(j0 * T + j0)..], 1, T, x[(j0 * xRow)..], xRow, 1, c[(j0 * cRow)..], cRow, j1 - j0, hd, T - j0, accumulate, threads: 1, precision);
-        }
-    }
+    private void CausalTransposedProduct(Span<float> l, Span<float> x, int xRow, Span<float> c, int cRow, int T, bool accumulate, TrainingPrecision precision) =>
+        MatMul.Multiply(l, 1, T, x, xRow, 1, c, cRow, T, shape.HeadDim, T, accumulate, threads: 1, precision, Triangle.UpperA);
+
+    /// <summary>
+    /// Zeros row t of a T × T matrix just past its diagonal, as far as a register tile of the triangular products reads
+    /// (<see cref="Triangle.LowerA"/>, <see cref="Triangle.UpperA"/>); beyond the band the row is never read, so it is
+    /// left as it is (clearing whole upper triangles wrote 6 MB per layer of the benchmark model for nothing).
+    /// </summary>
+    private static void ClearBand(Span<float> row, int t) => row[(t + 1)..Math.Min(row.Length, t + MatMul.MaxTileRows)].Clear();
 
     /// <summary>
     /// row ← softmax(scale·row) in one fused pass per step (max, exponentials and their sum, normalization): rows are

@@ -11,6 +11,29 @@ public enum TrainingPrecision
     Bf16,
 }
 
+/// <summary>
+/// The part of a product that causal attention needs (row m of C and of A belongs to position m). Each element
+/// computed is the full product's chain of fused multiply-adds less terms that are exact zeros, so it equals the full
+/// product's (the sign of a zero aside); only register tiles and depth ranges that hold nothing but those zeros are skipped.
+/// </summary>
+internal enum Triangle
+{
+    /// <summary>The full product.</summary>
+    None,
+    /// <summary>Only C(m, n) for n ≤ m is wanted: register tiles wholly above the diagonal are skipped, and C is undefined above it.</summary>
+    LowerC,
+    /// <summary>
+    /// C(m, ·) = Σ over k ≤ m. A register tile sums up to its last row's diagonal, so A(m, k) must be zero for
+    /// m &lt; k &lt; m + <see cref="MatMul.MaxTileRows"/>; beyond that band A is never multiplied (it may hold anything).
+    /// </summary>
+    LowerA,
+    /// <summary>
+    /// C(m, ·) = Σ over k ≥ m. A register tile sums from its first row's diagonal, so A(m, k) must be zero for
+    /// m − <see cref="MatMul.MaxTileRows"/> &lt; k &lt; m; below that band A is never multiplied (it may hold anything).
+    /// </summary>
+    UpperA,
+}
+
 /// <summary>Instruction-set paths of the training kernels.</summary>
 internal enum TrainingIsa
 {
@@ -36,6 +59,8 @@ public static unsafe class MatMul
     private const int RowBlock = 96;
     // Rows of an operand read together while packing, so that each panel takes its part of a few runs in L1.
     private const int PackRowsOfB = 4, PackRowsOfA = 8;
+    /// <summary>The tallest register tile of any path: how far past the diagonal <see cref="Triangle"/>'s products read.</summary>
+    internal const int MaxTileRows = 8;
     // Floats in a 64-byte cache line.
     private const int FloatsPerLine = 16;
 
@@ -122,9 +147,18 @@ public static unsafe class MatMul
         int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision = TrainingPrecision.Fp32) =>
         Multiply(isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision, bHalf: null);
 
+    /// <summary>As <see cref="Multiply(ReadOnlySpan{float}, int, int, ReadOnlySpan{float}, int, int, Span{float}, int, int, int, int, bool, int, TrainingPrecision)"/>, skipping the <paramref name="triangle"/> the caller does not need.</summary>
+    internal static void Multiply(ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, Triangle triangle) =>
+        Multiply(Isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision, bHalf: null, triangle);
+
+    internal static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, Triangle triangle) =>
+        Multiply(isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision, bHalf: null, triangle);
+
     /// <summary>As above, with B read from the bf16 bits at bHalf instead of b when bHalf is not null.</summary>
     private static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
-        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, ushort* bHalf)
+        int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, ushort* bHalf, Triangle triangle = Triangle.None)
     {
         if (rows < 0 || cols < 0 || depth < 0) throw new ArgumentOutOfRangeException(nameof(rows), $"dimensions {rows}×{cols}×{depth} must not be negative");
         if (rows == 0 || cols == 0) return;
@@ -140,7 +174,7 @@ public static unsafe class MatMul
         }
         fixed (float* pa = a, pb = b, pc = c)
         {
-            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate, precision == TrainingPrecision.Bf16, bHalf);
+            var job = new Job(isa, pa, aRow, aCol, pb, bRow, bCol, pc, cRow, rows, cols, depth, accumulate, precision == TrainingPrecision.Bf16, bHalf, triangle);
             if (isa == TrainingIsa.Portable)
             {
                 job.RunPortable();
@@ -303,7 +337,7 @@ public static unsafe class MatMul
     private static float Widen(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
 
     private readonly struct Job(TrainingIsa isa, float* a, int aRow, int aCol, float* b, int bRow, int bCol, float* c, int cRow,
-        int rows, int cols, int depth, bool accumulate, bool bf16, ushort* bHalf)
+        int rows, int cols, int depth, bool accumulate, bool bf16, ushort* bHalf, Triangle triangle)
     {
         public int TileRows => isa == TrainingIsa.Avx512 ? 8 : 6;
         // Depth of one packed block. A 32-column B panel 256 deep (32 KiB) stays in L2. The 16-column AVX2 kernel runs
@@ -320,11 +354,13 @@ public static unsafe class MatMul
         public void RunPortable()
         {
             for (int m = 0; m < rows; m++)
-            for (int n = 0; n < cols; n++)
+            for (int n = 0; n < (triangle == Triangle.LowerC ? Math.Min(cols, m + 1) : cols); n++)
             {
                 float* target = c + (long)m * cRow + n;
                 float sum = accumulate ? *target : 0f;
-                for (int k = 0; k < depth; k++) sum = MathF.FusedMultiplyAdd(Load(a + (long)m * aRow + (long)k * aCol), LoadB((long)k * bRow + (long)n * bCol), sum);
+                int kEnd = triangle == Triangle.LowerA ? Math.Min(depth, m + 1) : depth;
+                for (int k = triangle == Triangle.UpperA ? Math.Min(depth, m) : 0; k < kEnd; k++)
+                    sum = MathF.FusedMultiplyAdd(Load(a + (long)m * aRow + (long)k * aCol), LoadB((long)k * bRow + (long)n * bCol), sum);
                 *target = sum;
             }
         }
@@ -405,7 +441,11 @@ public static unsafe class MatMul
                     {
                         int kc = Math.Min(DepthBlock, depth - k0);
                         bool load = accumulate || k0 > 0;
-                        PackA(pa, m0, mc, k0, kc);
+                        // The block's depth [kFirst, kEnd) that is not exact zeros of A for any of its rows.
+                        int kFirst = triangle == Triangle.UpperA ? Math.Clamp(m0 - k0, 0, kc) : 0;
+                        int kEnd = triangle == Triangle.LowerA ? Math.Clamp(m0 + mc - k0, 0, kc) : kc;
+                        int packed = Math.Max(0, kEnd - kFirst);
+                        if (packed > 0) PackA(pa, m0, mc, k0 + kFirst, packed);
                         float* block = packedB + (long)k0 * padded;
                         int tiles = (mc + height - 1) / height;
                         long panelLines = (long)kc * width / FloatsPerLine;
@@ -417,8 +457,16 @@ public static unsafe class MatMul
                             for (int i = 0, t = 0; i < mc; i += height, t++)
                             {
                                 int mValid = Math.Min(height, mc - i);
-                                float* target = c + (long)(m0 + i) * cRow + n0;
-                                float* aPanel = pa + (long)i * kc;
+                                int firstRow = m0 + i;
+                                // wholly above the diagonal: not wanted
+                                if (triangle == Triangle.LowerC && n0 > firstRow + mValid - 1) continue;
+                                // the tile's share of this depth block that is not exact zeros of A
+                                int kLow = triangle == Triangle.UpperA ? Math.Clamp(firstRow - k0, kFirst, kc) : 0;
+                                int kHigh = triangle == Triangle.LowerA ? Math.Clamp(firstRow + mValid - k0, 0, kEnd) : kc;
+                                int kSpan = Math.Max(0, kHigh - kLow);
+                                float* target = c + (long)firstRow * cRow + n0;
+                                float* aPanel = pa + (long)i * packed + (long)(kLow - kFirst) * height;
+                                float* bPanel = panel + (long)kLow * width;
                                 // While this tile runs, fetch what the next ones will miss on: the next tile's rows of C into
                                 // L1 (its stores, or its loads when accumulating, waited on them) and a share of the next
                                 // panel of B into L2 (B as a whole outgrows L2). Zen 3, the benchmark model's fifteen
@@ -426,7 +474,7 @@ public static unsafe class MatMul
                                 // threads. The AVX-512 path takes the same fetches, not measured there.
                                 if (i + 2 * height <= mc && nValid == width) FetchTile(target + (long)height * cRow, cRow, height, width);
                                 if (nextPanel != null) FetchIntoL2(nextPanel, panelLines * t / tiles, panelLines * (t + 1) / tiles);
-                                if (mValid == height && nValid == width) Kernel(aPanel, panel, kc, target, cRow, load);
+                                if (mValid == height && nValid == width) Kernel(aPanel, bPanel, kSpan, target, cRow, load);
                                 else
                                 {
                                     // Edge tile: through a full-size scratch tile; only its valid part is read and written back.
@@ -435,7 +483,7 @@ public static unsafe class MatMul
                                         if (load) Copy(target + (long)r * cRow, tile + r * width, nValid, bf16: false);
                                         else new Span<float>(tile + r * width, nValid).Clear();
                                     }
-                                    Kernel(aPanel, panel, kc, tile, width, load: true);
+                                    Kernel(aPanel, bPanel, kSpan, tile, width, load: true);
                                     for (int r = 0; r < mValid; r++) Copy(tile + r * width, target + (long)r * cRow, nValid, bf16: false);
                                 }
                             }

@@ -89,6 +89,65 @@ public sealed class MatMulTests
         }
     }
 
+    /// <summary>
+    /// Causal attention's triangular products on every path and thread count: the lower triangle of C alone, and sums
+    /// over a triangular A whose zeros are only the band next to the diagonal that a register tile reads, with NaN
+    /// beyond it — any use of what lies beyond would show as NaN. Each defined element equals the full product of A
+    /// with NaN taken as zero, which is the portable path's plain loop.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Paths))]
+    public void TriangularProductsComputeOnlyWhatCausalAttentionReads(string path)
+    {
+        var isa = Enum.Parse<TrainingIsa>(path);
+        // 600 rows are seven row blocks, the last one short, and 600 deep crosses a depth block on every path.
+        const int n = 600, cols = 45;
+        float[] b = Random(n * cols, 9), start = Random(n * 50, 10);
+        foreach (var triangle in new[] { Triangle.LowerA, Triangle.UpperA })
+        foreach (bool transposed in new[] { false, true })
+        {
+            var values = Random(n * n, 11);
+            float[] a = new float[n * n], zeroed = new float[n * n];
+            for (int m = 0; m < n; m++)
+            for (int k = 0; k < n; k++)
+            {
+                int past = triangle == Triangle.LowerA ? k - m : m - k;
+                float value = past <= 0 ? values[m * n + k] : past < MatMul.MaxTileRows ? 0f : float.NaN;
+                int at = transposed ? k * n + m : m * n + k;
+                a[at] = value;
+                zeroed[at] = float.IsNaN(value) ? 0f : value;
+            }
+            var (aRow, aCol) = transposed ? (1, n) : (n, 1);
+            foreach (bool accumulate in new[] { false, true })
+            {
+                var full = (float[])start.Clone();
+                MatMul.Multiply(TrainingIsa.Portable, zeroed, aRow, aCol, b, cols, 1, full, 50, n, cols, n, accumulate, 1);
+                foreach (int threads in new[] { 1, 2 })
+                {
+                    var actual = (float[])start.Clone();
+                    MatMul.Multiply(isa, a, aRow, aCol, b, cols, 1, actual, 50, n, cols, n, accumulate, threads, TrainingPrecision.Fp32, triangle);
+                    Assert.Equal(full, actual);
+                }
+            }
+        }
+
+        // C's lower triangle: queries against keys, as the scores are computed (B read transposed).
+        const int depth = 77;
+        float[] q = Random(n * depth, 12), keys = Random(n * depth, 13);
+        var expected = new float[n * n];
+        MatMul.Multiply(TrainingIsa.Portable, q, depth, 1, keys, 1, depth, expected, n, n, n, depth, accumulate: false, 1);
+        foreach (int threads in new[] { 1, 2 })
+        {
+            var scores = new float[n * n];
+            Array.Fill(scores, float.NaN);
+            MatMul.Multiply(isa, q, depth, 1, keys, 1, depth, scores, n, n, n, depth, accumulate: false, threads, TrainingPrecision.Fp32, Triangle.LowerC);
+            for (int m = 0; m < n; m++)
+                Assert.Equal(expected.AsSpan(m * n, m + 1).ToArray(), scores.AsSpan(m * n, m + 1).ToArray());
+            // tiles wholly above the diagonal are left alone
+            Assert.True(float.IsNaN(scores[n - 1]));
+        }
+    }
+
     [Fact]
     public void ShortBuffersAreRejected()
     {
