@@ -152,6 +152,7 @@ public static unsafe class MatMul
         int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, Triangle triangle) =>
         Multiply(Isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision, bHalf: null, triangle);
 
+    /// <summary>As above, on the given path.</summary>
     internal static void Multiply(TrainingIsa isa, ReadOnlySpan<float> a, int aRow, int aCol, ReadOnlySpan<float> b, int bRow, int bCol, Span<float> c, int cRow,
         int rows, int cols, int depth, bool accumulate, int threads, TrainingPrecision precision, Triangle triangle) =>
         Multiply(isa, a, aRow, aCol, b, bRow, bCol, c, cRow, rows, cols, depth, accumulate, threads, precision, bHalf: null, triangle);
@@ -441,7 +442,7 @@ public static unsafe class MatMul
                     {
                         int kc = Math.Min(DepthBlock, depth - k0);
                         bool load = accumulate || k0 > 0;
-                        // The block's depth [kFirst, kEnd) that is not exact zeros of A for any of its rows.
+                        // The part [kFirst, kEnd) of the block's depth that any of its rows sums (see Triangle).
                         int kFirst = triangle == Triangle.UpperA ? Math.Clamp(m0 - k0, 0, kc) : 0;
                         int kEnd = triangle == Triangle.LowerA ? Math.Clamp(m0 + mc - k0, 0, kc) : kc;
                         int packed = Math.Max(0, kEnd - kFirst);
@@ -460,7 +461,7 @@ public static unsafe class MatMul
                                 int firstRow = m0 + i;
                                 // wholly above the diagonal: not wanted
                                 if (triangle == Triangle.LowerC && n0 > firstRow + mValid - 1) continue;
-                                // the tile's share of this depth block that is not exact zeros of A
+                                // the part of this depth block that the tile's rows sum
                                 int kLow = triangle == Triangle.UpperA ? Math.Clamp(firstRow - k0, kFirst, kc) : 0;
                                 int kHigh = triangle == Triangle.LowerA ? Math.Clamp(firstRow + mValid - k0, 0, kEnd) : kc;
                                 int kSpan = Math.Max(0, kHigh - kLow);
