@@ -24,8 +24,9 @@ internal sealed class Attention(ModelShape shape)
 
     /// <summary>
     /// qkv: [B·T, QkvDim], each row a token's queries (Heads·hd), keys and values (KvHeads·hd each), the queries and
-    /// keys already rotated; writes the softmax probabilities (before dropout) to probs [B, Heads, T, T] and the head
-    /// outputs to output [B·T, Heads·hd].
+    /// keys already rotated; writes the softmax probabilities (before dropout) to probs [B, Heads, T, T] — each row's
+    /// visible part and the zero band after it (<see cref="ClearBand"/>), which is all that <see cref="Backward"/>
+    /// reads — and the head outputs to output [B·T, Heads·hd].
     /// </summary>
     public void Forward(float[] qkv, float[] probs, float[] output, int batch, int seqLen, DropoutMask mask, int threads,
         TrainingPrecision precision = TrainingPrecision.Fp32)

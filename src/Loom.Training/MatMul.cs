@@ -445,8 +445,8 @@ public static unsafe class MatMul
                         // The part [kFirst, kEnd) of the block's depth that any of its rows sums (see Triangle).
                         int kFirst = triangle == Triangle.UpperA ? Math.Clamp(m0 - k0, 0, kc) : 0;
                         int kEnd = triangle == Triangle.LowerA ? Math.Clamp(m0 + mc - k0, 0, kc) : kc;
-                        int packed = Math.Max(0, kEnd - kFirst);
-                        if (packed > 0) PackA(pa, m0, mc, k0 + kFirst, packed);
+                        int packedDepth = Math.Max(0, kEnd - kFirst);
+                        if (packedDepth > 0) PackA(pa, m0, mc, k0 + kFirst, packedDepth);
                         float* block = packedB + (long)k0 * padded;
                         int tiles = (mc + height - 1) / height;
                         long panelLines = (long)kc * width / FloatsPerLine;
@@ -466,7 +466,7 @@ public static unsafe class MatMul
                                 int kHigh = triangle == Triangle.LowerA ? Math.Clamp(firstRow + mValid - k0, 0, kEnd) : kc;
                                 int kSpan = Math.Max(0, kHigh - kLow);
                                 float* target = c + (long)firstRow * cRow + n0;
-                                float* aPanel = pa + (long)i * packed + (long)(kLow - kFirst) * height;
+                                float* aPanel = pa + (long)i * packedDepth + (long)(kLow - kFirst) * height;
                                 float* bPanel = panel + (long)kLow * width;
                                 // While this tile runs, fetch what the next ones will miss on: the next tile's rows of C into
                                 // L1 (its stores, or its loads when accumulating, waited on them) and a share of the next
