@@ -106,9 +106,10 @@ public sealed partial class ServeProcessTests
 
         public Uri BaseUri { get; }
 
-        public static async Task<ServeProcess> StartAsync(string[] args)
+        public static async Task<ServeProcess> StartAsync(string[] args, IReadOnlyDictionary<string, string>? environment = null)
         {
             var info = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+            foreach (var (name, value) in environment ?? new Dictionary<string, string>()) info.Environment[name] = value;
             info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "loom.dll"));
             info.ArgumentList.Add("serve");
             foreach (var a in args) info.ArgumentList.Add(a);
