@@ -153,7 +153,7 @@ internal static unsafe class InterleavedKernels
         _ when tokens >= MatMulJob.TileMinTokens => &TileQ5_0,
         _ => type switch
         {
-            GgmlType.Q8_0 => isa == KernelIsa.Avx512 ? &DirectQ8_0 : &DirectQ8_0FetchingAhead,
+            GgmlType.Q8_0 => isa == KernelIsa.Avx512 && !KernelIsaSupport.IntelCpu ? &DirectQ8_0 : &DirectQ8_0FetchingAhead,
             GgmlType.Q4_0 => &DirectQ4_0,
             _ => &DirectQ5_0,
         },
@@ -190,20 +190,21 @@ internal static unsafe class InterleavedKernels
     // ---- few tokens: straight from the interleaved weights ----
 
     /// <summary>
-    /// How far ahead of its own reads the Q8_0 one-token kernel asks for weights into L2 on the 256-bit path (the
-    /// hardware prefetcher alone left it near two thirds of the read rate). Zen 3, decode with and without it
-    /// alternating every 16–32 tokens in one process: SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B Q8_0 gained 1–13% at
-    /// two threads and 8–16% at one (1, 2 and 4 KiB all gained); Q4_K_M files, whose output head is Q8_0, 4–7%. Q4_0
-    /// and Q5_0 fetch the next group instead, which measured better for them than a fixed distance. The AVX-512 path
-    /// runs without it until measured there: on Zen 4 a fetch made the F16 kernel slower (fifth session).
+    /// How far ahead of its own reads the Q8_0 one-token kernel asks for weights into L2 (the hardware prefetcher alone
+    /// left it near two thirds of the read rate). Zen 3 (256-bit path), decode with and without it alternating every
+    /// 16–32 tokens in one process: SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B Q8_0 gained 1–13% at two threads and
+    /// 8–16% at one (1, 2 and 4 KiB all gained); Q4_K_M files, whose output head is Q8_0, 4–7%. Intel Xeon (512-bit
+    /// path), the same three shapes at two threads: 2 KiB gained 18–20% over none, 4 KiB 7–13% over 2 KiB, 6–12 KiB no
+    /// more. Q4_0 and Q5_0 fetch the next group instead, which measured better for them than a fixed distance. AMD's
+    /// 512-bit path runs without it until measured there (on Zen 4 a fetch made the F16 kernel slower).
     /// </summary>
-    private const int Q8FetchAheadBytes = 2048;
+    private static readonly int Q8FetchAheadBytes = KernelIsaSupport.IntelCpu ? 4096 : 2048;
 
-    // an eight-row group left over by the sixteen-row kernels, or one token on the AVX-512 path
+    // an eight-row group left over by the sixteen-row kernels, or one token on AMD's AVX-512 path
     private static void DirectQ8_0(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
         Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0, next: null);
 
-    // one token on the 256-bit path
+    // one token on the 256-bit path, and on Intel's 512-bit path
     private static void DirectQ8_0FetchingAhead(byte* group, long rowBytes, int blocks, sbyte* qs, float* d, short* sums, int tokens, float* y, int yStride, byte* scratch) =>
         Direct(group, blocks, qs, d, sums, tokens, y, yStride, offset: 0, next: group + Q8FetchAheadBytes);
 
