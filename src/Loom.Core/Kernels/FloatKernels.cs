@@ -168,16 +168,25 @@ internal static unsafe class FloatKernels
     private const int F16PrefetchDistance = 1024;
 
     /// <summary>
-    /// Whether <see cref="DotF16ScaledAvx512"/> fetches its rows <see cref="F16PrefetchDistance512"/> ahead into L2: on
-    /// Intel only. Intel Xeon (family 6 model 207), decode at two threads, fetching 3 KiB ahead and not alternating in
-    /// one process: Qwen2.5-0.5B +33%, Llama-3.2-1B +20%, SmolLM2-135M +14% at 1 KiB and +19% more at 3 KiB (one
-    /// thread: +39%); 512 bytes gained least, 3–8 KiB alike, the prefetch hint (L1, L2, L3) made no difference, and
-    /// non-temporal fetches lost 5–7%. The four-row kernel gained nothing from fetching (±5% either way), and taking it
-    /// below 4096 columns lost 17% on Qwen2.5-0.5B.
+    /// Whether the 512-bit kernels fetch rows ahead into L2: on Intel only. <see cref="DotF16ScaledAvx512"/> fetches
+    /// <see cref="F16PrefetchDistance512"/> ahead. Intel Xeon (family 6 model 207), decode at two threads, fetching 3 KiB
+    /// ahead and not alternating in one process: Qwen2.5-0.5B +33%, Llama-3.2-1B +20%, SmolLM2-135M +14% at 1 KiB and
+    /// +19% more at 3 KiB (one thread: +39%); 512 bytes gained least, 3–8 KiB alike, the prefetch hint (L1, L2, L3)
+    /// made no difference, and non-temporal fetches lost 5–7%. One token now takes the four-row kernel on Intel
+    /// (<see cref="DotRowsMinColumns512"/>); the one-row kernel serves the rows a multiple of four leaves over.
     /// </summary>
     private static readonly bool FetchAhead512 = KernelIsaSupport.IntelCpu;
 
     private const int F16PrefetchDistance512 = 3072;
+
+    /// <summary>
+    /// How far ahead each of <see cref="FourRowsScaledAvx512"/>'s rows is fetched (on Intel): so far that the four
+    /// streams ask for rows the kernel reaches a few groups later. Intel Xeon, decode at two threads against one row at
+    /// a time with <see cref="F16PrefetchDistance512"/>: four rows fetching 32 KiB ahead at every width +9% (Llama-3.2-1B),
+    /// +10% (Qwen2.5-0.5B), +7% (SmolLM2-135M); 16 KiB +5–12%, 64 KiB +5–9%, 256 KiB −13% to +4%; four rows fetching
+    /// 3 KiB ahead −17% (Qwen2.5-0.5B).
+    /// </summary>
+    private const int F16FourRowsPrefetchDistance512 = 32768;
 
     public static float DotF16ScaledAvx2(byte* row, int cols, in ActivationRow x)
     {
@@ -234,6 +243,12 @@ internal static unsafe class FloatKernels
     /// streams of one page each leave the hardware prefetcher less to follow.
     /// </summary>
     public const int DotRowsMinColumns = 4096;
+
+    /// <summary>
+    /// <see cref="DotRowsMinColumns"/> for the 512-bit kernels: on Intel, where the four rows fetch far ahead
+    /// (<see cref="F16FourRowsPrefetchDistance512"/>), rows of every width go four at a time.
+    /// </summary>
+    public static int DotRowsMinColumns512 { get; } = FetchAhead512 ? 0 : DotRowsMinColumns;
 
     /// <summary>
     /// One token against <paramref name="rows"/> consecutive finite F16 rows (input pre-scaled), four rows at a time so
@@ -295,6 +310,12 @@ internal static unsafe class FloatKernels
         int c = 0;
         for (; c + 32 <= cols; c += 32)
         {
+            if (FetchAhead512)
+            {
+                const int ahead = F16FourRowsPrefetchDistance512;
+                Sse.Prefetch1((byte*)(w0 + c) + ahead); Sse.Prefetch1((byte*)(w1 + c) + ahead);
+                Sse.Prefetch1((byte*)(w2 + c) + ahead); Sse.Prefetch1((byte*)(w3 + c) + ahead);
+            }
             var x0 = Vector512.Load(xs + c);
             var x1 = Vector512.Load(xs + c + 16);
             a0 = Avx512F.FusedMultiplyAdd(RawHalves(WidenSigned512(w0 + c)), x0, a0);
