@@ -162,30 +162,24 @@ internal static unsafe class FloatKernels
     /// How far ahead of the cache line in hand <see cref="DotF16ScaledAvx2"/> asks for the rows into L2. On Zen 3 the
     /// hardware prefetcher alone left one row at a time at 57–65% of the read rate; with this request, 896- and
     /// 2048-column rows stream 16–29% faster (one and two threads). On Zen 4 a fetch made the 512-bit kernel slower
-    /// (24.8 → 17.6 GB/s, one thread), so on AMD that kernel has none; nor has the 256-bit four-row kernel, where it
-    /// gained nothing.
+    /// (24.8 → 17.6 GB/s, one thread), so that kernel has none (Intel's fetch is in the four-row kernel, see
+    /// <see cref="FetchAhead512"/>); nor has the 256-bit four-row kernel, where it gained nothing.
     /// </summary>
     private const int F16PrefetchDistance = 1024;
 
     /// <summary>
-    /// Whether the 512-bit kernels fetch rows ahead into L2: on Intel only. <see cref="DotF16ScaledAvx512"/> fetches
-    /// <see cref="F16PrefetchDistance512"/> ahead. Intel Xeon (family 6 model 207), decode at two threads, fetching 3 KiB
-    /// ahead and not alternating in one process: Qwen2.5-0.5B +33%, Llama-3.2-1B +20%, SmolLM2-135M +14% at 1 KiB and
-    /// +19% more at 3 KiB (one thread: +39%); 512 bytes gained least, 3–8 KiB alike, the prefetch hint (L1, L2, L3)
-    /// made no difference, and non-temporal fetches lost 5–7%. One token now takes the four-row kernel on Intel
-    /// (<see cref="DotRowsMinColumns512"/>); the one-row kernel serves the rows a multiple of four leaves over.
+    /// Whether <see cref="FourRowsScaledAvx512"/> fetches its rows <see cref="F16FourRowsPrefetchDistance512"/> ahead
+    /// into L2, and one token takes it at every width (<see cref="DotRowsMinColumns512"/>): on Intel only. Intel Xeon
+    /// (family 6 model 207), decode at two threads, in-process A/B: the one-row kernel fetching 3 KiB ahead first gained
+    /// 20% (Llama-3.2-1B), 33% (Qwen2.5-0.5B) and about 35% (SmolLM2-135M) over no fetch (512 bytes least, 3–8 KiB alike,
+    /// the prefetch hint T0/T1/T2 alike, non-temporal −5–7%); four rows at every width, each fetching 32 KiB ahead,
+    /// gained another 9%, 10% and 7% over that (16 KiB +5–12%, 64 KiB +5–9%, 256 KiB −13% to +4%; four rows fetching
+    /// 3 KiB ahead −17% on Qwen2.5-0.5B). The one-row kernel now serves only rows a multiple of four leaves over, and
+    /// its fetch made no difference there any more (−1% to +2%), so it has none.
     /// </summary>
     private static readonly bool FetchAhead512 = KernelIsaSupport.IntelCpu;
 
-    private const int F16PrefetchDistance512 = 3072;
-
-    /// <summary>
-    /// How far ahead each of <see cref="FourRowsScaledAvx512"/>'s rows is fetched (on Intel): so far that the four
-    /// streams ask for rows the kernel reaches a few groups later. Intel Xeon, decode at two threads against one row at
-    /// a time with <see cref="F16PrefetchDistance512"/>: four rows fetching 32 KiB ahead at every width +9% (Llama-3.2-1B),
-    /// +10% (Qwen2.5-0.5B), +7% (SmolLM2-135M); 16 KiB +5–12%, 64 KiB +5–9%, 256 KiB −13% to +4%; four rows fetching
-    /// 3 KiB ahead −17% (Qwen2.5-0.5B).
-    /// </summary>
+    /// <summary>How far ahead each of <see cref="FourRowsScaledAvx512"/>'s rows is fetched: so far that the four streams ask for rows the kernel reaches a few groups later.</summary>
     private const int F16FourRowsPrefetchDistance512 = 32768;
 
     public static float DotF16ScaledAvx2(byte* row, int cols, in ActivationRow x)
@@ -219,7 +213,6 @@ internal static unsafe class FloatKernels
         int c = 0;
         for (; c + 32 <= cols; c += 32)
         {
-            if (FetchAhead512) Sse.Prefetch1((byte*)(w + c) + F16PrefetchDistance512);
             a0 = Avx512F.FusedMultiplyAdd(RawHalves(WidenSigned512(w + c)), Vector512.Load(xs + c), a0);
             a1 = Avx512F.FusedMultiplyAdd(RawHalves(WidenSigned512(w + c + 16)), Vector512.Load(xs + c + 16), a1);
         }
