@@ -61,12 +61,29 @@ internal static unsafe class FloatKernels
     }
 
     // F16 rows convert with three integer operations and one multiply per vector: the sign-extended half shifted left
-    // by 13 and masked keeps its sign in bit 31 and its magnitude where a float's exponent and mantissa sit, and
-    // scaling by 2^112 rebases the exponent (subnormal halves land on the right normal floats). That is exact except
-    // for Inf/NaN, which would come out as 2^16-range numbers: an unsigned running maximum of the magnitudes spots
-    // those rows and they are redone with the fully general conversion.
+    // by 13 and masked keeps its sign in bit 31 and its magnitude where a float's exponent and mantissa sit (the "raw"
+    // half, w·2^-112), and scaling by 2^112 rebases the exponent (subnormal halves land on the right normal floats).
+    // That is exact except for Inf/NaN, which would come out as 2^16-range numbers: an unsigned running maximum of the
+    // magnitudes spots those rows and they are redone with the fully general conversion.
+    //
+    // A subnormal half's raw bits are a denormal float, and on Intel a denormal entering a multiply or FMA takes a
+    // microcode assist: on a Xeon (family 6 model 207) an FMA loop over raw halves ran three times slower with 0.2% of
+    // them subnormal (random weights of ±0.025 hold 0.17–0.28%), which held F16 prefill to a third of llama.cpp's speed.
+    // There the raw half also gets 96 added to its exponent (an OR: bits 28–29 are clear), so it is w·2^-16 and never
+    // denormal; a subnormal half then reads as sign·2^-31·(1 + m/2^10) and is corrected exactly to 2·raw − sign·2^-30
+    // (with the sign put back, for −0).
+    // Every product w_raw·(x·scale) is the same exact w·x either way, so the kernels' results keep their bits.
 
-    private const float HalfRebase = 5.192296858534828e33f; // 2^112
+    /// <summary>Whether raw halves are rebased by 2^96 so that subnormal halves never become denormal floats (Intel).</summary>
+    internal static readonly bool RawHalvesAvoidDenormals = KernelIsaSupport.IntelCpu;
+
+    /// <summary>2^112, or 2^16 where <see cref="RawHalvesAvoidDenormals"/>: the raw half times this is the half's value.</summary>
+    private static readonly float HalfRebase = RawHalvesAvoidDenormals ? 65536f : 5.192296858534828e33f;
+
+    private const int RawHalfBits = unchecked((int)0x8FFFE000);  // sign, exponent and mantissa after the shift by 13
+    private const int RawHalfExponent = 0x0F800000;               // a half's exponent after the shift by 13
+    private const int RawExponentRebase = 0x30000000;             // 96 added to the float exponent
+    private const int SubnormalOffsetTwice = 0x30800000;          // 2^-30: twice the implicit one a rebased subnormal gains
     private const uint HalfInfOrNanShifted = 0x7c00u << 17;  // magnitude bits moved to the top of a 32-bit lane
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -75,12 +92,32 @@ internal static unsafe class FloatKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> FiniteHalfToSingle(Vector256<int> signExtended) => RawHalves(signExtended) * Vector256.Create(HalfRebase);
 
-    /// <summary>Sign-extended halves shifted into a float's place: exactly w·2^-112 for finite halves (subnormal ones included).</summary>
+    /// <summary>
+    /// Sign-extended halves shifted into a float's place: exactly w / <see cref="HalfRebase"/> for finite halves
+    /// (subnormal ones included).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> RawHalves(Vector256<int> signExtended) =>
-        ((signExtended << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+        RawHalvesAvoidDenormals ? RebasedHalves(signExtended) : ShiftedHalves(signExtended);
 
-    /// <summary>Eight finite halves shifted into a float's place: exactly w·2^-112 (see <see cref="F16InputScale"/>).</summary>
+    /// <summary>Finite halves as w·2^-112 (subnormal halves as denormal floats).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> ShiftedHalves(Vector256<int> signExtended) =>
+        ((signExtended << 13) & Vector256.Create(RawHalfBits)).AsSingle();
+
+    /// <summary>Finite halves as w·2^-16, never denormal.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> RebasedHalves(Vector256<int> signExtended)
+    {
+        var shifted = signExtended << 13;
+        var raw = ((shifted & Vector256.Create(RawHalfBits)) | Vector256.Create(RawExponentRebase)).AsSingle();
+        var sign = raw.AsInt32() & Vector256.Create(int.MinValue);
+        var corrected = Fma.MultiplySubtract(raw, Vector256.Create(2f), (sign | Vector256.Create(SubnormalOffsetTwice)).AsSingle()).AsInt32() | sign;
+        var subnormal = Vector256.Equals(shifted & Vector256.Create(RawHalfExponent), Vector256<int>.Zero).AsSingle();
+        return Vector256.ConditionalSelect(subnormal, corrected.AsSingle(), raw);
+    }
+
+    /// <summary>Eight finite halves shifted into a float's place: exactly w / <see cref="F16InputScale"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector256<float> RawHalvesAvx2(ushort* p) => RawHalves(WidenSigned(p));
 
@@ -117,18 +154,18 @@ internal static unsafe class FloatKernels
     }
 
     // Decode on F16 matrices known to hold no Inf/NaN (checked once, see WeightMatrix.CreateOptimized): the input comes
-    // scaled by 2^112 (exact while |x| < 2^15, which the caller checks), so the rebasing multiply moves out of the loop.
-    // A half's bits shifted into place read as a float are exactly w·2^-112 (subnormal halves included), hence
-    // w_raw·(x·2^112) is exactly the product w·x and every FMA rounds as in DotF16Avx2/Avx512: the same bits, three
-    // operations fewer per vector and no magnitude tracking.
+    // scaled by HalfRebase (2^112, or 2^16 on Intel; exact while |x| < 2^15, which the caller checks), so the rebasing
+    // multiply moves out of the loop. A raw half is exactly w / HalfRebase (subnormal halves included), hence
+    // w_raw·(x·HalfRebase) is exactly the product w·x and every FMA rounds as in DotF16Avx2/Avx512: the same bits, one
+    // multiply fewer per vector and no magnitude tracking.
 
     /// <summary>The scale an input gets for <see cref="DotF16ScaledAvx2"/> and <see cref="DotF16ScaledAvx512"/>.</summary>
-    public const float F16InputScale = HalfRebase;
+    public static float F16InputScale => HalfRebase;
 
     /// <summary>Inputs below this magnitude stay finite once scaled by <see cref="F16InputScale"/>.</summary>
     public const float F16ScaledInputLimit = 32768f;
 
-    private const float HalfUnscale = 1.925929944387236e-34f; // 2^-112
+    private static readonly float HalfUnscale = 1f / HalfRebase;
 
 
     /// <summary>
@@ -388,7 +425,22 @@ internal static unsafe class FloatKernels
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> RawHalves(Vector512<int> signExtended) =>
-        ((signExtended << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+        RawHalvesAvoidDenormals ? RebasedHalves(signExtended) : ShiftedHalves(signExtended);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> ShiftedHalves(Vector512<int> signExtended) =>
+        ((signExtended << 13) & Vector512.Create(RawHalfBits)).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> RebasedHalves(Vector512<int> signExtended)
+    {
+        var shifted = signExtended << 13;
+        var raw = ((shifted & Vector512.Create(RawHalfBits)) | Vector512.Create(RawExponentRebase)).AsSingle();
+        var sign = raw.AsInt32() & Vector512.Create(int.MinValue);
+        var corrected = Avx512F.FusedMultiplySubtract(raw, Vector512.Create(2f), (sign | Vector512.Create(SubnormalOffsetTwice)).AsSingle()).AsInt32() | sign;
+        var subnormal = Vector512.Equals(shifted & Vector512.Create(RawHalfExponent), Vector512<int>.Zero).AsSingle();
+        return Vector512.ConditionalSelect(subnormal, corrected.AsSingle(), raw);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<uint> TrackMagnitude(Vector512<int> signExtended, Vector512<uint> max) =>
