@@ -70,8 +70,9 @@ internal static unsafe class FloatKernels
     // microcode assist: on a Xeon (family 6 model 207) an FMA loop over raw halves ran three times slower with 0.2% of
     // them subnormal (random weights of ±0.025 hold 0.17–0.28%), which held F16 prefill to a third of llama.cpp's speed.
     // There the raw half also gets 96 added to its exponent (an OR: bits 28–29 are clear), so it is w·2^-16 and never
-    // denormal; a subnormal half then reads as sign·2^-31·(1 + m/2^10) and is corrected exactly to 2·raw − sign·2^-30
-    // (with the sign put back, for −0).
+    // denormal; a subnormal half then reads as sign·2^-31·(1 + m/2^10) and is corrected exactly to 2·raw − sign·2^-30.
+    // (−0 comes out as +0, which changes no result: every sum here starts at +0, and a round-to-nearest sum that starts
+    // at +0 never becomes −0, so adding a zero product of either sign leaves it as it is.)
     // Every product w_raw·(x·scale) is the same exact w·x either way, so the kernels' results keep their bits.
 
     /// <summary>Whether raw halves are rebased by 2^96 so that subnormal halves never become denormal floats (Intel).</summary>
@@ -111,10 +112,9 @@ internal static unsafe class FloatKernels
     {
         var shifted = signExtended << 13;
         var raw = ((shifted & Vector256.Create(RawHalfBits)) | Vector256.Create(RawExponentRebase)).AsSingle();
-        var sign = raw.AsInt32() & Vector256.Create(int.MinValue);
-        var corrected = Fma.MultiplySubtract(raw, Vector256.Create(2f), (sign | Vector256.Create(SubnormalOffsetTwice)).AsSingle()).AsInt32() | sign;
+        var offset = (raw.AsInt32() & Vector256.Create(int.MinValue)) | Vector256.Create(SubnormalOffsetTwice);
         var subnormal = Vector256.Equals(shifted & Vector256.Create(RawHalfExponent), Vector256<int>.Zero).AsSingle();
-        return Vector256.ConditionalSelect(subnormal, corrected.AsSingle(), raw);
+        return Vector256.ConditionalSelect(subnormal, Fma.MultiplySubtract(raw, Vector256.Create(2f), offset.AsSingle()), raw);
     }
 
     /// <summary>Eight finite halves shifted into a float's place: exactly w / <see cref="F16InputScale"/>.</summary>
@@ -436,10 +436,9 @@ internal static unsafe class FloatKernels
     {
         var shifted = signExtended << 13;
         var raw = ((shifted & Vector512.Create(RawHalfBits)) | Vector512.Create(RawExponentRebase)).AsSingle();
-        var sign = raw.AsInt32() & Vector512.Create(int.MinValue);
-        var corrected = Avx512F.FusedMultiplySubtract(raw, Vector512.Create(2f), (sign | Vector512.Create(SubnormalOffsetTwice)).AsSingle()).AsInt32() | sign;
+        var offset = (raw.AsInt32() & Vector512.Create(int.MinValue)) | Vector512.Create(SubnormalOffsetTwice);
         var subnormal = Vector512.Equals(shifted & Vector512.Create(RawHalfExponent), Vector512<int>.Zero).AsSingle();
-        return Vector512.ConditionalSelect(subnormal, corrected.AsSingle(), raw);
+        return Vector512.ConditionalSelect(subnormal, Avx512F.FusedMultiplySubtract(raw, Vector512.Create(2f), offset.AsSingle()), raw);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -586,16 +585,28 @@ internal static unsafe class FloatKernels
         static abstract Vector256<float> Eight(byte* row, int column);
     }
 
-    private struct HalfRows : IEightWeights
+    /// <summary>Where the 512-bit passes read sixteen weights of a row: finite F16 halves, or floats already widened.</summary>
+    private interface ISixteenWeights
+    {
+        static abstract Vector512<float> Sixteen(byte* row, int column);
+    }
+
+    private struct HalfRows : IEightWeights, ISixteenWeights
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Eight(byte* row, int column) => RawHalves(WidenSigned((ushort*)row + column));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Sixteen(byte* row, int column) => RawHalves(WidenSigned512((ushort*)row + column));
     }
 
-    private struct WidenedRows : IEightWeights
+    private struct WidenedRows : IEightWeights, ISixteenWeights
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Eight(byte* row, int column) => Vector256.Load((float*)row + column);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Sixteen(byte* row, int column) => Vector512.Load((float*)row + column);
     }
 
     /// <summary>
@@ -629,11 +640,30 @@ internal static unsafe class FloatKernels
     /// </summary>
     public const int WidenOnceMinGroups = 4;
 
-    /// <summary>Scratch <see cref="DotGroupsRowsF16ScaledAvx2"/> needs for <paramref name="rows"/> rows and <paramref name="groups"/> groups.</summary>
-    public static long WidenOnceScratchBytes(int rows, int groups) => SavedBytes(rows, groups) + (long)rows * Dot4ChunkColumns * sizeof(float);
+    /// <summary>
+    /// From this many four-token groups on, <see cref="DotGroupsRowsF16ScaledAvx512"/> takes the rows. Intel Xeon (family
+    /// 6 model 207), rebased halves, in-process A/B at two threads against <see cref="Dot4RowsF16ScaledAvx512"/>
+    /// (SmolLM2-135M and Qwen2.5-0.5B shapes): 0.86× at one group, 1.16–1.21× at two, 1.34–1.40× at three, 1.69–1.75× at
+    /// 32. Elsewhere the halves convert in three operations rather than eight, so the AVX2 kernel's threshold (measured on
+    /// Zen 3) stands.
+    /// </summary>
+    public static readonly int WidenOnceMinGroups512 = RawHalvesAvoidDenormals ? 2 : WidenOnceMinGroups;
+
+    /// <summary>
+    /// Columns a chunk of <see cref="DotGroupsRowsF16ScaledAvx512"/> widens at a time: sixteen rows of them take 64 KiB,
+    /// read from L2 by every group. Against 512 columns (32 KiB, L1): 1.08× on the SmolLM2-135M shape, 1.02× on
+    /// Qwen2.5-0.5B; 256 columns 0.98×, 2048 and more no better than 1024.
+    /// </summary>
+    private const int WidenChunk512 = 1024;
+
+    /// <summary>Scratch <see cref="DotGroupsRowsF16ScaledAvx2"/> or <see cref="DotGroupsRowsF16ScaledAvx512"/> needs for <paramref name="rows"/> rows and <paramref name="groups"/> groups.</summary>
+    public static long WidenOnceScratchBytes(int rows, int groups) => SavedBytes512(rows, groups) + (long)rows * Math.Max(Dot4ChunkColumns, WidenChunk512) * sizeof(float);
 
     /// <summary>The accumulators <see cref="DotGroupsRowsF16ScaledAvx2"/> keeps at the start of its scratch: eight per row and group.</summary>
     private static long SavedBytes(int rows, int groups) => (long)groups * rows * 8 * sizeof(Vector256<float>);
+
+    /// <summary>The accumulators <see cref="DotGroupsRowsF16ScaledAvx512"/> keeps at the start of its scratch: eight per row and group.</summary>
+    private static long SavedBytes512(int rows, int groups) => (long)groups * rows * 8 * sizeof(Vector512<float>);
 
     /// <summary>
     /// <see cref="Dot4RowsF16ScaledAvx2"/> for <paramref name="groups"/> groups of four tokens at once (rows of at least
@@ -781,9 +811,9 @@ internal static unsafe class FloatKernels
             int end = Math.Min(stepsEnd, start + chunk);
             int r = 0;
             for (; r + 2 <= rows; r += 2)
-                Dot4StepsTwoRows(first + r * rowBytes, rowBytes, start, end, x, saved + 8 * r, rows * rowBytes);
+                Dot4StepsTwoRows<HalfRows>(first + r * rowBytes, rowBytes, start, end, x, saved + 8 * r, rows * rowBytes);
             if (r < rows)
-                Dot4Steps(first + r * rowBytes, start, end, x, saved + 8 * r);
+                Dot4Steps<HalfRows>(first + r * rowBytes, start, end, x, saved + 8 * r);
         }
         for (int r = 0; r < rows; r++)
             Dot4Avx512(first + r * rowBytes, cols, x, results + 4 * r, 3, stepsEnd > 0 ? saved + 8 * r : null, stepsEnd);
@@ -792,8 +822,61 @@ internal static unsafe class FloatKernels
     /// <summary>Columns a chunk of <see cref="Dot4RowsF16ScaledAvx512"/> covers: four tokens' inputs take 8 KiB.</summary>
     public const int Dot4ChunkColumns = 512;
 
-    /// <summary>The 32-column steps of <see cref="Dot4Avx512"/> over [start, end) for a finite F16 row, its eight accumulators kept in <paramref name="saved"/>.</summary>
-    private static void Dot4Steps(byte* row, int start, int end, ActivationRow* x, Vector512<float>* saved)
+    /// <summary>
+    /// The 512-bit <see cref="DotGroupsRowsF16ScaledAvx2"/>: each column chunk of the rows widened to floats once, then
+    /// every group of four tokens over those floats, two rows at a time, as <see cref="Dot4RowsF16ScaledAvx512"/> runs
+    /// over the halves: each result is bit for bit the one-token kernel's.
+    /// </summary>
+    public static void DotGroupsRowsF16ScaledAvx512(byte* first, long rowBytes, int rows, int cols, float* x, int groups,
+        float* results, int resultStride, byte* scratch)
+    {
+        int stepsEnd = cols / 32 * 32;
+        var saved = (Vector512<float>*)scratch;
+        float* widened = (float*)(scratch + SavedBytes512(rows, groups));
+        const long widenedRowBytes = WidenChunk512 * sizeof(float);
+        ActivationRow* four = stackalloc ActivationRow[4];
+        for (int start = 0; start < stepsEnd; start += WidenChunk512)
+        {
+            int end = Math.Min(stepsEnd, start + WidenChunk512);
+            for (int r = 0; r < rows; r++)
+            {
+                var source = (ushort*)(first + r * rowBytes);
+                float* target = widened + (long)r * WidenChunk512 - start;
+                for (int c = start; c < end; c += 32)
+                {
+                    // the next tile's rows, as the four-token kernel fetches them
+                    Sse.Prefetch1((byte*)(source + c) + rows * rowBytes);
+                    RawHalves(WidenSigned512(source + c)).Store(target + c);
+                    RawHalves(WidenSigned512(source + c + 16)).Store(target + c + 16);
+                }
+            }
+            // widened row r's column c sits at widened + r·chunk + (c − start)
+            byte* rowsFrom = (byte*)(widened - start);
+            for (int g = 0; g < groups; g++)
+            {
+                SetFour(four, x, 4 * g, cols);
+                var groupSaved = saved + 8 * rows * g;
+                int r = 0;
+                for (; r + 2 <= rows; r += 2)
+                    Dot4StepsTwoRows<WidenedRows>(rowsFrom + r * widenedRowBytes, widenedRowBytes, start, end, four, groupSaved + 8 * r, 0);
+                if (r < rows)
+                    Dot4Steps<WidenedRows>(rowsFrom + r * widenedRowBytes, start, end, four, groupSaved + 8 * r);
+            }
+        }
+        float* result = stackalloc float[4];
+        for (int g = 0; g < groups; g++)
+        {
+            SetFour(four, x, 4 * g, cols);
+            for (int r = 0; r < rows; r++)
+            {
+                Dot4Avx512(first + r * rowBytes, cols, four, result, 3, stepsEnd > 0 ? saved + 8 * rows * g + 8 * r : null, stepsEnd);
+                for (int k = 0; k < 4; k++) results[(long)(4 * g + k) * resultStride + r] = result[k];
+            }
+        }
+    }
+
+    /// <summary>The 32-column steps of <see cref="Dot4Avx512"/> over [start, end) for a finite F16 row read as <typeparamref name="TRows"/>, its eight accumulators kept in <paramref name="saved"/>.</summary>
+    private static void Dot4Steps<TRows>(byte* row, int start, int end, ActivationRow* x, Vector512<float>* saved) where TRows : struct, ISixteenWeights
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
@@ -803,10 +886,18 @@ internal static unsafe class FloatKernels
             b0 = saved[4]; b1 = saved[5]; b2 = saved[6]; b3 = saved[7];
         }
         float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
-        Vector512<uint> magnitudes = default;
         for (int c = start; c < end; c += 32)
         {
-            Step32(row, c, 3, x0, x1, x2, x3, ref a0, ref a1, ref a2, ref a3, ref b0, ref b1, ref b2, ref b3, ref magnitudes);
+            var w = TRows.Sixteen(row, c);
+            var v = TRows.Sixteen(row, c + 16);
+            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + c), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + c), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + c), a3);
+            b0 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x0 + c + 16), b0);
+            b1 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x1 + c + 16), b1);
+            b2 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x2 + c + 16), b2);
+            b3 = Avx512F.FusedMultiplyAdd(v, Vector512.Load(x3 + c + 16), b3);
         }
         saved[0] = a0; saved[1] = a1; saved[2] = a2; saved[3] = a3;
         saved[4] = b0; saved[5] = b1; saved[6] = b2; saved[7] = b3;
@@ -818,7 +909,8 @@ internal static unsafe class FloatKernels
     /// The same columns <paramref name="prefetchDistance"/> bytes on (the next tile's rows) are fetched into L2 meanwhile:
     /// a tile's rows are read a chunk at a time, a pattern the hardware prefetcher does not follow from memory.
     /// </summary>
-    private static void Dot4StepsTwoRows(byte* row, long rowBytes, int start, int end, ActivationRow* x, Vector512<float>* saved, long prefetchDistance)
+    private static void Dot4StepsTwoRows<TRows>(byte* row, long rowBytes, int start, int end, ActivationRow* x, Vector512<float>* saved,
+        long prefetchDistance) where TRows : struct, ISixteenWeights
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
@@ -831,15 +923,17 @@ internal static unsafe class FloatKernels
             c0 = saved[8]; c1 = saved[9]; c2 = saved[10]; c3 = saved[11];
             d0 = saved[12]; d1 = saved[13]; d2 = saved[14]; d3 = saved[15];
         }
-        var first = (ushort*)row;
-        var second = (ushort*)(row + rowBytes);
+        byte* second = row + rowBytes;
         float* x0 = x[0].X, x1 = x[1].X, x2 = x[2].X, x3 = x[3].X;
         for (int c = start; c < end; c += 32)
         {
-            Sse.Prefetch1((byte*)(first + c) + prefetchDistance);
-            Sse.Prefetch1((byte*)(second + c) + prefetchDistance);
-            TwoRowsFourTokens(first, second, c, x0, x1, x2, x3, ref a0, ref a1, ref a2, ref a3, ref c0, ref c1, ref c2, ref c3);
-            TwoRowsFourTokens(first, second, c + 16, x0, x1, x2, x3, ref b0, ref b1, ref b2, ref b3, ref d0, ref d1, ref d2, ref d3);
+            if (prefetchDistance != 0)
+            {
+                Sse.Prefetch1(row + 2 * c + prefetchDistance);
+                Sse.Prefetch1(second + 2 * c + prefetchDistance);
+            }
+            TwoRowsFourTokens<TRows>(row, second, c, x0, x1, x2, x3, ref a0, ref a1, ref a2, ref a3, ref c0, ref c1, ref c2, ref c3);
+            TwoRowsFourTokens<TRows>(row, second, c + 16, x0, x1, x2, x3, ref b0, ref b1, ref b2, ref b3, ref d0, ref d1, ref d2, ref d3);
         }
         saved[0] = a0; saved[1] = a1; saved[2] = a2; saved[3] = a3;
         saved[4] = b0; saved[5] = b1; saved[6] = b2; saved[7] = b3;
@@ -849,12 +943,12 @@ internal static unsafe class FloatKernels
 
     /// <summary>Sixteen columns from <paramref name="c"/> of two rows against four tokens: f* accumulate the first row, s* the second.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void TwoRowsFourTokens(ushort* first, ushort* second, int c, float* x0, float* x1, float* x2, float* x3,
+    private static void TwoRowsFourTokens<TRows>(byte* first, byte* second, int c, float* x0, float* x1, float* x2, float* x3,
         ref Vector512<float> f0, ref Vector512<float> f1, ref Vector512<float> f2, ref Vector512<float> f3,
-        ref Vector512<float> s0, ref Vector512<float> s1, ref Vector512<float> s2, ref Vector512<float> s3)
+        ref Vector512<float> s0, ref Vector512<float> s1, ref Vector512<float> s2, ref Vector512<float> s3) where TRows : struct, ISixteenWeights
     {
-        var w = RawHalves(WidenSigned512(first + c));
-        var v = RawHalves(WidenSigned512(second + c));
+        var w = TRows.Sixteen(first, c);
+        var v = TRows.Sixteen(second, c);
         var input = Vector512.Load(x0 + c);
         f0 = Avx512F.FusedMultiplyAdd(w, input, f0);
         s0 = Avx512F.FusedMultiplyAdd(v, input, s0);

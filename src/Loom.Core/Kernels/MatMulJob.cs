@@ -213,6 +213,8 @@ internal sealed unsafe class MatMulJob : IParallelWork
                 _parts[i].DotFourRows = wide ? &FloatKernels.Dot4RowsF16ScaledAvx512 : &FloatKernels.Dot4RowsF16ScaledAvx2;
             if (!wide && _tokens >= 4 * FloatKernels.WidenOnceMinGroups && _cols >= FloatKernels.Dot4RowsMinColumnsAvx2)
                 _parts[i].DotGroupsRows = &FloatKernels.DotGroupsRowsF16ScaledAvx2;
+            if (wide && _tokens >= 4 * FloatKernels.WidenOnceMinGroups512 && _cols >= 32)
+                _parts[i].DotGroupsRows = &FloatKernels.DotGroupsRowsF16ScaledAvx512;
             if (_cols >= (wide ? FloatKernels.DotRowsMinColumns512 : FloatKernels.DotRowsMinColumns))
                 _parts[i].DotRows = wide ? &FloatKernels.DotRowsF16ScaledAvx512 : &FloatKernels.DotRowsF16ScaledAvx2;
         }
