@@ -549,7 +549,8 @@ internal static unsafe class FloatKernels
             for (int k = 0; k < 4; k++) result[k] = DotF16WithSpecialsAvx2((ushort*)row, cols, x[k].X);
             return;
         }
-        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        var sums = SumFour(a0, a1, a2, a3);
+        float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
         ScalarTail(row, c, cols, x0, x1, x2, x3, result, s0, s1, s2, s3, format);
     }
 
@@ -1012,8 +1013,38 @@ internal static unsafe class FloatKernels
             for (int k = 0; k < 4; k++) result[k] = DotF16WithSpecialsAvx2((ushort*)row, cols, x[k].X);
             return;
         }
-        float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
+        var sums = SumFour(a0 + b0, a1 + b1, a2 + b2, a3 + b3);
+        float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
         ScalarTail(row, c, cols, x0, x1, x2, x3, result, s0, s1, s2, s3, format);
+    }
+
+    /// <summary>
+    /// <see cref="Vector512.Sum"/> of four vectors at once, each added in the same tree (pairs of neighbours, then pairs
+    /// of those within each 128-bit lane, then the lanes as (0 + 1) + (2 + 3)), so every sum has the same bits as
+    /// Vector512.Sum gives: one shuffle tree for four tokens, where four separate sums took three times the operations
+    /// (Intel Xeon, SmolLM2-135M shape F16, two threads, in-process A/B: +6% for a 128-token prompt, +4% for 8 tokens).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> SumFour(Vector512<float> v0, Vector512<float> v1, Vector512<float> v2, Vector512<float> v3)
+    {
+        // per 128-bit lane: (v0[0]+v0[1], v0[2]+v0[3], v1[0]+v1[1], v1[2]+v1[3]), and the same for v2, v3
+        var pairs01 = Avx512F.Shuffle(v0, v1, 0b10_00_10_00) + Avx512F.Shuffle(v0, v1, 0b11_01_11_01);
+        var pairs23 = Avx512F.Shuffle(v2, v3, 0b10_00_10_00) + Avx512F.Shuffle(v2, v3, 0b11_01_11_01);
+        // per 128-bit lane k: the sums of lanes 4k..4k+3 of v0, v1, v2, v3
+        var quads = Avx512F.Shuffle(pairs01, pairs23, 0b10_00_10_00) + Avx512F.Shuffle(pairs01, pairs23, 0b11_01_11_01);
+        var low = quads.GetLower();
+        var high = quads.GetUpper();
+        return (low.GetLower() + low.GetUpper()) + (high.GetLower() + high.GetUpper());
+    }
+
+    /// <summary><see cref="Vector256.Sum"/> of four vectors at once, in its tree (see the 512-bit <see cref="SumFour(Vector512{float}, Vector512{float}, Vector512{float}, Vector512{float})"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> SumFour(Vector256<float> v0, Vector256<float> v1, Vector256<float> v2, Vector256<float> v3)
+    {
+        var pairs01 = Avx.Shuffle(v0, v1, 0b10_00_10_00) + Avx.Shuffle(v0, v1, 0b11_01_11_01);
+        var pairs23 = Avx.Shuffle(v2, v3, 0b10_00_10_00) + Avx.Shuffle(v2, v3, 0b11_01_11_01);
+        var quads = Avx.Shuffle(pairs01, pairs23, 0b10_00_10_00) + Avx.Shuffle(pairs01, pairs23, 0b11_01_11_01);
+        return quads.GetLower() + quads.GetUpper();
     }
 
     /// <summary>The four-token kernels' last columns, one at a time, after their vector sums <paramref name="s0"/>..s3.</summary>
