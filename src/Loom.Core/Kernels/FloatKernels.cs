@@ -637,18 +637,21 @@ internal static unsafe class FloatKernels
     /// <summary>
     /// From this many four-token groups on, <see cref="DotGroupsRowsF16ScaledAvx2"/> takes the rows. In a scratch harness
     /// (16 rows of 2048 and 8192 columns from L2, one thread, Zen 3) widening each chunk once ran 1.13–1.37× the speed
-    /// of <see cref="Dot4RowsF16ScaledAvx2"/> at 32 tokens, but 0.80× at 8 and 0.46× at 4.
+    /// of <see cref="Dot4RowsF16ScaledAvx2"/> at 32 tokens, but 0.80× at 8 and 0.46× at 4. With rebased halves (Intel,
+    /// where converting costs about ten operations per eight halves) two groups already gain: Intel Xeon with
+    /// DOTNET_EnableAVX512=0, two threads, in-process A/B on whole prompts: +2% (SmolLM2-135M shape) and +6%
+    /// (Qwen2.5-0.5B) at 8 tokens, +8% and +10% at 12.
     /// </summary>
-    public const int WidenOnceMinGroups = 4;
+    public static readonly int WidenOnceMinGroups = RawHalvesAvoidDenormals ? 2 : 4;
 
     /// <summary>
     /// From this many four-token groups on, <see cref="DotGroupsRowsF16ScaledAvx512"/> takes the rows. Intel Xeon (family
     /// 6 model 207), rebased halves, in-process A/B at two threads against <see cref="Dot4RowsF16ScaledAvx512"/>
     /// (SmolLM2-135M and Qwen2.5-0.5B shapes): 0.86× at one group, 1.16–1.21× at two, 1.34–1.40× at three, 1.69–1.75× at
-    /// 32. Elsewhere the halves convert in three operations rather than eight, so the AVX2 kernel's threshold (measured on
-    /// Zen 3) stands.
+    /// 32. Elsewhere the halves convert in three operations rather than eight, so the AVX2 kernel's threshold measured on
+    /// Zen 3 (four groups) stands; not measured on AMD's AVX-512.
     /// </summary>
-    public static readonly int WidenOnceMinGroups512 = RawHalvesAvoidDenormals ? 2 : WidenOnceMinGroups;
+    public static readonly int WidenOnceMinGroups512 = RawHalvesAvoidDenormals ? 2 : 4;
 
     /// <summary>
     /// Columns a chunk of <see cref="DotGroupsRowsF16ScaledAvx512"/> widens at a time: sixteen rows of them take 64 KiB,
