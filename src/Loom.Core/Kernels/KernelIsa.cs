@@ -34,7 +34,9 @@ internal static class KernelIsaSupport
     /// <summary>
     /// Whether the CPU is Intel's. How far ahead the one-token kernels should fetch weights was measured per vendor:
     /// on an Intel Xeon (family 6 model 207) the 512-bit kernels gained 14–39% from fetches that AMD's Zen 4 measured
-    /// slower with (F16), and fetches twice as far ahead as Zen 3's best gained a further 7–13% (Q8_0).
+    /// slower with (F16), and fetches twice as far ahead as Zen 3's best gained a further 7–13% (Q8_0). Intel also
+    /// takes a microcode assist for every denormal FMA input, so its F16 kernels read halves rebased
+    /// (<see cref="FloatKernels.RawHalvesAvoidDenormals"/>).
     /// </summary>
     public static bool IntelCpu { get; } = X86Base.IsSupported && IsIntel();
 
